@@ -1,0 +1,1 @@
+"""Delivery tooling: supply-chain checks, container images and Fabric blue-green deploys."""

@@ -1,0 +1,1 @@
+"""IMDb rating model HTTP service."""

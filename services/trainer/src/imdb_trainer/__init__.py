@@ -1,0 +1,1 @@
+"""IMDb rating model trainer: ingest, features, training, evaluation, artifact."""
