@@ -1,1 +1,1 @@
-"""The model contract shared by trainer and API: features, artifact manifest and verification, fast predictor."""
+"""The model contract shared by trainer and API: features, artifact checks, fast predictor."""

@@ -1,0 +1,57 @@
+# Thin targets over nox sessions: the noxfile is the single source of truth for every step.
+# The first use bootstraps uv into .tools/ and nox from uv.lock; nothing else needs installing.
+.DEFAULT_GOAL := help
+SHELL := bash
+UV_VERSION := 0.13.9
+TOOLS := $(CURDIR)/.tools
+UV := $(TOOLS)/bin/uv
+export PATH := $(TOOLS)/bin:$(PATH)
+# With pyenv, enable every installed CPython 3.10-3.13 so that python3.X (and so nox and uv) find them.
+export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --bare --skip-aliases | grep -E '^3\.1[0-3]\.[0-9]+$$' | paste -sd:)
+NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
+
+.PHONY: help bootstrap pipeline ci check test lint fmt typecheck security sbom gates sessions clean
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+bootstrap: $(UV) ## Install the pinned uv into .tools/ (the other targets do it on demand)
+
+pipeline: $(UV) ## The main job: every stage on the built-in defaults (generated data)
+	$(NOX) -t pipeline
+
+ci: $(UV) ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom
+	$(NOX) -t ci
+
+check: $(UV) ## The CI steps that are not tests: lint, typecheck, security, sbom
+	$(NOX) -t quality build
+
+test: $(UV) ## Tests on Python 3.10-3.13, combined coverage gate, fault-injection gates
+	$(NOX) -t tests
+
+lint: $(UV) ## ruff, black, hadolint, workflow checks
+	$(NOX) -s lint
+
+fmt: $(UV) ## Format the code in place (ruff fixes, black)
+	$(NOX) -s fmt
+
+typecheck: $(UV) ## mypy --strict
+	$(NOX) -s typecheck
+
+security: $(UV) ## bandit and pip-audit (set OSV_OFFLINE_DIR for the offline database)
+	$(NOX) -s security
+
+sbom: $(UV) ## CycloneDX SBOM per service
+	$(NOX) -s sbom
+
+gates: $(UV) ## Prove each gate fails on an injected fault
+	$(NOX) -s gates
+
+sessions: $(UV) ## List the nox sessions (the pipeline's table of contents)
+	$(NOX) -l
+
+clean: ## Remove virtualenvs, caches and reports
+	rm -rf .nox .venv .tools reports .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,186 @@
+"""The delivery pipeline, one nox session per step.
+
+`nox -l` is the pipeline's table of contents. Sessions are thin: they install their tools from
+uv.lock into their own virtualenv and call either a tool or project code (`imdb_deploy.*`), which
+carries the logic and its tests. Tags group the sessions:
+
+    quality   lint, typecheck, security
+    tests     tests-3.10 ... tests-3.13, coverage, gates
+    build     sbom
+    ci        everything GitHub CI runs (`make ci`)
+    pipeline  the main job on its built-in defaults (`make pipeline`)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.11.12"
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).resolve().parent
+REPORTS = ROOT / "reports"
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PYTHON_VERSIONS = nox.project.python_versions(PYPROJECT)
+DEFAULT_PYTHON = "3.11"
+
+# Shipped services by short name and distribution; the model contract (imdb-model) ships in both.
+SERVICES = {"api": "imdb-api", "trainer": "imdb-trainer"}
+# What the audit covers: the services, plus the delivery tooling that runs with deploy credentials.
+AUDITED = {**SERVICES, "deploy": "imdb-deploy"}
+COVERAGE_DIR = REPORTS / "coverage"
+# The offline vulnerability database, chosen explicitly; unset means pip-audit's online service.
+OSV_OFFLINE_DIR_VAR = "OSV_OFFLINE_DIR"
+
+
+def sync_locked(
+    session: nox.Session,
+    *groups: str,
+    workspace: bool = True,
+    env_dir: Path | None = None,
+    package: str | None = None,
+) -> None:
+    """Install exactly what uv.lock pins into the session's virtualenv (or `env_dir`).
+
+    `workspace=False` installs only the dependency groups (tools), not the project packages.
+    """
+    target = str(env_dir or session.virtualenv.location)
+    python = f"--python={session.virtualenv.location}"
+    args = ["uv", "sync", "--locked", "--no-default-groups", python]
+    group_flag = "--group" if workspace else "--only-group"
+    args += [f"{group_flag}={group}" for group in groups]
+    if package is not None:
+        args += [f"--package={package}", "--no-install-project"]
+    session.run_install(*args, env={"UV_PROJECT_ENVIRONMENT": target}, external=True)
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
+def lint(session: nox.Session) -> None:
+    """Lint: ruff and black on all Python, hadolint on Dockerfiles, zizmor and a schema on CI."""
+    sync_locked(session, "lint", workspace=False)
+    session.run("ruff", "check", ".")
+    session.run("black", "--check", "--diff", "--quiet", ".")
+    dockerfiles = sorted(
+        str(path.relative_to(ROOT))
+        for top in ("services", "deploy")
+        for path in (ROOT / top).rglob("Dockerfile*")
+    )
+    if dockerfiles:
+        session.run("hadolint", *dockerfiles)
+    else:
+        session.log("hadolint: no Dockerfiles in the repository yet")
+    workflows = sorted(str(path.relative_to(ROOT)) for path in (ROOT / ".github").rglob("*.yml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
+    session.run("zizmor", "--persona=regular", ".github")
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def fmt(session: nox.Session) -> None:
+    """Format in place: ruff's safe fixes (imports, upgrades), then black."""
+    sync_locked(session, "lint", workspace=False)
+    session.run("ruff", "check", "--fix-only", ".")
+    session.run("black", ".")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
+def typecheck(session: nox.Session) -> None:
+    """Type-check services, deploy, tests and this noxfile with mypy --strict."""
+    sync_locked(session, "typecheck")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
+def security(session: nox.Session) -> None:
+    """Security: bandit over the code, pip-audit over each service's locked requirements.
+
+    Offline mode (machines without pip-audit's online service): set OSV_OFFLINE_DIR to a
+    directory of OSV records, which a local OSV-compatible endpoint then serves.
+    """
+    sync_locked(session, "security")
+    REPORTS.mkdir(exist_ok=True)
+    bandit_report = REPORTS / "bandit-report.json"
+    bandit = ["bandit", "-c", "pyproject.toml", "-r", "services", "deploy"]
+    # The JSON report keeps every finding; the gate (and the screen) counts medium and up.
+    session.run(*bandit, "--format", "json", "--output", str(bandit_report), "--exit-zero")
+    session.run(*bandit, "--severity-level", "medium", "--quiet")
+    osv_dir = os.environ.get(OSV_OFFLINE_DIR_VAR)
+    session.log(f"pip-audit database: {osv_dir or 'online (OSV_OFFLINE_DIR not set)'}")
+    for name, distribution in AUDITED.items():
+        requirements = REPORTS / f"requirements-{name}.txt"
+        session.run(
+            "uv", "export", "--locked", "--quiet", f"--package={distribution}", "--no-dev",
+            "--no-emit-workspace", "--format=requirements-txt", f"--output-file={requirements}",
+            external=True,
+        )  # fmt: skip
+        session.run(
+            "python", "-m", "imdb_deploy.supply_chain.audit",
+            f"--requirements={requirements}", f"--report={REPORTS / f'pip-audit-{name}.json'}",
+        )  # fmt: skip
+
+
+@nox.session(python=PYTHON_VERSIONS, tags=["ci", "tests", "pipeline"])
+def tests(session: nox.Session) -> None:
+    """Run the test suite under coverage on one Python version (posargs go to pytest)."""
+    sync_locked(session, "test")
+    COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
+    data_file = COVERAGE_DIR / f".coverage.py{session.python}"
+    args = session.posargs or ["-m", "not gates"]
+    session.run(
+        "pytest",
+        "--cov",
+        "--cov-report=",
+        "--cov-fail-under=0",
+        *args,
+        env={"COVERAGE_FILE": str(data_file)},
+    )
+
+
+@nox.session(
+    python=DEFAULT_PYTHON,
+    tags=["ci", "tests", "pipeline"],
+    requires=[f"tests-{version}" for version in PYTHON_VERSIONS],
+)
+def coverage(session: nox.Session) -> None:
+    """Combine the coverage of all Pythons; fail under 90% lines or 90% branches."""
+    sync_locked(session, "test")
+    env = {"COVERAGE_FILE": str(COVERAGE_DIR / ".coverage")}
+    session.run("coverage", "combine", "--keep", str(COVERAGE_DIR), env=env)
+    session.run("coverage", "html", f"--directory={COVERAGE_DIR / 'html'}", env=env)
+    session.run("coverage", "json", f"-o={COVERAGE_DIR / 'coverage.json'}", env=env)
+    session.run("coverage", "report", env=env)
+    session.run(
+        "python", "-m", "imdb_deploy.supply_chain.coverage_gate",
+        str(COVERAGE_DIR / "coverage.json"), "--line=90", "--branch=90",
+    )  # fmt: skip
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "tests"], default=False)
+def gates(session: nox.Session) -> None:
+    """Prove the gates can fail: inject faults into throw-away copies and run the sessions."""
+    sync_locked(session, "test")
+    session.run("pytest", "-m", "gates", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
+def sbom(session: nox.Session) -> None:
+    """One CycloneDX JSON SBOM per service, from its locked environment, schema-validated."""
+    sync_locked(session, "sbom")
+    REPORTS.mkdir(exist_ok=True)
+    sboms = []
+    for name, distribution in SERVICES.items():
+        env_dir = Path(session.virtualenv.location) / "services" / name
+        sync_locked(session, env_dir=env_dir, package=distribution)
+        sbom_file = REPORTS / f"sbom-{name}.cdx.json"
+        session.run(
+            "cyclonedx-py", "environment", str(env_dir / "bin" / "python"),
+            f"--pyproject={ROOT / 'services' / name / 'pyproject.toml'}",
+            "--mc-type=application", "--spec-version=1.6", "--output-format=JSON",
+            f"--output-file={sbom_file}",
+        )  # fmt: skip
+        sboms.append(str(sbom_file))
+    session.run("python", "-m", "imdb_deploy.supply_chain.sbom", "validate", *sboms)

@@ -1,0 +1,50 @@
+"""Shared fixtures. With CI=true a missing prerequisite fails the test instead of skipping it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def running_in_ci() -> bool:
+    """GitHub Actions and our CI both set CI=true."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's top directory."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def require() -> Callable[[bool, str], None]:
+    """`require(condition, what)`: skip when a prerequisite is missing, but fail under CI=true."""
+
+    def check(condition: bool, what: str) -> None:
+        if condition:
+            return
+        if running_in_ci():
+            pytest.fail(f"prerequisite missing with CI=true: {what}")
+        pytest.skip(f"prerequisite missing: {what}")
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def require_tool(require: Callable[[bool, str], None]) -> Callable[[str], str]:
+    """`require_tool(name)` returns the tool's path, or skips (fails under CI) without it."""
+
+    def find(name: str) -> str:
+        path = shutil.which(name)
+        require(path is not None, f"`{name}` on PATH")
+        assert path is not None
+        return path
+
+    return find

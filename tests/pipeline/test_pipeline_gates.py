@@ -1,0 +1,118 @@
+"""Every gate can fail: a fault injected into a throw-away copy of the repository makes the
+matching nox session exit non-zero, for the reason injected.
+
+These run real sessions (fresh virtualenvs from the uv cache), so they are marked `gates` and run by
+`nox -s gates`, not by the per-Python test sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gates
+
+SESSION_TIMEOUT_S = 600
+API_INIT = Path("services/api/src/imdb_api/__init__.py")
+
+
+@pytest.fixture
+def repo_copy(repo_root: Path, tmp_path: Path, require_tool: Callable[[str], str]) -> Path:
+    """The working tree as git sees it (tracked and new files, minus ignored ones), copied."""
+    require_tool("uv")
+    require_tool("git")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=repo_root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    copy = tmp_path / "repo"
+    for relative in filter(None, listed.split("\0")):
+        source = repo_root / relative
+        if source.is_file():
+            (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / relative)
+    # mypy's cache is only a speed-up; the copy's own sources are still re-checked.
+    if (repo_root / ".mypy_cache").is_dir():
+        shutil.copytree(repo_root / ".mypy_cache", copy / ".mypy_cache")
+    return copy
+
+
+def run_session(copy: Path, session: str, *posargs: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "nox", "--non-interactive", "-s", session]
+    if posargs:
+        command += ["--", *posargs]
+    return subprocess.run(
+        command,
+        cwd=copy,
+        env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=SESSION_TIMEOUT_S,
+        check=False,
+    )
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as file:
+        file.write(text)
+
+
+def assert_failed_because(result: subprocess.CompletedProcess[str], *evidence: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"session passed despite the fault:\n{output[-4000:]}"
+    for text in evidence:
+        assert text in output, f"{text!r} not in the session output:\n{output[-4000:]}"
+
+
+def test_lint_error_fails_lint(repo_copy: Path) -> None:
+    append(repo_copy / API_INIT, "\nimport os\n")
+    assert_failed_because(run_session(repo_copy, "lint"), "F401", "Session lint failed")
+
+
+def test_unformatted_code_fails_lint(repo_copy: Path) -> None:
+    append(repo_copy / API_INIT, "\nVALUE = {  'a':1 }\n")
+    assert_failed_because(run_session(repo_copy, "lint"), "black", "Session lint failed")
+
+
+def test_type_error_fails_typecheck(repo_copy: Path) -> None:
+    append(repo_copy / API_INIT, '\n\ndef answer() -> int:\n    return "forty-two"\n')
+    assert_failed_because(
+        run_session(repo_copy, "typecheck"), "Incompatible return value", "Session typecheck failed"
+    )
+
+
+def test_bandit_finding_fails_security(repo_copy: Path) -> None:
+    append(
+        repo_copy / API_INIT,
+        "\n\nimport subprocess\n\n\ndef run(command: str) -> None:\n"
+        "    subprocess.run(command, shell=True, check=True)\n",
+    )
+    assert_failed_because(run_session(repo_copy, "security"), "B602", "Session security failed")
+
+
+def test_vulnerable_pin_fails_security(repo_copy: Path) -> None:
+    # Jinja 2.10 has a sandbox escape (PYSEC-2019-217, CVE-2019-10906), fixed in 2.10.1.
+    pyproject = repo_copy / "services" / "api" / "pyproject.toml"
+    text = pyproject.read_text()
+    assert "dependencies = [" in text
+    pyproject.write_text(text.replace("dependencies = [", 'dependencies = [\n    "jinja2==2.10",', 1))
+    subprocess.run(["uv", "lock", "--quiet"], cwd=repo_copy, check=True, timeout=300)
+    assert_failed_because(
+        run_session(repo_copy, "security"), "PYSEC-2019-217", "Session security failed"
+    )
+
+
+def test_failing_test_fails_tests(repo_copy: Path) -> None:
+    (repo_copy / "tests" / "test_injected_failure.py").write_text(
+        "def test_injected() -> None:\n    assert 6 * 7 == 43\n"
+    )
+    result = run_session(repo_copy, "tests-3.11", "tests/test_injected_failure.py")
+    assert_failed_because(result, "1 failed", "Session tests-3.11 failed")

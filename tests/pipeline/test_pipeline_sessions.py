@@ -1,0 +1,122 @@
+"""The pipeline's public interface: session names, tags, defaults, and the thin layers over them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nox.project
+import pytest
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+CI_SESSIONS = {
+    "lint",
+    "typecheck",
+    "security",
+    *(f"tests-{version}" for version in PYTHONS),
+    "coverage",
+    "gates",
+    "sbom",
+}
+
+
+def nox_list(repo_root: Path, *args: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "nox", "--list", "--json", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sessions: list[dict[str, Any]] = json.loads(result.stdout)
+    return sessions
+
+
+def test_ci_tag_lists_every_pipeline_session(repo_root: Path) -> None:
+    listed = {session["session"] for session in nox_list(repo_root, "-t", "ci")}
+    assert listed == CI_SESSIONS
+
+
+def test_every_session_has_a_docstring(repo_root: Path) -> None:
+    sessions = nox_list(repo_root, "-s", "fmt", *sorted(CI_SESSIONS))
+    assert {session["session"] for session in sessions} == CI_SESSIONS | {"fmt"}
+    for session in sessions:
+        assert session["description"], f"{session['name']} has no docstring"
+
+
+def test_test_sessions_cover_the_pythons_of_the_classifiers(repo_root: Path) -> None:
+    classifiers = nox.project.load_toml(repo_root / "pyproject.toml")["project"]["classifiers"]
+    declared = sorted(
+        match.group(1)
+        for classifier in classifiers
+        if (match := re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", classifier))
+    )
+    assert declared == PYTHONS
+    tests = [s for s in nox_list(repo_root, "-t", "tests") if s["session"].startswith("tests-")]
+    assert [session["python"] for session in tests] == PYTHONS
+
+
+def test_heavy_sessions_are_not_default(repo_root: Path) -> None:
+    default = {session["session"] for session in nox_list(repo_root)}
+    assert "gates" not in default
+    assert "fmt" not in default
+    assert "lint" in default
+
+
+def test_makefile_targets_are_one_nox_line_each(repo_root: Path) -> None:
+    makefile = (repo_root / "Makefile").read_text()
+    for target in ("ci", "test", "lint", "fmt", "help"):
+        assert re.search(rf"^{target}:.*## ", makefile, re.MULTILINE), target
+    recipes = re.findall(r"^\t(.+)$", makefile, re.MULTILINE)
+    nox_recipes = [line for line in recipes if "$(NOX)" in line]
+    assert len(nox_recipes) >= 8
+    assert all(line.startswith("$(NOX) ") for line in nox_recipes)
+
+
+def test_make_help_lists_the_targets(repo_root: Path) -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "help"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listed = re.findall(r"^\s+(?:\x1b\[[0-9;]*m)?([a-z-]+)", result.stdout, re.MULTILINE)
+    for target in ("pipeline", "ci", "test", "lint", "fmt", "typecheck", "security", "sbom"):
+        assert target in listed
+
+
+def test_uv_is_pinned_once_for_make_and_github(repo_root: Path) -> None:
+    makefile = (repo_root / "Makefile").read_text()
+    workflow = (repo_root / ".github" / "workflows" / "ci.yml").read_text()
+    make_pin = re.search(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
+    ci_pin = re.search(r'^  UV_VERSION: "(\S+)"$', workflow, re.MULTILINE)
+    assert make_pin is not None
+    assert ci_pin is not None
+    assert make_pin.group(1) == ci_pin.group(1)
+
+
+def test_workflow_is_a_thin_matrix_over_nox(repo_root: Path) -> None:
+    workflow = (repo_root / ".github" / "workflows" / "ci.yml").read_text()
+    assert "$NOX -l --json -t ci" in workflow
+    assert 'run: $NOX -s "$SESSION"' in workflow
+    assert "permissions: {}" in workflow
+    assert "cancel-in-progress: true" in workflow
+    for uses in re.findall(r"uses: (\S+)", workflow):
+        assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", uses), f"not pinned by SHA: {uses}"
+
+
+@pytest.mark.parametrize("command", ["make pipeline", "make test"])
+def test_readme_quick_start_has_the_two_commands(repo_root: Path, command: str) -> None:
+    readme = (repo_root / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert f"\n{command}\n" in quick_start
+
+
+def test_ci_script_runs_the_readme_test_command(repo_root: Path) -> None:
+    script = (repo_root / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", script, re.MULTILINE)
