@@ -10,26 +10,29 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --bare --skip-aliases | grep -E '^3\.1[0-3]\.[0-9]+$$' | paste -sd:)
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
-.PHONY: help bootstrap pipeline ci check test lint fmt typecheck security sbom gates sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom gates engine sessions clean
 
 help: ## Show the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(UV):
 	python3 -m venv $(TOOLS) && $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 bootstrap: $(UV) ## Install the pinned uv into .tools/ (the other targets do it on demand)
 
-pipeline: $(UV) ## The main job: every stage on the built-in defaults (generated data)
+system-packages: ## Install the Debian packages behind the real parts (podman, registry, debootstrap)
+	bash deploy/system-packages.sh
+
+pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
 	$(NOX) -t pipeline
 
-ci: $(UV) ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom
+ci: $(UV) system-packages ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom
 	$(NOX) -t ci
 
 check: $(UV) ## The CI steps that are not tests: lint, typecheck, security, sbom
 	$(NOX) -t quality build
 
-test: $(UV) ## Tests on Python 3.10-3.13, combined coverage gate, fault-injection gates
+test: $(UV) system-packages ## Tests on Python 3.10-3.13, combined coverage gate, fault-injection gates
 	$(NOX) -t tests
 
 lint: $(UV) ## ruff, black, hadolint, workflow checks
@@ -49,6 +52,9 @@ sbom: $(UV) ## CycloneDX SBOM per service
 
 gates: $(UV) ## Prove each gate fails on an injected fault
 	$(NOX) -s gates
+
+engine: $(UV) system-packages ## Start the local container engine and registry (nox -s engine -- up)
+	$(NOX) -s engine -- up
 
 sessions: $(UV) ## List the nox sessions (the pipeline's table of contents)
 	$(NOX) -l

@@ -184,3 +184,13 @@ def sbom(session: nox.Session) -> None:
         )  # fmt: skip
         sboms.append(str(sbom_file))
     session.run("python", "-m", "imdb_deploy.supply_chain.sbom", "validate", *sboms)
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def engine(session: nox.Session) -> None:
+    """Local container engine: Podman's Docker API, a registry on 127.0.0.1, the base image.
+
+    `nox -s engine -- up|down|status`; `up` reuses a Docker engine that already answers.
+    """
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.engine", *(session.posargs or ["status"]))

@@ -1,0 +1,162 @@
+"""Find a Docker Engine API, or serve one with rootful Podman."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import DockerException
+
+from imdb_deploy.engine.processes import ManagedProcess, wait_until
+
+DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+# Our machines: crun cannot run on their hybrid cgroups, and Podman's default ulimits exceed the
+# hard limits, so both are set (see docs/platform notes in the README).
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+"""
+
+
+class EngineError(RuntimeError):
+    """No container engine could be found or started."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A Docker Engine API endpoint; `managed` when we started it (Podman) and should stop it."""
+
+    docker_host: str
+    kind: str
+    managed: bool
+
+    def client(self, timeout: int = 600) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.docker_host, timeout=timeout)
+
+
+def _unix_socket_accepts(path: str, timeout: float) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def answers(docker_host: str, timeout: int = 5) -> bool:
+    """True when a Docker Engine API answers a ping at `docker_host`."""
+    # The SDK leaks its socket when a unix connect fails, so probe those by hand first.
+    if docker_host.startswith("unix://") and not _unix_socket_accepts(
+        docker_host.removeprefix("unix://"), timeout
+    ):
+        return False
+    try:
+        client = docker.DockerClient(base_url=docker_host, timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except DockerException:
+        return False
+
+
+def registries_conf(insecure_registries: Sequence[str]) -> str:
+    """registries.conf: short names resolve on docker.io; the local registries speak plain HTTP."""
+    blocks = [
+        f'[[registry]]\nlocation = "{location}"\ninsecure = true\n'
+        for location in insecure_registries
+    ]
+    return 'unqualified-search-registries = ["docker.io"]\n\n' + "\n".join(blocks)
+
+
+@dataclass(frozen=True)
+class PodmanService:
+    """`podman system service` on a socket in `state_dir`, optionally with its own storage."""
+
+    state_dir: Path
+    storage_dir: Path | None = None
+    podman: str = "podman"
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "podman.sock"
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess("podman-service", self.state_dir)
+
+    @property
+    def runroot(self) -> Path | None:
+        """Podman refuses a runroot path over 50 characters: keep it short, under /tmp."""
+        if self.storage_dir is None:
+            return None
+        digest = hashlib.sha256(str(self.storage_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mlops-podman-{digest}"
+
+    def argv(self) -> list[str]:
+        argv = [self.podman]
+        if self.storage_dir is not None:
+            argv += [f"--root={self.storage_dir / 'root'}", f"--runroot={self.runroot}"]
+        return [*argv, "system", "service", "--time=0", self.docker_host]
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CONTAINERS_CONF": str(self.state_dir / "containers.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(self.state_dir / "registries.conf"),
+        }
+
+    def start(self, insecure_registries: Sequence[str] = (), timeout: float = 30.0) -> Engine:
+        """Start the service (or reuse the one already running) and wait until it answers."""
+        engine = Engine(self.docker_host, kind="podman", managed=True)
+        if self.process.running_pid() is not None and answers(self.docker_host):
+            return engine
+        executable = shutil.which(self.podman)
+        if executable is None:
+            raise EngineError(
+                "no container engine: no Docker API answers and `podman` is not installed "
+                "(Debian: apt-get install podman runc)"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "containers.conf").write_text(CONTAINERS_CONF)
+        (self.state_dir / "registries.conf").write_text(registries_conf(insecure_registries))
+        self.socket.unlink(missing_ok=True)
+        self.process.start(self.argv(), self.env())
+        if not wait_until(lambda: self.socket.exists() and answers(self.docker_host), timeout):
+            self.process.stop()
+            raise EngineError(
+                f"podman service did not answer on {self.docker_host} within {timeout:.0f} s:\n"
+                + self.process.log_tail()
+            )
+        return engine
+
+    def stop(self) -> bool:
+        stopped = self.process.stop()
+        self.socket.unlink(missing_ok=True)
+        if self.runroot is not None:
+            shutil.rmtree(self.runroot, ignore_errors=True)
+        return stopped
+
+
+def find_docker_engine(environ: dict[str, str] | None = None) -> Engine | None:
+    """A Docker engine the user already has: DOCKER_HOST if set, else the default socket."""
+    environ = dict(os.environ) if environ is None else environ
+    docker_host = environ.get("DOCKER_HOST") or DEFAULT_DOCKER_SOCKET
+    if answers(docker_host):
+        return Engine(docker_host, kind="docker-api", managed=False)
+    return None
