@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The Debian packages behind the pipeline's real parts: a container engine speaking the Docker API
-# (Podman with runc), a local registry, and debootstrap for the locally made base image.
+# (Podman with runc), a local registry, debootstrap for the locally made base image, promtool
+# (Prometheus) to check metrics and rules, and wrk to load the API in benchmarks.
 # As root on Debian they are installed when missing; elsewhere the missing ones are named, and
 # with CI=true that is an error.
 set -euo pipefail
-packages=(podman runc debootstrap docker-registry)
+packages=(podman runc debootstrap docker-registry prometheus wrk)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -103,7 +103,8 @@ def test_vulnerable_pin_fails_security(repo_copy: Path) -> None:
     pyproject = repo_copy / "services" / "api" / "pyproject.toml"
     text = pyproject.read_text()
     assert "dependencies = [" in text
-    pyproject.write_text(text.replace("dependencies = [", 'dependencies = [\n    "jinja2==2.10",', 1))
+    pinned = text.replace("dependencies = [", 'dependencies = [\n    "jinja2==2.10",', 1)
+    pyproject.write_text(pinned)
     subprocess.run(["uv", "lock", "--quiet"], cwd=repo_copy, check=True, timeout=300)
     assert_failed_because(
         run_session(repo_copy, "security"), "PYSEC-2019-217", "Session security failed"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
 import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +34,17 @@ def registry_config(storage_dir: Path, address: str) -> str:
 
 def answers(address: str, timeout: float = 2.0) -> bool:
     """True when the registry's API root answers 200 at `address` (host:port)."""
-    host, _, _ = address.rpartition(":")
+    host, _, port = address.rpartition(":")
     if host not in {"127.0.0.1", "localhost"}:
         raise RegistryError(f"the local registry must listen on loopback, not {address}")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        with urllib.request.urlopen(f"http://{address}/v2/", timeout=timeout) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status == 200
+    except OSError:
         return False
+    finally:
+        connection.close()
 
 
 @dataclass(frozen=True)
