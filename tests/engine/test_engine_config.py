@@ -132,3 +132,20 @@ def test_rootfs_is_trimmed_and_cached(tmp_path: Path, monkeypatch: pytest.Monkey
         name for name in names if name.startswith(("./usr/share/doc/", "./var/lib/apt/lists/"))
     ]
     assert [path.name for path in (tmp_path / "cache").iterdir()] == [tarball.name]
+
+
+def test_mount_points_below_are_found_deepest_first(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    mountinfo = "\n".join(
+        [
+            "22 1 0:21 / /proc rw - proc proc rw",
+            f"90 22 0:40 / {storage}/root/overlay rw - overlay overlay rw",
+            f"91 90 0:41 / {storage}/root/overlay/abc/merged rw - overlay overlay rw",
+            f"92 22 0:42 / {storage}-other rw - tmpfs tmpfs rw",
+            "short line",
+        ]
+    )
+    assert podman.mount_points_below(storage, mountinfo) == [
+        storage / "root/overlay/abc/merged",
+        storage / "root/overlay",
+    ]

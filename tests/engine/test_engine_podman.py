@@ -61,6 +61,8 @@ def engine(
     yield client
     client.close()
     assert service.stop()
+    assert service.storage_dir is not None
+    assert podman.mount_points_below(service.storage_dir) == []
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,9 +149,38 @@ class PodmanService:
     def stop(self) -> bool:
         stopped = self.process.stop()
         self.socket.unlink(missing_ok=True)
-        if self.runroot is not None:
+        if self.storage_dir is not None and self.runroot is not None:
+            # Podman leaves its overlay mounts behind; an own storage must not outlive its engine.
+            unmount_below(self.storage_dir)
+            unmount_below(self.runroot)
             shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
+
+
+def mount_points_below(directory: Path, mountinfo: str | None = None) -> list[Path]:
+    """Mount points at or below `directory`, deepest first (from /proc/self/mountinfo)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    root = str(directory.resolve())
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # Spaces and other specials are octal-escaped in mountinfo.
+        point = fields[4].encode().decode("unicode_escape")
+        if point == root or point.startswith(root + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+def unmount_below(directory: Path) -> None:
+    """Lazily unmount everything mounted at or below `directory`."""
+    umount = shutil.which("umount") or "/bin/umount"
+    for point in mount_points_below(directory):
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [umount, "--lazy", str(point)], capture_output=True, check=False
+        )
 
 
 def find_docker_engine(environ: dict[str, str] | None = None) -> Engine | None:
