@@ -1,0 +1,91 @@
+"""The benchmark module: a short real run (wrk against the real server) and its reporting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from imdb_api import benchmark
+from imdb_api.mlflow_model import save
+from imdb_model import verify_artifact
+
+
+def test_a_short_real_run_writes_the_table_and_json(
+    artifact: Path,
+    tmp_path: Path,
+    require_tool: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_tool("wrk")
+    out = tmp_path / "bench.json"
+    args = ["--artifact", str(artifact), "--duration", "1", "--rounds", "1", "--skip-mlflow"]
+    assert benchmark.main([*args, "--workers", "1", "--batch-size", "50", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert names == ["api /noop", "api /predict", "api /predict/batch"]
+    assert all(r["errors"] == 0 and r["requests_per_s"] > 0 for r in report["results"])
+    assert report["results"][2]["rows_per_s"] == pytest.approx(
+        report["results"][2]["requests_per_s"] * 50, rel=1e-3
+    )
+    assert "predict_vs_noop" in report["summary"]
+    assert "api /predict/batch" in capsys.readouterr().out
+
+
+def measurement(name: str, rps: float, rows: int = 1) -> benchmark.Measurement:
+    return benchmark.Measurement(name, 32, rows, rps, rps * rows, 1.0, 2.0, 3.0, 0)
+
+
+def test_summary_and_table_with_mlflow() -> None:
+    results = {
+        m.name: m
+        for m in (
+            measurement("api /noop", 10_000),
+            measurement("api /predict", 9_000),
+            measurement("api /predict/batch", 600, 1000),
+            measurement("mlflow /invocations (1 row)", 1_000),
+            measurement("mlflow /invocations (batch)", 60, 1000),
+        )
+    }
+    summary = benchmark.summarize(results)
+    assert summary["predict_vs_noop"] == 0.9
+    assert summary["predict_vs_mlflow"] == 9.0
+    assert summary["batch_vs_mlflow"] == 10.0
+    assert all(summary["targets_met"].values())
+    text = benchmark.render(results, summary)
+    assert "target predict >= 5x mlflow: met" in text
+
+
+def test_without_wrk_it_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda name, path=None: None)
+    assert benchmark.main(["--skip-mlflow"]) == 2
+    assert "wrk" in capsys.readouterr().err
+
+
+def test_sample_movies_are_valid_and_varied(client: TestClient) -> None:
+    movies = benchmark.sample_movies(50)
+    assert len({json.dumps(m) for m in movies}) > 20
+    response = client.post("/predict/batch", json={"movies": movies})
+    assert response.status_code == 200
+    record = benchmark.mlflow_record(movies[1])
+    assert isinstance(record["genres"], str)
+    assert record["isAdult"] in (0, 1)
+
+
+@pytest.mark.benchmark
+@pytest.mark.filterwarnings("ignore:.*[Tt]ype hint:UserWarning")  # mlflow's advice on our pyfunc
+def test_mlflow_model_predicts_like_the_api(artifact: Path, tmp_path: Path) -> None:
+    # mlflow lives in the `benchmark` dependency group: `nox -s benchmark` runs this first.
+    import pandas  # noqa: PLC0415
+    from mlflow import pyfunc  # noqa: PLC0415
+
+    model = pyfunc.load_model(str(save(artifact, tmp_path / "model")))
+    movies = benchmark.sample_movies(5)
+    frame = pandas.DataFrame([benchmark.mlflow_record(m) for m in movies])
+    expected = verify_artifact(artifact).predictor().predict_records(movies)
+    assert list(model.predict(frame)) == list(expected)

@@ -1,0 +1,216 @@
+"""Bad input gets a clear 4xx JSON answer, never a 5xx: one explicit case per kind of problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from imdb_api.validation import MAX_ERRORS, InvalidRequestError, MovieValidator
+from imdb_model import GENRES, FeatureSchema
+
+from .conftest import MOVIE, make_api
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def small_client(artifact: Path) -> Iterator[TestClient]:
+    """Tight limits so that the limit cases stay small."""
+    api = make_api(artifact, max_batch=5, max_body_bytes=4096, max_string_length=40)
+    with TestClient(api) as test_client:
+        yield test_client
+
+
+def post(client: TestClient, path: str, body: bytes, **headers: str) -> Any:
+    return client.post(path, content=body, headers=JSON_HEADERS | headers)
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "kind"),
+    [
+        ({"primaryTitle": 7}, ["body", "primaryTitle"], "type_error"),
+        ({"primaryTitle": ""}, ["body", "primaryTitle"], "value_error"),
+        ({"primaryTitle": "\\N"}, ["body", "primaryTitle"], "value_error"),
+        ({"primaryTitle": "x" * 41}, ["body", "primaryTitle"], "string_too_long"),
+        ({"originalTitle": "y" * 41}, ["body", "originalTitle"], "string_too_long"),
+        ({"originalTitle": ["a"]}, ["body", "originalTitle"], "type_error"),
+        ({"startYear": "1994"}, ["body", "startYear"], "type_error"),
+        ({"startYear": 1994.5}, ["body", "startYear"], "type_error"),
+        ({"startYear": True}, ["body", "startYear"], "type_error"),
+        ({"startYear": 1000}, ["body", "startYear"], "range"),
+        ({"startYear": 3000}, ["body", "startYear"], "range"),
+        ({"startYear": 10**30}, ["body", "startYear"], "range"),
+        ({"runtimeMinutes": 0}, ["body", "runtimeMinutes"], "range"),
+        ({"runtimeMinutes": 100_000}, ["body", "runtimeMinutes"], "range"),
+        ({"runtimeMinutes": {}}, ["body", "runtimeMinutes"], "type_error"),
+        ({"isAdult": 0}, ["body", "isAdult"], "type_error"),
+        ({"isAdult": "false"}, ["body", "isAdult"], "type_error"),
+        ({"genres": "Drama,Crime"}, ["body", "genres"], "type_error"),
+        ({"genres": ["Drama", "Noir"]}, ["body", "genres", 1], "unknown_genre"),
+        ({"genres": [1]}, ["body", "genres", 0], "type_error"),
+        ({"genres": [["Drama"]]}, ["body", "genres", 0], "type_error"),
+        ({"genres": ["Drama"] * 29}, ["body", "genres"], "too_long"),
+        ({"titleType": "tvEpisode"}, ["body", "titleType"], "enum"),
+        ({"titleType": ["movie"]}, ["body", "titleType"], "enum"),
+        ({"tconst": "tt0000001"}, ["body", "tconst"], "extra_forbidden"),
+    ],
+)
+def test_invalid_fields_are_422_with_their_location(
+    small_client: TestClient, change: dict[str, Any], loc: list[Any], kind: str
+) -> None:
+    response = small_client.post("/predict", json=MOVIE | change)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "validation_error"
+    assert [{"loc": loc, "type": kind}] == [
+        {"loc": e["loc"], "type": e["type"]} for e in body["errors"]
+    ]
+
+
+def test_missing_title_and_non_objects(small_client: TestClient) -> None:
+    missing = small_client.post("/predict", json={"startYear": 1994})
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0] == {
+        "loc": ["body", "primaryTitle"],
+        "msg": "field required",
+        "type": "missing",
+    }
+    for body in ([MOVIE], "movie", 5, None):
+        response = post(small_client, "/predict", orjson.dumps(body))
+        assert response.status_code == 422, body
+
+
+def test_unknown_genre_lists_the_allowed_ones(small_client: TestClient) -> None:
+    message = small_client.post("/predict", json=MOVIE | {"genres": ["Noir"]}).json()
+    text = message["errors"][0]["msg"]
+    assert "unknown genre 'Noir'" in text
+    assert all(genre in text for genre in GENRES)
+
+
+def test_every_problem_of_a_request_is_reported(small_client: TestClient) -> None:
+    bad = {"primaryTitle": 1, "startYear": "x", "isAdult": 2, "extra": 1}
+    errors = small_client.post("/predict", json=bad).json()["errors"]
+    assert {tuple(e["loc"]) for e in errors} == {
+        ("body", "primaryTitle"),
+        ("body", "startYear"),
+        ("body", "isAdult"),
+        ("body", "extra"),
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"primaryTitle": "A", "startYear": NaN}',
+        b'{"primaryTitle": "A", "startYear": Infinity}',
+        b'{"primaryTitle": "A", "startYear": -Infinity}',
+        b'{"primaryTitle": "A", "startYear": 1e999}',
+        b'{"primaryTitle": "A",',
+        b"",
+        b"\xff\xfe",
+        b'{"primaryTitle": "\\ud800"}',
+    ],
+)
+def test_invalid_json_and_non_finite_numbers_are_400(small_client: TestClient, body: bytes) -> None:
+    for path in ("/predict", "/predict/batch"):
+        response = post(small_client, path, body)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_json"
+
+
+def test_nan_gets_a_hint(small_client: TestClient) -> None:
+    detail = post(small_client, "/predict", b'{"startYear": NaN}').json()["detail"]
+    assert "NaN and Infinity are not valid JSON" in detail
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_wrong_content_type_is_415(small_client: TestClient, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    for path in ("/predict", "/predict/batch"):
+        response = small_client.post(path, content=b'{"primaryTitle": "A"}', headers=headers)
+        assert response.status_code == 415
+        assert response.json()["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "APPLICATION/JSON", "application/vnd.x+json"],
+)
+def test_json_content_types_are_accepted(small_client: TestClient, content_type: str) -> None:
+    response = small_client.post(
+        "/predict", content=b'{"primaryTitle": "A"}', headers={"content-type": content_type}
+    )
+    assert response.status_code == 200
+
+
+def test_oversized_body_is_413_from_the_header(small_client: TestClient) -> None:
+    huge = b'{"primaryTitle": "' + b"x" * 10_000 + b'"}'
+    response = post(small_client, "/predict", huge)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+
+
+def test_oversized_streamed_body_is_413(small_client: TestClient) -> None:
+    """Without Content-Length (chunked), the size is counted while reading."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b" " * 1000
+
+    response = small_client.post("/predict/batch", content=chunks(), headers=JSON_HEADERS)
+    assert response.status_code == 413
+
+
+def test_batch_problems_are_located_by_row(small_client: TestClient) -> None:
+    movies = [MOVIE, MOVIE | {"startYear": 1}, MOVIE | {"genres": ["Nope"]}]
+    errors = small_client.post("/predict/batch", json={"movies": movies}).json()["errors"]
+    assert [e["loc"] for e in errors] == [
+        ["body", "movies", 1, "startYear"],
+        ["body", "movies", 2, "genres", 0],
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [MOVIE],
+        {"movie": [MOVIE]},
+        {"movies": MOVIE},
+        {"movies": [MOVIE], "extra": 1},
+        {"movies": [1]},
+    ],
+)
+def test_malformed_batches_are_422(small_client: TestClient, body: Any) -> None:
+    response = small_client.post("/predict/batch", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+
+
+def test_batch_errors_are_capped() -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    with pytest.raises(InvalidRequestError) as caught:
+        validator.validate_batch({"movies": [{"primaryTitle": 1}] * 100}, 1000)
+    assert len(caught.value.errors) == MAX_ERRORS + 1
+    assert caught.value.errors[-1]["type"] == "truncated"
+
+
+def test_the_transforms_own_checks_are_a_4xx_too(artifact: Path) -> None:
+    """Should the validator ever let something through, FeatureError still becomes a 422."""
+    api = make_api(artifact)
+    api._validator_now()
+    api._validator.validate_one = lambda movie: movie  # type: ignore[method-assign]
+    api._validator.validate_batch = lambda body, max_batch: body["movies"]  # type: ignore[method-assign]
+    with TestClient(api) as unchecked:
+        single = unchecked.post("/predict", json=MOVIE | {"startYear": "year"})
+        batch = unchecked.post("/predict/batch", json={"movies": [MOVIE, {"primaryTitle": 5}]})
+    assert single.status_code == 422
+    assert single.json()["errors"][0]["loc"] == ["body", "startYear"]
+    assert batch.status_code == 422
+    assert batch.json()["errors"][0]["loc"] == ["body", "movies", 1, "primaryTitle"]
