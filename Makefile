@@ -10,7 +10,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --bare --skip-aliases | grep -E '^3\.1[0-3]\.[0-9]+$$' | paste -sd:)
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
-.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom gates engine sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom gates train serve benchmark engine sessions clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,15 @@ sbom: $(UV) ## CycloneDX SBOM per service
 
 gates: $(UV) ## Prove each gate fails on an injected fault
 	$(NOX) -s gates
+
+train: $(UV) ## Train the model on generated data into artifacts/model (gated against the current one)
+	$(NOX) -s train
+
+serve: $(UV) ## Train the default model, then serve it on http://127.0.0.1:8000
+	$(NOX) -s train serve
+
+benchmark: $(UV) system-packages ## Benchmarks: make benchmark WHAT=trainer|api
+	$(NOX) -s benchmark -- $(WHAT)
 
 engine: $(UV) system-packages ## Start the local container engine and registry (nox -s engine -- up)
 	$(NOX) -s engine -- up
