@@ -8,6 +8,9 @@ UV := $(TOOLS)/bin/uv
 export PATH := $(TOOLS)/bin:$(PATH)
 # With pyenv, enable every installed CPython 3.10-3.13 so that python3.X (and so nox and uv) find them.
 export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --bare --skip-aliases | grep -E '^3\.1[0-3]\.[0-9]+$$' | paste -sd:)
+# Offline vulnerability audits: our machines cannot reach pip-audit's service but keep the PyPA
+# advisory snapshot beside the clone. Set OSV_OFFLINE_DIR= (empty) to audit online instead.
+export OSV_OFFLINE_DIR ?= $(abspath $(wildcard $(CURDIR)/../shared/data/pypa-advisory-db/vulns))
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
 .PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom gates train serve benchmark engine sessions clean

@@ -154,10 +154,12 @@ def coverage(session: nox.Session) -> None:
     """Combine the coverage of all Pythons; fail under 90% lines or 90% branches."""
     sync_locked(session, "test")
     env = {"COVERAGE_FILE": str(COVERAGE_DIR / ".coverage")}
-    session.run("coverage", "combine", "--keep", str(COVERAGE_DIR), env=env)
-    session.run("coverage", "html", f"--directory={COVERAGE_DIR / 'html'}", env=env)
-    session.run("coverage", "json", f"-o={COVERAGE_DIR / 'coverage.json'}", env=env)
-    session.run("coverage", "report", env=env)
+    no_fail = ["--fail-under=0"]
+    session.run("coverage", "combine", str(COVERAGE_DIR), env=env)
+    # Reports first, whatever the figures; the gate below decides.
+    session.run("coverage", "html", f"--directory={COVERAGE_DIR / 'html'}", *no_fail, env=env)
+    session.run("coverage", "json", "-o", str(COVERAGE_DIR / "coverage.json"), *no_fail, env=env)
+    session.run("coverage", "report", *no_fail, env=env)
     session.run(
         "python", "-m", "imdb_deploy.supply_chain.coverage_gate",
         str(COVERAGE_DIR / "coverage.json"), "--line=90", "--branch=90",
