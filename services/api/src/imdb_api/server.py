@@ -87,10 +87,18 @@ def _loop_name() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def build_server(settings: Settings) -> GracefulServer:
-    """A uvicorn server for the app (uvloop, httptools, our JSON logs, no uvicorn access log)."""
+def build_server(settings: Settings, verify_first: bool = False) -> GracefulServer:
+    """A uvicorn server for the app (uvloop, httptools, our JSON logs, no uvicorn access log).
+
+    `verify_first` loads the artifact before the server starts, for workers sharing a port: the
+    kernel hands connections to any listening worker, so a worker still verifying would answer
+    503 while a sibling's /ready says 200. Connections queued for it meanwhile wait instead.
+    """
+    app = create_app(settings)
+    if verify_first:
+        app.state.load()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         loop=_loop_name(),
         http="httptools",
         lifespan="on",
@@ -112,7 +120,7 @@ def run_worker(settings: Settings, reuse_port: bool = False) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         return EXIT_FAILED
-    server = build_server(settings)
+    server = build_server(settings, verify_first=reuse_port)
     host, port = sock.getsockname()[:2]
     logger.info("listening", extra={"host": host, "port": port, "pid": os.getpid()})
     try:
