@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import Histogram
 
 from imdb_api.app import Api, ApiError, create_app
-from imdb_api.metrics import RATING_BUCKETS
+from imdb_api.metrics import RATING_BUCKETS, Metrics
+from imdb_api.model_state import ModelState
 from imdb_api.settings import Settings
 from imdb_model import verify_artifact
 
@@ -238,3 +240,19 @@ def test_create_app_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("IMDB_API_MAX_BATCH", "7")
     assert create_app().settings.max_batch == 7
     assert create_app(Settings(max_batch=3)).settings.max_batch == 3
+
+
+def test_single_predictions_fill_the_rating_histogram_like_observe() -> None:
+    """observe_prediction's bucket search gives what prometheus_client's observe() would."""
+    metrics = Metrics(ModelState(None))
+    reference = Histogram("reference_single", "", buckets=RATING_BUCKETS, registry=None)
+    for value in [1.0, 1.2, 1.5, 5.5, 5.50001, 9.99, 10.0, 7.25, 11.0, 0.5]:
+        metrics.observe_prediction(value)
+        reference.observe(value)
+    assert [b.get() for b in metrics.ratings._buckets] == [b.get() for b in reference._buckets]
+    assert metrics.ratings._sum.get() == reference._sum.get()
+    assert metrics._predict_one._value.get() == 10
+    metrics.observe_prediction(math.nan)
+    reference.observe(math.nan)
+    assert [b.get() for b in metrics.ratings._buckets] == [b.get() for b in reference._buckets]
+    assert math.isnan(metrics.ratings._sum.get())

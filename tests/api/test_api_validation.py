@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from imdb_api.validation import MAX_ERRORS, InvalidRequestError, MovieValidator
+from imdb_api.validation import FIELDS, MAX_ERRORS, InvalidRequestError, MovieValidator
 from imdb_model import GENRES, FeatureSchema
 
 from .conftest import MOVIE, make_api
@@ -206,7 +207,9 @@ def test_the_transforms_own_checks_are_a_4xx_too(artifact: Path) -> None:
     api = make_api(artifact)
     api._validator_now()
     api._validator.validate_one = lambda movie: movie  # type: ignore[method-assign]
-    api._validator.validate_batch = lambda body, max_batch: body["movies"]  # type: ignore[method-assign]
+    api._validator.validate_columns = lambda body, max_batch: {  # type: ignore[method-assign]
+        name: [movie.get(name) for movie in body["movies"]] for name in FIELDS
+    }
     with TestClient(api) as unchecked:
         single = unchecked.post("/predict", json=MOVIE | {"startYear": "year"})
         batch = unchecked.post("/predict/batch", json={"movies": [MOVIE, {"primaryTitle": 5}]})
@@ -214,3 +217,102 @@ def test_the_transforms_own_checks_are_a_4xx_too(artifact: Path) -> None:
     assert single.json()["errors"][0]["loc"] == ["body", "startYear"]
     assert batch.status_code == 422
     assert batch.json()["errors"][0]["loc"] == ["body", "movies", 1, "primaryTitle"]
+
+
+BATCH_CHANGES: list[dict[str, Any]] = [
+    {"primaryTitle": 7},
+    {"primaryTitle": ""},
+    {"primaryTitle": "x" * 41},
+    {"originalTitle": "y" * 41},
+    {"originalTitle": ["a"]},
+    {"startYear": "1994"},
+    {"startYear": 1994.5},
+    {"startYear": True},
+    {"startYear": 1000},
+    {"startYear": 3000},
+    {"startYear": 10**30},
+    {"startYear": 10**400},
+    {"startYear": float("nan")},
+    {"startYear": float("inf")},
+    {"runtimeMinutes": 0},
+    {"runtimeMinutes": {}},
+    {"isAdult": 0},
+    {"isAdult": "false"},
+    {"genres": "Drama,Crime"},
+    {"genres": ["Drama", "Noir"]},
+    {"genres": [1]},
+    {"genres": [["Drama"]]},
+    {"genres": ["Drama"] * 29},
+    {"titleType": "tvEpisode"},
+    {"titleType": ["movie"]},
+    {"tconst": "tt0000001"},
+]
+
+
+@pytest.mark.parametrize("change", BATCH_CHANGES)
+def test_column_wise_validation_reports_what_the_per_movie_checks_report(
+    change: dict[str, Any],
+) -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    body = {"movies": [MOVIE, MOVIE | change, {"primaryTitle": "B"}]}
+    with pytest.raises(InvalidRequestError) as per_movie:
+        validator.validate_batch(body, 1000)
+    with pytest.raises(InvalidRequestError) as column_wise:
+        validator.validate_columns(body, 1000)
+    assert column_wise.value.errors == per_movie.value.errors
+    assert str(column_wise.value) == str(per_movie.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[MOVIE], {"movies": MOVIE}, {"movies": [MOVIE], "extra": 1}, {"movies": [1, MOVIE]}],
+)
+def test_column_wise_validation_of_malformed_bodies(body: Any) -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    with pytest.raises(InvalidRequestError) as per_movie:
+        validator.validate_batch(body, 1000)
+    with pytest.raises(InvalidRequestError) as column_wise:
+        validator.validate_columns(body, 1000)
+    assert column_wise.value.errors == per_movie.value.errors
+
+
+def test_column_wise_validation_of_valid_batches() -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    movies = [
+        MOVIE,
+        {"primaryTitle": "B", "startYear": 1994.0, "runtimeMinutes": None, "genres": None},
+        {"primaryTitle": "C", "genres": [], "isAdult": True, "originalTitle": None},
+        {"primaryTitle": "\\N"},  # the transform, not the validator, refuses it (as before)
+    ]
+    columns = validator.validate_columns({"movies": movies}, 1000)
+    assert list(columns) == list(FIELDS)
+    assert columns["primaryTitle"] == ["The Long Night: Part II", "B", "C", "\\N"]
+    assert columns["startYear"].tolist()[:2] == [1994.0, 1994.0]
+    assert np.isnan(columns["startYear"][2:]).all()
+    assert np.isnan(columns["runtimeMinutes"][1:]).all()
+    assert np.nan_to_num(columns["isAdult"]).tolist() == [0.0, 0.0, 1.0, 0.0]  # NaN: missing
+    assert columns["genres"] == [["Crime", "Drama"], None, [], None]
+    assert validator.validate_columns({"movies": []}, 1000) == {name: [] for name in FIELDS}
+
+
+def test_batches_of_only_missing_optional_fields(small_client: TestClient) -> None:
+    movies = [{"primaryTitle": "A"}, {"primaryTitle": "B", "genres": None, "startYear": None}]
+    response = small_client.post("/predict/batch", json={"movies": movies})
+    assert response.status_code == 200
+    singles = [small_client.post("/predict", json=m).json()["averageRating"] for m in movies]
+    assert response.json()["averageRatings"] == singles
+
+
+def test_column_wise_validation_falls_back_to_the_per_movie_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the column checks do not recognise is judged movie by movie."""
+    validator = MovieValidator(FeatureSchema(), 40)
+    body = {"movies": [MOVIE, {"primaryTitle": "B"}]}
+    assert validator.validate_batch(body, 1000) == body["movies"]
+    expected = validator.validate_columns(body, 1000)
+    monkeypatch.setattr(validator, "_columns", lambda movies: None)
+    columns = validator.validate_columns(body, 1000)
+    assert columns["primaryTitle"] == expected["primaryTitle"]
+    assert columns["startYear"] == [1994, None]
+    assert columns["genres"] == expected["genres"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from imdb_model.artifact import MANIFEST_NAME, file_index, manifest_digest, seal
 SCHEMA = FeatureSchema()
 
 
-def tiny_model(n_features: int, old: float = 7.0, new: float = 5.0) -> bytes:
+def tiny_model(
+    n_features: int, old: float = 7.0, new: float = 5.0, output_shape: Any = (None, 1)
+) -> bytes:
     """One tree: start_year <= 1990 (missing years are 0) -> `old`, else `new`."""
     node = helper.make_node(
         "TreeEnsembleRegressor",
@@ -54,7 +57,7 @@ def tiny_model(n_features: int, old: float = 7.0, new: float = 5.0) -> bytes:
         [node],
         "tiny",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info("rating", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("rating", TensorProto.FLOAT, output_shape)],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
@@ -130,6 +133,22 @@ def test_predictions_are_clipped_to_the_rating_range() -> None:
     assert predictor.predict_one({"primaryTitle": "A", "startYear": 1950}) == 10.0
     assert predictor.predict_one({"primaryTitle": "A", "startYear": 2000}) == 1.0
     assert predictor.predict_records([{"primaryTitle": "A"}]).tolist() == [10.0]
+
+
+@pytest.mark.parametrize("output_shape", [(None, 1), (None,), ("rows", "targets")])
+def test_single_rows_with_and_without_the_shared_buffers(output_shape: Any) -> None:
+    predictor = Predictor(tiny_model(SCHEMA.n_features, output_shape=output_shape), SCHEMA)
+    records = [{"primaryTitle": "A", "startYear": year} for year in (1950, 2000, None, 1990)]
+    expected = predictor.predict_records(records).tolist()
+    assert [predictor.predict_one(r) for r in records] == expected
+    # While another thread holds the shared buffers, a call takes the ordinary path.
+    with predictor._lock:
+        assert [predictor.predict_one(r) for r in records] == expected
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(predictor.predict_one, records * 50)) == expected * 50
+    with pytest.raises(FeatureError, match="startYear"):
+        predictor.predict_one({"primaryTitle": "A", "startYear": 1})
+    assert predictor.predict_one(records[0]) == expected[0]  # the buffer is refilled
 
 
 def test_predictor_rejects_bad_setup() -> None:

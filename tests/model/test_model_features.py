@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
+import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -291,3 +294,222 @@ def test_a_batch_in_which_no_row_has_a_genre() -> None:
             [{"primaryTitle": "A", "genres": []}, {"primaryTitle": "B", "genres": "\\N"}], SCHEMA
         ),
     )
+
+
+# ---------------------------------------------------------------- the vectorised and shortcut paths
+
+_SEQUEL_REFERENCE = re.compile(
+    r"(?:^|\s)(?:[2-9]|1[0-9]|II|III|IV|V|VI|VII|VIII|IX|X|XI|XII)(?=$|[\s:,.!?)])"
+    r"|\b(?:Part|Chapter|Volume|Vol\.)\s+\S"
+)
+TRICKY_TITLES = [
+    "Rocky II",
+    "Rocky II: Return",
+    "Rocky II:Return",
+    "Rocky (II)",
+    "Rocky II)",
+    "Rocky XII.",
+    "Rocky XIII",
+    "II",
+    " II ",
+    "\tV\t",
+    "Saw 3",
+    "Saw 30",
+    "Saw 1",
+    "Saw 19!",
+    "Saw 20",
+    "Saw 3D",
+    "3:10 to Yuma",
+    "Se7en",
+    "X-Men",
+    "X",
+    "Malcolm X",
+    "I, Robot",
+    "IV,V",
+    "a\u00a0II",
+    "a\u3000IX",
+    "a\x1cIV",
+    "a\u2028VI",
+    "Part",
+    "Part ",
+    "Part 2",
+    "Part\u00a0Two",
+    "Part\nTwo",
+    "Department 2",
+    "_Part 2",
+    "éPart 2",
+    "(Part 2)",
+    "Chapter One",
+    "Chapter",
+    "Vol. 2",
+    "Vol 2",
+    "Vol.2",
+    "Volume 3",
+    "Volume3",
+    "Volumes 3",
+    "Vol.",
+    "Kill Bill: Vol. 2",
+    "Dune: Part Two",
+    "PartPart 2",
+    "Part Part",
+    "東京 Story 1953",
+    '"Weird" Al: Part 2',
+    "Partners",
+    "The Matrix",
+    "2001: A Space Odyssey",
+    "   ",
+    "\\",
+    "\ud800 II",
+]
+
+
+def _reference_title_features(primary: str, original: Any) -> tuple[float, ...]:
+    """The title features as first specified: the regexes, one title at a time."""
+    if original is None or original == "\\N":
+        original = primary
+    return (
+        float(len(primary)),
+        float(len(primary.split())),
+        1.0 if re.search(r"[0-9]", primary) else 0.0,
+        1.0 if _SEQUEL_REFERENCE.search(primary) else 0.0,
+        1.0 if ":" in primary else 0.0,
+        1.0 if '"' in primary else 0.0,
+        0.0 if original == primary else 1.0,
+    )
+
+
+def _random_titles(count: int, seed: int) -> list[str]:
+    pieces = list('0123456789IVXPCartChapeolum.:,!?)(_x"é東 \t\n\u00a0\u3000\x1c\u2028')
+    pieces += ["Part", "Chapter", "Volume", "Vol.", "Vol", "II", "XII", "19", " ", "  "]
+    rng = random.Random(seed)  # noqa: S311
+    return ["".join(rng.choices(pieces, k=rng.randint(1, 9))) for _ in range(count)]
+
+
+def test_whitespace_and_word_characters_are_what_the_shortcuts_assume() -> None:
+    space = re.compile(r"\s")
+    word = re.compile(r"\w")
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        is_space = char.isspace()
+        assert is_space == bool(space.match(char)), hex(code)
+        assert (char.isalnum() or char == "_") == bool(word.match(char)), hex(code)
+        if is_space:
+            assert code < 0x3001, hex(code)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_title_features_equal_the_regex_definition(seed: int) -> None:
+    titles = TRICKY_TITLES + _random_titles(3000, seed)
+    originals: list[Any] = [
+        [None, "\\N", title, title + "x"][i % 4] for i, title in enumerate(titles)
+    ]
+    expected = np.array(
+        [_reference_title_features(t, o) for t, o in zip(titles, originals, strict=True)],
+        dtype=np.float32,
+    )
+    singles = np.array(
+        [title_features(t, o) for t, o in zip(titles, originals, strict=True)], dtype=np.float32
+    )
+    np.testing.assert_array_equal(singles, expected)
+    start = SCHEMA.title_offset
+    batch = transform_columns({"primaryTitle": titles, "originalTitle": originals}, SCHEMA)
+    np.testing.assert_array_equal(batch[:, start : start + len(TITLE_FEATURES)], expected)
+    records = [
+        {"primaryTitle": t, "originalTitle": o} for t, o in zip(titles, originals, strict=True)
+    ]
+    np.testing.assert_array_equal(transform_records(records, SCHEMA), batch)
+
+
+def test_api_style_columns_take_the_vectorised_path_with_the_same_result() -> None:
+    rows = 2000
+    rng = random.Random(5)  # noqa: S311
+    titles = _random_titles(rows, 9)
+    records: list[dict[str, Any]] = []
+    for i, title in enumerate(titles):
+        record: dict[str, Any] = {"primaryTitle": title}
+        if i % 3:
+            record["startYear"] = rng.choice([None, 1870, 2050, 1994, 1994.0])
+        if i % 4:
+            record["runtimeMinutes"] = rng.choice([None, 1, 1000, 90])
+        if i % 5:
+            record["isAdult"] = rng.choice([None, True, False])
+        if i % 2:
+            record["genres"] = rng.choice(
+                [None, [], ["Drama"], ["Drama", "Drama"], ["Crime", "Drama", "Sci-Fi"]]
+            )
+        if i % 7 == 0:
+            record["originalTitle"] = rng.choice([None, title, "Other"])
+        record["titleType"] = rng.choice([None, "movie"])
+        records.append(record)
+    fields = ("primaryTitle", "originalTitle", "isAdult", "startYear", "runtimeMinutes")
+    columns: dict[str, Any] = {f: [r.get(f) for r in records] for f in fields}
+    columns["genres"] = [r.get("genres") for r in records]
+    columns["titleType"] = [r.get("titleType") for r in records]
+    expected = transform_records(records, SCHEMA)
+    np.testing.assert_array_equal(transform_columns(columns, SCHEMA), expected)
+    # The same genres as the file's strings, and tuples, give the same matrix.
+    columns["genres"] = [None if g is None else ",".join(g) for g in columns["genres"]]
+    np.testing.assert_array_equal(transform_columns(columns, SCHEMA), expected)
+    columns["genres"] = [
+        None if g is None else tuple(g.split(",")) if g else () for g in columns["genres"]
+    ]
+    np.testing.assert_array_equal(transform_columns(columns, SCHEMA), expected)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"startYear": [1999, True]}, "row 1: startYear: must be an integer, not a boolean"),
+        ({"startYear": [1999, 1999.5]}, "row 1: startYear: must be a whole number"),
+        ({"startYear": [1999, 10**400]}, "row 1: startYear: 1000"),
+        ({"runtimeMinutes": [None, 0]}, "row 1: runtimeMinutes: 0 is outside"),
+        ({"isAdult": [True, 2]}, "row 1: isAdult: must be 0 or 1, got 2"),
+        ({"isAdult": [None, 10**400]}, "row 1: isAdult: must be 0 or 1"),
+        ({"genres": [["Drama"], ["Drama", "Noir"]]}, "row 1: genres: unknown genre 'Noir'"),
+        ({"genres": [["Drama"], [["Drama"]]]}, "row 1: genres: genre names must be strings"),
+        ({"genres": [("Drama",), (3,)]}, "row 1: genres: genre names must be strings"),
+        ({"genres": ["Drama", "Drama,"]}, "row 1: genres: unknown genre ''"),
+        ({"genres": ["Drama", 42]}, "row 1: genres: must be a comma-separated string"),
+        ({"primaryTitle": ["A", ""]}, "row 1: primaryTitle"),
+        ({"primaryTitle": ["A", "\\N"]}, "row 1: primaryTitle"),
+        ({"originalTitle": ["A", 5]}, "row 1: originalTitle: must be a string"),
+        ({"titleType": ["movie", "short"]}, "row 1: titleType"),
+        ({"titleType": ["movie", 5]}, "row 1: titleType"),
+    ],
+)
+def test_vectorised_columns_report_the_per_row_errors(
+    columns: dict[str, Any], message: str
+) -> None:
+    batch = {"primaryTitle": ["A", "B"]} | columns
+    with pytest.raises(FeatureError, match=re.escape(message)) as caught:
+        transform_columns(batch, SCHEMA)
+    assert caught.value.row == 1
+
+
+def test_unusual_but_valid_column_values_use_the_per_row_path() -> None:
+    columns: dict[str, Any] = {
+        "primaryTitle": np.array(["A", "Rocky II"], dtype=object),
+        "originalTitle": ["A", float("nan")],
+        "startYear": ["1999", np.int64(2000)],
+        "isAdult": ["1", "\\N"],
+        "genres": [["Drama"], "Crime,Drama"],
+        "titleType": np.array(["movie", "\\N"], dtype=object),
+    }
+    records = [{k: v[i] for k, v in columns.items()} for i in range(2)]
+    np.testing.assert_array_equal(
+        transform_columns(columns, SCHEMA), transform_records(records, SCHEMA)
+    )
+
+
+def test_transform_record_into_a_reused_buffer() -> None:
+    buffer = np.full((1, SCHEMA.n_features), 7.0, dtype=np.float32)
+    for record in RECORDS:
+        assert transform_record(record, SCHEMA, buffer) is buffer
+        np.testing.assert_array_equal(buffer, transform_record(record, SCHEMA))
+
+
+def test_record_genres_lists_with_problems() -> None:
+    with pytest.raises(FeatureError, match="unknown genre 'Noir'"):
+        transform_record({"primaryTitle": "A", "genres": ["Drama", "Noir"]}, SCHEMA)
+    with pytest.raises(FeatureError, match="must be strings"):
+        transform_record({"primaryTitle": "A", "genres": ["Drama", ["Drama"]]}, SCHEMA)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import re
 import time
@@ -47,7 +46,7 @@ from imdb_api.schemas import (
 )
 from imdb_api.settings import Settings
 from imdb_api.validation import InvalidRequestError, MovieValidator
-from imdb_model import FeatureError, FeatureSchema
+from imdb_model import FeatureError
 
 logger = logging.getLogger("imdb_api")
 access_logger = logging.getLogger("imdb_api.access")
@@ -56,7 +55,6 @@ JSON: Final[bytes] = b"application/json"
 # A client's request id is echoed only when it is short and made of safe characters; anything
 # else (log injection, megabyte headers) gets a generated one.
 _REQUEST_ID_OK: Final[re.Pattern[bytes]] = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-_NAN: Final[float] = math.nan
 _ROUTE_UNMATCHED: Final[str] = "unmatched"
 
 ERROR_STATUS: Final[dict[str, int]] = {
@@ -340,8 +338,8 @@ class Api:
             )
         validator = self._validator_now()
         try:
-            movies = validator.validate_batch(body, limit)
-            ratings = self._predict_columns(movies, validator.schema)
+            columns = validator.validate_columns(body, limit)
+            ratings = self._predict_columns(columns)
         except InvalidRequestError as exc:
             raise ApiError("validation_error", str(exc), exc.errors) from None
         except FeatureError as exc:
@@ -352,38 +350,16 @@ class Api:
         payload = {"averageRatings": ratings.astype(np.float64), "modelVersion": self.state.version}
         return Reply(200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
 
-    def _predict_columns(self, movies: list[dict[str, Any]], schema: FeatureSchema) -> Any:
-        """Validated movies -> ratings through the trainer's columnar transform."""
+    def _predict_columns(self, columns: dict[str, list[Any]]) -> Any:
+        """Validated columns -> ratings through the trainer's columnar transform.
+
+        The lists go in as they are: the transform checks and converts plain JSON values
+        (numbers and null, booleans, strings, arrays of genre names) with numpy.
+        """
         predictor = self.state.predictor
         assert predictor is not None  # noqa: S101
-        if not movies:
+        if not columns["primaryTitle"]:
             return np.empty(0, dtype=np.float32)
-        # Numeric fields as float arrays with NaN for missing take the transform's vectorised
-        # path; the validator has already refused anything but JSON numbers and null.
-        columns: dict[str, Any] = {
-            "primaryTitle": [m["primaryTitle"] for m in movies],
-            "startYear": np.array(
-                [_NAN if (v := m.get("startYear")) is None else v for m in movies], np.float64
-            ),
-            "runtimeMinutes": np.array(
-                [_NAN if (v := m.get("runtimeMinutes")) is None else v for m in movies],
-                np.float64,
-            ),
-            "isAdult": np.array([1.0 if m.get("isAdult") else 0.0 for m in movies], np.float64),
-        }
-        # Genres go in as the file's comma-separated strings: the transform caches those
-        # (~0.1 us a row instead of ~5 us for a list), and joining is lossless because the
-        # validator admitted only vocabulary names, which never contain a comma.
-        genres = [",".join(g) if (g := m.get("genres")) else None for m in movies]
-        # A batch in which no movie has a genre is passed without the column (the same
-        # features): imdb_model's `_genres_into` fails on it (an empty float index array).
-        if any(genres):
-            columns["genres"] = genres
-        originals = [m.get("originalTitle") for m in movies]
-        if any(o is not None for o in originals):
-            columns["originalTitle"] = originals
-        if len(schema.title_types) > 1:
-            columns["titleType"] = [m.get("titleType") for m in movies]
         return predictor.predict_columns(columns)
 
     async def noop(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> Reply:

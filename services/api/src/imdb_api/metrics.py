@@ -9,7 +9,9 @@ worker's own state, since Info metrics are not supported in multiprocess mode.
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Final
 
@@ -119,6 +121,7 @@ class Metrics:
         self._predict_batch = self.predictions.labels("/predict/batch")
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upper_bounds = np.asarray((*RATING_BUCKETS, float("inf")), dtype=np.float64)
+        self._bounds: list[float] = [*RATING_BUCKETS, math.inf]
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count a finished request and its latency."""
@@ -141,7 +144,13 @@ class Metrics:
     def observe_prediction(self, rating: float) -> None:
         """Count one single-movie prediction."""
         self._predict_one.inc()
-        self.ratings.observe(rating)
+        if rating != rating:  # NaN: whatever Histogram.observe does with it  # noqa: PLR0124
+            self.ratings.observe(rating)
+            return
+        # Histogram.observe, minus its linear search over the buckets (the same internals as
+        # `observe_batch`): the first bucket whose upper bound is >= the rating.
+        self.ratings._sum.inc(rating)
+        self.ratings._buckets[bisect_left(self._bounds, rating)].inc(1.0)
 
     def observe_batch(self, ratings: npt.NDArray[np.float32]) -> None:
         """Count a batch's predictions; its ratings go into the histogram in one step."""
