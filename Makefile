@@ -13,7 +13,7 @@ export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --
 export OSV_OFFLINE_DIR ?= $(abspath $(wildcard $(CURDIR)/../shared/data/pypa-advisory-db/vulns))
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
-.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom gates train serve benchmark engine sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sessions clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -29,10 +29,10 @@ system-packages: ## Install the Debian packages behind the real parts (podman, r
 pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
 	$(NOX) -t pipeline
 
-ci: $(UV) system-packages ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom
+ci: $(UV) system-packages ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom, images
 	$(NOX) -t ci
 
-check: $(UV) ## The CI steps that are not tests: lint, typecheck, security, sbom
+check: $(UV) system-packages ## The CI steps that are not tests: lint, typecheck, security, sbom, images
 	$(NOX) -t quality build
 
 test: $(UV) system-packages ## Tests on Python 3.10-3.13, combined coverage gate, fault-injection gates
@@ -44,7 +44,7 @@ lint: $(UV) ## ruff, black, hadolint, workflow checks
 fmt: $(UV) ## Format the code in place (ruff fixes, black)
 	$(NOX) -s fmt
 
-typecheck: $(UV) ## mypy --strict
+typecheck: $(UV) system-packages ## mypy --strict
 	$(NOX) -s typecheck
 
 security: $(UV) ## bandit and pip-audit (set OSV_OFFLINE_DIR for the offline database)
@@ -52,6 +52,9 @@ security: $(UV) ## bandit and pip-audit (set OSV_OFFLINE_DIR for the offline dat
 
 sbom: $(UV) ## CycloneDX SBOM per service
 	$(NOX) -s sbom
+
+images: $(UV) system-packages ## Build, push, scan and test both container images (local engine)
+	$(NOX) -s images
 
 gates: $(UV) ## Prove each gate fails on an injected fault
 	$(NOX) -s gates

@@ -6,7 +6,7 @@ carries the logic and its tests. Tags group the sessions:
 
     quality   lint, typecheck, security
     tests     tests-3.10 ... tests-3.13, coverage, gates
-    build     sbom
+    build     sbom, images
     ci        everything GitHub CI runs (`make ci`)
     pipeline  the main job on its built-in defaults (`make pipeline`)
 """
@@ -191,6 +191,20 @@ def sbom(session: nox.Session) -> None:
         )  # fmt: skip
         sboms.append(str(sbom_file))
     session.run("python", "-m", "imdb_deploy.supply_chain.sbom", "validate", *sboms)
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
+def images(session: nox.Session) -> None:
+    """Container images: build both through the Docker API, push, SBOM and scan, then test them.
+
+    Starts (or reuses) the local engine and registry first; posargs go to the build
+    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...).
+    """
+    sync_locked(session, "test")
+    session.run("python", "-m", "imdb_deploy.engine", "up")
+    build = ["python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan"]
+    session.run(*build, *session.posargs)
+    session.run("pytest", "-m", "images", "-p", "no:cacheprovider")
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "model"], default=False)

@@ -21,6 +21,7 @@ CI_SESSIONS = {
     "coverage",
     "gates",
     "sbom",
+    "images",
 }
 
 

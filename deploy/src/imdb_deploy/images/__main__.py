@@ -1,0 +1,149 @@
+"""`python -m imdb_deploy.images build|prune`: service images through the Docker Engine API.
+
+    build [--service api|trainer|all] [--artifact DIR] [--platform linux/amd64|linux/arm64]
+          [--push] [--export DIR] [--registry HOST:PORT] [--scan] [--no-cache]
+    prune [--service ...] [--keep N] [--protect VERSION_OR_TAG ...] [--registry HOST:PORT]
+          [--dry-run]
+
+The engine is the one `python -m imdb_deploy.engine up` recorded (or DOCKER_HOST). A summary of
+what was built (tags, ids, seconds) goes to reports/images-<platform>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from imdb_deploy.engine import base_image, local, registry
+from imdb_deploy.images import artifact, build, engine_client, metadata, retention, scan, services
+from imdb_deploy.images.platforms import parse_platform
+
+REPORTS = Path("reports")
+
+
+def default_registry() -> str:
+    recorded = engine_client.engine_info().get("registry")
+    return os.environ.get(local.REGISTRY_VAR) or str(recorded or registry.DEFAULT_REGISTRY_ADDRESS)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m imdb_deploy.images", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = top.add_subparsers(dest="command", required=True)
+    b = commands.add_parser("build", help="build (and push, export, scan) service images")
+    b.add_argument("--service", default="all", choices=["all", *services.SERVICES])
+    b.add_argument("--artifact", type=Path, default=os.environ.get("MLOPS_ARTIFACT"),
+                   help="model artifact for the API image (env MLOPS_ARTIFACT; default: a demo "
+                   "artifact trained once on generated data)")  # fmt: skip
+    b.add_argument("--platform", default="linux/amd64", help="linux/amd64 or linux/arm64")
+    b.add_argument("--registry", default=default_registry(), help="HOST:PORT (env MLOPS_REGISTRY)")
+    b.add_argument("--push", action="store_true", help="push both tags to the registry")
+    b.add_argument("--export", type=Path, metavar="DIR", help="docker save each image into DIR")
+    b.add_argument("--scan", action="store_true", help="SBOM, pip-audit and Trivy per image")
+    b.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    b.add_argument("--reports", type=Path, default=REPORTS)
+    p = commands.add_parser("prune", help="keep the newest N versions locally and in the registry")
+    p.add_argument("--service", default="all", choices=["all", *services.SERVICES])
+    p.add_argument("--keep", type=int, default=retention.DEFAULT_KEEP)
+    p.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="VERSION_OR_TAG",
+        help="a version an environment runs or would roll back to (repeatable)",
+    )
+    p.add_argument("--registry", default=default_registry())
+    p.add_argument("--local-only", action="store_true", help="leave the registry alone")
+    p.add_argument("--dry-run", action="store_true", help="only say what would go")  # fmt: skip
+    return top
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    root = Path.cwd()
+    target = parse_platform(args.platform)
+    cache_dir = base_image.default_cache_dir()
+    selected = services.select(args.service)
+    art = args.artifact
+    if art is None and any(s.needs_artifact for s in selected):
+        art = artifact.demo_artifact(local.state_dir().parent / "images")
+        print(f"images: no --artifact given, using the demo artifact {art}")
+    client = engine_client.connect()
+    try:
+        base = engine_client.ensure_platform_base(
+            client, target, engine_client.base_source(client), cache_dir
+        )
+        revision = metadata.git_revision(root)
+        built = []
+        for service in selected:
+            image = build.build_service(
+                client, root, service, target, base_image=base, revision=revision,
+                cache_dir=cache_dir, registry=args.registry, artifact=art, nocache=args.no_cache,
+                source=metadata.source_url(os.environ),
+            )  # fmt: skip
+            print(f"built {service.name} {image.image_id[:19]} in {image.seconds:.1f} s: "
+                  + ", ".join(image.tags))  # fmt: skip
+            record = asdict(image)
+            record.pop("log")
+            if args.push:
+                record["pushed"] = build.push(client, image.tags)
+                print(f"pushed {', '.join(image.tags)}")
+            if args.export is not None:
+                record["export"] = str(build.export(client, image.reference, args.export))
+                print(f"exported {record['export']}")
+            built.append((image, record))
+        failures: list[str] = []
+        if args.scan:
+            osv = os.environ.get("OSV_OFFLINE_DIR")
+            failures = scan.scan_all(
+                client,
+                [(i.reference, i.service + build.platform_suffix(target), i.version, i.platform)
+                 for i, _ in built],
+                args.reports, Path(osv) if osv else None,
+            )  # fmt: skip
+    finally:
+        client.close()
+    args.reports.mkdir(parents=True, exist_ok=True)
+    summary = args.reports / f"images-{target.suffix}.json"
+    summary.write_text(json.dumps([record for _, record in built], indent=2) + "\n")
+    for failure in failures:
+        print(f"images: FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    client = engine_client.connect()
+    try:
+        for service in services.select(args.service):
+            repo = metadata.repository(args.registry, service.repository)
+            gone = retention.prune_local(client, repo, args.keep, args.protect, args.dry_run)
+            verb = "would remove" if args.dry_run else "removed"
+            print(f"{repo} (local): {verb} {[r.version for r in gone] or 'nothing'}")
+            if not args.local_only:
+                remote = retention.RegistryClient(args.registry)
+                gone = retention.prune_registry(
+                    remote, service.repository, args.keep, args.protect, args.dry_run
+                )
+                print(f"{repo} (registry): {verb} {[r.version for r in gone] or 'nothing'}")
+    finally:
+        client.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return cmd_build(args)
+        return cmd_prune(args)
+    except (RuntimeError, ValueError) as error:
+        print(f"images: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Session fixtures for the image integration tests: one isolated Podman engine (own storage), a
+registry on a free loopback port, a demo model artifact, and one built pair of images (API +
+trainer) per session."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from imdb_deploy.engine import base_image, podman, registry
+from imdb_deploy.images import artifact, build, engine_client, metadata, services
+from imdb_deploy.images.platforms import PLATFORMS
+
+SECRET_VARIABLE = "MLOPS_RELEASE_TOKEN"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ImageEngine:
+    """An isolated engine and registry for this session."""
+
+    client: docker.DockerClient
+    registry: str
+    cache_dir: Path
+    revision: metadata.Revision
+
+
+@dataclass(frozen=True)
+class ImageSession:
+    """What the session built and where."""
+
+    engine: ImageEngine
+    artifact: Path
+    api: build.BuiltImage
+    trainer: build.BuiltImage
+    secret: str
+    base: str
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self.engine.client
+
+
+@pytest.fixture(scope="session")
+def image_engine(
+    tmp_path_factory: pytest.TempPathFactory,
+    require_tool: Callable[[str], str],
+    repo_root: Path,
+) -> Iterator[ImageEngine]:
+    for tool in ("podman", "runc", "docker-registry", "apt-get"):
+        require_tool(tool)
+    if not (base_image.default_cache_dir() / base_image.RootfsRecipe().tarball_name()).exists():
+        require_tool("debootstrap")
+    local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
+    address = local.start()
+    state = tmp_path_factory.mktemp("engine")
+    service = podman.PodmanService(state, storage_dir=state / "storage")
+    try:
+        service.start(insecure_registries=[address])
+        client = docker.DockerClient(base_url=service.docker_host, timeout=900)
+        yield ImageEngine(
+            client, address, base_image.default_cache_dir(), metadata.git_revision(repo_root)
+        )
+        client.close()
+    finally:
+        service.stop()
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    started = time.monotonic()
+    trained = artifact.demo_artifact(tmp_path_factory.mktemp("artifact"))
+    print(f"\ndemo artifact trained in {time.monotonic() - started:.1f} s")
+    return trained
+
+
+@pytest.fixture(scope="session")
+def image_session(
+    image_engine: ImageEngine, demo_artifact: Path, repo_root: Path
+) -> Iterator[ImageSession]:
+    client = image_engine.client
+    # A secret in the build environment, as a CI job would have one: it must reach no layer.
+    secret = "tok-" + secrets.token_hex(16)
+    previous = os.environ.get(SECRET_VARIABLE)
+    os.environ[SECRET_VARIABLE] = secret
+    try:
+        amd64 = PLATFORMS["linux/amd64"]
+        base = engine_client.ensure_platform_base(
+            client, amd64, "debootstrap", image_engine.cache_dir
+        )
+        built = {}
+        for name in ("api", "trainer"):
+            built[name] = build.build_service(
+                client, repo_root, services.SERVICES[name], amd64, base_image=base,
+                revision=image_engine.revision, cache_dir=image_engine.cache_dir,
+                registry=image_engine.registry, artifact=demo_artifact,
+            )  # fmt: skip
+            print(f"\nbuilt {name} in {built[name].seconds:.1f} s (own storage, no layer cache)")
+        yield ImageSession(
+            image_engine, demo_artifact, built["api"], built["trainer"], secret, base
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(SECRET_VARIABLE, None)
+        else:
+            os.environ[SECRET_VARIABLE] = previous
