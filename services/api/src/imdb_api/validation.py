@@ -17,18 +17,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from imdb_model import FeatureSchema
+from imdb_model import INPUT_FIELDS, FeatureSchema
 
 NULL_MARKER: Final[str] = "\\N"
-FIELDS: Final[tuple[str, ...]] = (
-    "primaryTitle",
-    "originalTitle",
-    "titleType",
-    "isAdult",
-    "startYear",
-    "runtimeMinutes",
-    "genres",
-)
+FIELDS: Final[tuple[str, ...]] = INPUT_FIELDS
 _FIELD_SET: Final[frozenset[str]] = frozenset(FIELDS)
 _NONE: Final[type] = type(None)
 _NUMBER_TYPES: Final[frozenset[type]] = frozenset({int, float, _NONE})

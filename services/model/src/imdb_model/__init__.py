@@ -14,10 +14,11 @@ from imdb_model.features import (
     transform_records,
 )
 from imdb_model.predictor import Predictor
-from imdb_model.schema import GENRES, FeatureSchema, SchemaError
+from imdb_model.schema import GENRES, INPUT_FIELDS, FeatureSchema, SchemaError
 
 __all__ = [
     "GENRES",
+    "INPUT_FIELDS",
     "MANIFEST_NAME",
     "Artifact",
     "ArtifactVerificationError",

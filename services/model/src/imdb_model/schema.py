@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final
 
+# The title.basics fields the model reads: the API's request fields, the trainer's input columns.
+INPUT_FIELDS: Final[tuple[str, ...]] = (
+    "primaryTitle",
+    "originalTitle",
+    "titleType",
+    "isAdult",
+    "startYear",
+    "runtimeMinutes",
+    "genres",
+)
+
 # The 28 genres that IMDb uses in title.basics. Any other token is rejected, never silently
 # ignored: the trainer counts such rows as malformed, and the API answers 4xx.
 GENRES: Final[tuple[str, ...]] = (

@@ -20,7 +20,7 @@ import polars as pl
 from imdb_model.artifact import FORMAT_VERSION, seal_manifest, verify_artifact
 from imdb_model.features import FeatureError, FeatureMatrix, transform_columns
 from imdb_model.predictor import Predictor
-from imdb_model.schema import FeatureSchema
+from imdb_model.schema import INPUT_FIELDS, FeatureSchema
 from imdb_trainer.evaluation import (
     GateResult,
     LinearBaseline,
@@ -47,15 +47,6 @@ from imdb_trainer.publish import (
 MODEL_FILE: Final[str] = "model.onnx"
 NATIVE_FILE: Final[str] = "model.lightgbm.txt"
 REPORT_DIR: Final[str] = "report"
-INPUT_FIELDS: Final[tuple[str, ...]] = (
-    "primaryTitle",
-    "originalTitle",
-    "titleType",
-    "isAdult",
-    "startYear",
-    "runtimeMinutes",
-    "genres",
-)
 # The ONNX model must reproduce the booster to this tolerance (float32 sums of leaf values).
 ONNX_TOLERANCE: Final[float] = 1e-3
 # Hand-written golden inputs: typical, quoted/sequel with genres as a string, and all-missing.
