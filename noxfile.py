@@ -64,6 +64,13 @@ def sync_locked(
     session.run_install(*args, env=env, external=True)
 
 
+def own_basetemp(session: nox.Session) -> list[str]:
+    """pytest's temporary directory inside the session's own: pytest cleans up old numbered
+    directories of every earlier run, and one holding a busy mount (container storage) must not
+    fail an unrelated session."""
+    return [f"--basetemp={Path(session.create_tmp()) / 'pytest'}"]
+
+
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
 def lint(session: nox.Session) -> None:
     """Lint: ruff and black on all Python, hadolint on Dockerfiles, zizmor and a schema on CI."""
@@ -136,13 +143,9 @@ def tests(session: nox.Session) -> None:
     data_file = COVERAGE_DIR / f".coverage.py{session.python}"
     args = session.posargs or ["-m", "not (gates or images or benchmark)"]
     session.run(
-        "pytest",
-        "--cov",
-        "--cov-report=",
-        "--cov-fail-under=0",
-        *args,
+        "pytest", "--cov", "--cov-report=", "--cov-fail-under=0", *own_basetemp(session), *args,
         env={"COVERAGE_FILE": str(data_file)},
-    )
+    )  # fmt: skip
 
 
 @nox.session(
@@ -170,7 +173,9 @@ def coverage(session: nox.Session) -> None:
 def gates(session: nox.Session) -> None:
     """Prove the gates can fail: inject faults into throw-away copies and run the sessions."""
     sync_locked(session, "test")
-    session.run("pytest", "-m", "gates", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest", "-m", "gates", "-p", "no:cacheprovider", *own_basetemp(session), *session.posargs
+    )
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
@@ -204,7 +209,7 @@ def images(session: nox.Session) -> None:
     session.run("python", "-m", "imdb_deploy.engine", "up")
     build = ["python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan"]
     session.run(*build, *session.posargs)
-    session.run("pytest", "-m", "images", "-p", "no:cacheprovider")
+    session.run("pytest", "-m", "images", "-p", "no:cacheprovider", *own_basetemp(session))
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "model"], default=False)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +151,15 @@ class PodmanService:
         stopped = self.process.stop()
         self.socket.unlink(missing_ok=True)
         if self.storage_dir is not None and self.runroot is not None:
-            # Podman leaves its overlay mounts behind; an own storage must not outlive its engine.
-            unmount_below(self.storage_dir)
-            unmount_below(self.runroot)
+            # Podman leaves its overlay mounts behind, and the `podman container cleanup` that
+            # conmon starts when a container exits can mount the store again a moment later: an
+            # own storage must not outlive its engine, so unmount until nothing comes back.
+            for _ in range(10):
+                unmount_below(self.storage_dir)
+                unmount_below(self.runroot)
+                time.sleep(0.3)
+                if not mount_points_below(self.storage_dir) + mount_points_below(self.runroot):
+                    break
             shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
 
