@@ -68,7 +68,9 @@ def own_basetemp(session: nox.Session) -> list[str]:
     """pytest's temporary directory inside the session's own: pytest cleans up old numbered
     directories of every earlier run, and one holding a busy mount (container storage) must not
     fail an unrelated session."""
-    return [f"--basetemp={Path(session.create_tmp()) / 'pytest'}"]
+    # Not session.create_tmp(): that also points TMPDIR into .nox, and Podman refuses a runroot
+    # path over 50 characters.
+    return [f"--basetemp={Path(session.virtualenv.location) / 'pytest-tmp'}"]
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
