@@ -13,7 +13,9 @@ carries the logic and its tests. Tags group the sessions:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import nox
@@ -68,9 +70,12 @@ def own_basetemp(session: nox.Session) -> list[str]:
     """pytest's temporary directory inside the session's own: pytest cleans up old numbered
     directories of every earlier run, and one holding a busy mount (container storage) must not
     fail an unrelated session."""
-    # Not session.create_tmp(): that also points TMPDIR into .nox, and Podman refuses a runroot
-    # path over 50 characters.
-    return [f"--basetemp={Path(session.virtualenv.location) / 'pytest-tmp'}"]
+    # Outside the repository (tests need directories that are no git checkout), and not
+    # session.create_tmp(), which also moves TMPDIR: Podman refuses a runroot over 50 characters.
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
+    parent = Path(tempfile.gettempdir()) / f"mlops-imdb-{checkout}"
+    parent.mkdir(exist_ok=True)  # pytest creates only the last level
+    return [f"--basetemp={parent / session.name.replace('.', '')}"]
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])
