@@ -13,7 +13,7 @@ export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --
 export OSV_OFFLINE_DIR ?= $(abspath $(wildcard $(CURDIR)/../shared/data/pypa-advisory-db/vulns))
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
-.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy rollback status sessions clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -70,6 +70,18 @@ benchmark: $(UV) system-packages ## Benchmarks: make benchmark WHAT=trainer|api
 
 engine: $(UV) system-packages ## Start the local container engine and registry (nox -s engine -- up)
 	$(NOX) -s engine -- up
+
+sandbox: $(UV) system-packages ## Start the sandbox fleet (2 x 2 hosts: sshd, Podman, nginx each): ACTION=up|down|status
+	$(NOX) -s sandbox -- $(or $(ACTION),up)
+
+deploy: $(UV) ## Blue-green deploy: make deploy ENV=sandbox-staging [VERSION=v] [APPROVE=1]
+	$(NOX) -s deploy -- $(or $(ENV),sandbox-staging) $(if $(VERSION),--version=$(VERSION)) $(if $(APPROVE),--approve)
+
+rollback: $(UV) ## Roll back: make rollback ENV=sandbox-staging [VERSION=v]
+	$(NOX) -s rollback -- $(or $(ENV),sandbox-staging) $(if $(VERSION),--version=$(VERSION)) $(if $(APPROVE),--approve)
+
+status: $(UV) ## Colour, version and health per host: make status ENV=sandbox-staging
+	$(UV) run --locked fab status --env $(or $(ENV),sandbox-staging)
 
 sessions: $(UV) ## List the nox sessions (the pipeline's table of contents)
 	$(NOX) -l

@@ -148,7 +148,8 @@ def tests(session: nox.Session) -> None:
     sync_locked(session, "test")
     COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
     data_file = COVERAGE_DIR / f".coverage.py{session.python}"
-    args = session.posargs or ["-m", "not (gates or images or benchmark)"]
+    integration = "images or sandbox or monitoring"  # their own sessions, on one Python
+    args = session.posargs or ["-m", f"not (gates or benchmark or {integration})"]
     session.run(
         "pytest", "--cov", "--cov-report=", "--cov-fail-under=0", *own_basetemp(session), *args,
         env={"COVERAGE_FILE": str(data_file)},
@@ -158,7 +159,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(
     python=DEFAULT_PYTHON,
     tags=["ci", "tests", "pipeline"],
-    requires=[f"tests-{version}" for version in PYTHON_VERSIONS],
+    requires=[*(f"tests-{version}" for version in PYTHON_VERSIONS), "integration"],
 )
 def coverage(session: nox.Session) -> None:
     """Combine the coverage of all Pythons; fail under 90% lines or 90% branches."""
@@ -173,6 +174,20 @@ def coverage(session: nox.Session) -> None:
     session.run(
         "python", "-m", "imdb_deploy.supply_chain.coverage_gate",
         str(COVERAGE_DIR / "coverage.json"), "--line=90", "--branch=90",
+    )  # fmt: skip
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "tests", "pipeline"])
+def integration(session: nox.Session) -> None:
+    """Integration tests of the delivery on one Python. Deploys: their own sandbox fleet (sshd,
+    Podman, nginx per host), registry and releases; deploy, redeploy, rollback, the fault matrix,
+    zero dropped requests. Monitoring: a real Prometheus and Pushgateway scraping a real API."""
+    sync_locked(session, "test")
+    COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "pytest", "-m", "sandbox or monitoring", "--cov", "--cov-report=", "--cov-fail-under=0",
+        "-p", "no:cacheprovider", *own_basetemp(session), *session.posargs,
+        env={"COVERAGE_FILE": str(COVERAGE_DIR / ".coverage.integration")},
     )  # fmt: skip
 
 
@@ -277,3 +292,39 @@ def engine(session: nox.Session) -> None:
     """
     sync_locked(session)
     session.run("python", "-m", "imdb_deploy.engine", *(session.posargs or ["status"]))
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def sandbox(session: nox.Session) -> None:
+    """The sandbox fleet, the built-in deploy target: `nox -s sandbox -- up|down|status`.
+
+    Per host of sandbox-staging and sandbox-production: an sshd on its own 127.0.0.x address,
+    its own Podman storage and (after `up`'s setup over SSH) its own nginx.
+    """
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.sandbox", *(session.posargs or ["status"]))
+
+
+def _release(session: nox.Session, action: str) -> None:
+    if not session.posargs or session.posargs[0].startswith("-"):
+        session.error(f"usage: nox -s {action} -- ENVIRONMENT [--version V] [--approve]")
+    environment, *args = session.posargs
+    session.run("python", "-m", "imdb_deploy.bluegreen", action, *args, environment)
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def deploy(session: nox.Session) -> None:
+    """Blue-green deploy: `nox -s deploy -- ENVIRONMENT [--version V] [--approve]`.
+
+    The version defaults to the API image the last `nox -s images` built.
+    """
+    sync_locked(session)
+    _release(session, "deploy")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def rollback(session: nox.Session) -> None:
+    """Roll back: `nox -s rollback -- ENVIRONMENT [--version V] [--approve]` (default: the
+    previous release, by a proxy switch when every host still has it)."""
+    sync_locked(session)
+    _release(session, "rollback")

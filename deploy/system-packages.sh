@@ -2,11 +2,14 @@
 # The Debian packages behind the pipeline's real parts: a container engine speaking the Docker API
 # (Podman with runc), a local registry, debootstrap for the locally made base image, promtool
 # (Prometheus) to check metrics and rules, wrk to load the API in benchmarks, and qemu-user-static
-# with binfmt-support to build and run arm64 images under emulation (`--arm64` registers it).
+# with binfmt-support to build and run arm64 images under emulation (`--arm64` registers it);
+# openssh-server, nginx and curl for the sandbox fleet's simulated hosts (util-linux gives flock);
+# prometheus-pushgateway for the monitoring stack's deploy markers (its tests run a real one).
 # As root on Debian they are installed when missing; elsewhere the missing ones are named, and
 # with CI=true that is an error.
 set -euo pipefail
-packages=(podman runc debootstrap docker-registry prometheus wrk qemu-user-static binfmt-support)
+packages=(podman runc debootstrap docker-registry prometheus wrk qemu-user-static binfmt-support
+          openssh-server nginx-light curl util-linux prometheus-pushgateway)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -1,0 +1,205 @@
+"""The deploy commands, shared by `python -m imdb_deploy.bluegreen` (nox) and the fabfile.
+
+deploy ENV [--version V] [--approve]      release V (default: the last image built)
+rollback ENV [--version V] [--approve]    back to the kept release, or to V
+status ENV [--json]                       per host: colour, version, health, addresses
+audit ENV [--limit N]                     the newest audit entries
+lock ENV                                  who holds the deploy lock, until when
+unlock ENV [--reason TEXT]                force-release the lock (audited)
+setup ENV                                 prepare the hosts (safe to repeat)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from imdb_deploy import notify
+from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, load_environment
+from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, Outcome
+
+# `nox -s images` records what it built here; the default release is the API image it built last.
+IMAGES_RECORD = REPO_ROOT / "reports" / "images-amd64.json"
+DEPLOY_REPORTS = REPO_ROOT / "reports" / "deploys"
+
+
+class CliError(RuntimeError):
+    """A usage problem worth one clear line, not a traceback."""
+
+
+def built_version(record: Path = IMAGES_RECORD) -> str:
+    """The version of the API image the last `nox -s images` built."""
+    try:
+        images = json.loads(record.read_text())
+        return next(str(image["version"]) for image in images if image["service"] == "api")
+    except (OSError, ValueError, StopIteration, KeyError, TypeError):
+        raise CliError(
+            f"no --version given and no API image recorded in {record}: "
+            "build one with `nox -s images` or pass --version"
+        ) from None
+
+
+def save_outcome(outcome: Outcome, directory: Path = DEPLOY_REPORTS) -> Path:
+    """The deploy's timeline as JSON, for the deployment report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = outcome.started.replace(":", "").replace("-", "").replace("+0000", "Z")
+    path = directory / f"{outcome.environment}-{stamp}-{outcome.action}-{outcome.id}.json"
+    data = {**outcome.audit_entry(), "events": [vars(event) for event in outcome.events]}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def status_table(rows: Sequence[dict[str, object]]) -> str:
+    header = f"{'host':<14} {'ssh':<18} {'http':<26} {'colour':<7} {'version':<28} health"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        health = (
+            "ok" if row.get("healthy") else ("UNREACHABLE" if not row.get("reachable") else "DOWN")
+        )
+        if row.get("interrupted_switch"):
+            health += " (interrupted switch: the next deploy or rollback repairs it)"
+        lines.append(
+            f"{row['host']!s:<14} {row['ssh']!s:<18} {row['http']!s:<26} "
+            f"{row.get('colour') or '-'!s:<7} {row.get('version') or '-'!s:<28} {health}"
+        )
+        if row.get("error"):
+            lines.append(f"    {row['error']}")
+    return "\n".join(lines)
+
+
+def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None:
+    """Tell Slack and e-mail (when configured) how it went; a failing receiver is only logged."""
+    try:
+        settings = notify.NotifySettings.from_environ(environ)
+    except notify.NotifyConfigError as exc:
+        print(f"notifications off: {exc}", file=sys.stderr)
+        return
+    event = notify.DeployEvent(
+        environment=outcome.environment,
+        action="rollback" if outcome.action == "rollback" else "deploy",
+        result=(
+            "ok"
+            if outcome.result == "ok"
+            else "refused" if outcome.result == "refused" else "failed"
+        ),
+        from_versions=outcome.from_versions,
+        to_version=outcome.to_version,
+        user=outcome.user,
+        seconds=outcome.seconds,
+        detail=outcome.detail,
+        report_path=str(report),
+    )
+    for delivery in notify.notify(event, settings):
+        state = "sent" if delivery.ok else f"NOT sent ({delivery.error})"
+        print(f"notification {delivery.name}: {state} in {delivery.seconds:.2f} s")
+
+
+def _release(orchestrator: Orchestrator, action: str, version: str | None, approve: bool) -> int:
+    try:
+        if action == "deploy":
+            outcome = orchestrator.deploy(version or built_version(), approve)
+        else:
+            outcome = orchestrator.rollback(version, approve)
+    finally:
+        if orchestrator.outcome is not None:
+            report = save_outcome(orchestrator.outcome)
+            print(f"timeline: {report}")
+            announce(orchestrator.outcome, report, orchestrator.environ)
+    return 0 if outcome.result == "ok" else 1
+
+
+def _status(orchestrator: Orchestrator, as_json: bool) -> int:
+    rows = orchestrator.status()
+    print(json.dumps(rows, indent=2) if as_json else status_table(rows))
+    return 0 if all(row.get("healthy") for row in rows) else 3
+
+
+def _unlock(orchestrator: Orchestrator, reason: str) -> int:
+    released = orchestrator.unlock(reason)
+    print(f"released: {released}" if released else "no lock was held")
+    return 0
+
+
+def _lock(orchestrator: Orchestrator) -> int:
+    print(json.dumps(orchestrator.lock_info()))
+    return 0
+
+
+def _setup(orchestrator: Orchestrator) -> int:
+    orchestrator.setup()
+    return 0
+
+
+def _audit(orchestrator: Orchestrator, limit: int) -> int:
+    for entry in orchestrator.audit_log(limit):
+        print(json.dumps(entry, sort_keys=True))
+    return 0
+
+
+def run(action: str, environment: Environment, **options: Any) -> int:
+    """Run one action; returns the process exit code."""
+    orchestrator = Orchestrator(environment)
+    actions: dict[str, Callable[[], int]] = {
+        "deploy": lambda: _release(orchestrator, "deploy", options.get("version"),
+                                   bool(options.get("approve"))),
+        "rollback": lambda: _release(orchestrator, "rollback", options.get("version"),
+                                     bool(options.get("approve"))),
+        "status": lambda: _status(orchestrator, bool(options.get("json"))),
+        "audit": lambda: _audit(orchestrator, int(options.get("limit") or 20)),
+        "lock": lambda: _lock(orchestrator),
+        "unlock": lambda: _unlock(orchestrator, str(options.get("reason") or "")),
+        "setup": lambda: _setup(orchestrator),
+    }  # fmt: skip
+    if action not in actions:
+        raise CliError(f"unknown action {action!r}")
+    try:
+        return actions[action]()
+    except DeployError as exc:
+        print(f"{action} FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        orchestrator.close()
+
+
+def option_args(options: dict[str, object]) -> list[str]:
+    """`{"version": "v1", "approve": True}` -> `["--version", "v1", "--approve"]`; unset: none."""
+    args: list[str] = []
+    for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value is True:
+            args.append(flag)
+        elif value not in (None, False, ""):
+            args += [flag, str(value)]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m imdb_deploy.bluegreen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    for name in ("deploy", "rollback"):
+        sub = actions.add_parser(name)
+        sub.add_argument("--version", help="image tag = model version")
+        sub.add_argument("--approve", action="store_true", help="approval for production (CI)")
+    actions.add_parser("status").add_argument("--json", action="store_true")
+    actions.add_parser("audit").add_argument("--limit", type=int, default=20)
+    actions.add_parser("lock")
+    actions.add_parser("unlock").add_argument("--reason", default="")
+    actions.add_parser("setup")
+    for sub in actions.choices.values():
+        sub.add_argument("environment", help="a name in deploy/environments, or a .toml path")
+    args = parser.parse_args(argv)
+    try:
+        environment = load_environment(args.environment)
+        options = {k: v for k, v in vars(args).items() if k not in ("action", "environment")}
+        return run(args.action, environment, **options)
+    except (ConfigError, CliError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,417 @@
+"""The shell commands and files a deploy uses on a host, built as plain data.
+
+Every function here is pure: an environment, a host and a release in, a command line or a file's
+text out. Nothing connects anywhere, so the unit tests assert exactly what would run, and the
+runner (SSH) and the orchestrator (order, compensation) stay separate layers.
+
+Hosts need a POSIX shell, coreutils, util-linux (flock), curl, Podman and nginx; `setup` checks
+for them and installs the missing ones on Debian.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+
+from imdb_deploy.bluegreen.config import Environment, Host
+from imdb_deploy.bluegreen.layout import HostLayout
+
+# Exit code of a refused lock, so the caller can tell "held by someone" from a failure.
+LOCK_HELD = 3
+HOST_PACKAGES = {"podman": "podman", "nginx": "nginx", "curl": "curl", "flock": "util-linux"}
+CONTAINER_LABEL = "io.mlops-imdb"
+
+
+def q(value: object) -> str:
+    """One shell word."""
+    return shlex.quote(str(value))
+
+
+def _nginx_args(environment: Environment, layout: HostLayout) -> str:
+    if environment.nginx.mode == "own":
+        return f"-c {q(layout.nginx_conf)} -p {q(str(layout.nginx_dir) + '/')}"
+    return ""
+
+
+# ---- setup -------------------------------------------------------------------------------------
+
+
+def check_tools() -> str:
+    """Prints the Debian packages whose commands are missing; empty output means all there."""
+    checks = [
+        f"command -v {tool} >/dev/null 2>&1 || echo {package}"
+        for tool, package in HOST_PACKAGES.items()
+    ]
+    return "; ".join(checks)
+
+
+def install_packages(packages: Sequence[str]) -> str:
+    """Install Debian packages as root (a real host's first setup)."""
+    names = " ".join(q(package) for package in packages)
+    return (
+        "DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
+        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {names}"
+    )
+
+
+def make_directories(layout: HostLayout) -> str:
+    return (
+        f"mkdir -p {q(layout.root)} {q(layout.nginx_dir)} {q(layout.env_dir)} "
+        f"&& chmod 700 {q(layout.env_dir)}"
+    )
+
+
+def site_path(environment: Environment, layout: HostLayout) -> PurePosixPath:
+    """Where the site config goes: under the root (own nginx) or in the system's conf.d."""
+    if environment.nginx.mode == "own":
+        return layout.site_conf
+    return PurePosixPath("/etc/nginx/conf.d") / f"mlops-imdb-{environment.name}.conf"
+
+
+def nginx_main_conf(environment: Environment, layout: HostLayout) -> str:
+    """The whole config of an own nginx (sandbox): one site, logs and temp files under its root."""
+    prefix = layout.nginx_dir
+    return f"""\
+# Written by `fab setup`: the nginx of environment {environment.name} on this host.
+worker_processes 1;
+user {environment.nginx.user};
+pid {layout.nginx_pid};
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {layout.site_conf};
+}}
+"""
+
+
+def site_conf(environment: Environment, host: Host, layout: HostLayout) -> str:
+    """The site: the public port proxies to whichever colour upstream.conf names."""
+    upstream = f"mlops_imdb_{environment.name.replace('-', '_')}"
+    return f"""\
+# Written by `fab setup` for environment {environment.name}; the deploy switches colours by
+# rewriting {layout.upstream_conf} and reloading nginx.
+upstream {upstream} {{
+    include {layout.upstream_conf};
+    keepalive 32;
+}}
+server {{
+    listen {environment.http_address(host)};
+    keepalive_timeout {environment.nginx.client_keepalive_s:g}s;
+    client_max_body_size 8m;
+    location / {{
+        proxy_pass http://{upstream};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Request-Id $request_id;
+        proxy_connect_timeout 2s;
+        proxy_read_timeout 30s;
+    }}
+}}
+"""
+
+
+def upstream_conf(environment: Environment, host: Host, colour: str) -> str:
+    """The one line that makes `colour` live."""
+    address = f"{environment.app_bind(host)}:{environment.app.ports[colour]}"
+    return f"# live colour: {colour}\nserver {address};\n"
+
+
+def nginx_test(environment: Environment, layout: HostLayout) -> str:
+    return f"nginx -t -q {_nginx_args(environment, layout)}".rstrip()
+
+
+def nginx_reload(environment: Environment, layout: HostLayout) -> str:
+    return f"nginx -s reload {_nginx_args(environment, layout)}".rstrip()
+
+
+def switch_upstream(environment: Environment, host: Host, layout: HostLayout, colour: str) -> str:
+    """Make `colour` live in one step: new upstream, `nginx -t`, reload; when nginx refuses the
+    config, the previous upstream file is put back and the command fails with nginx's reason."""
+    target = layout.upstream_conf
+    backup = target.with_name(f"{target.name}.previous")
+    test = nginx_test(environment, layout)
+    return (
+        f"{{ cp -p {q(target)} {q(backup)} 2>/dev/null || : > {q(backup)}; }} && "
+        f"{write_file(target, upstream_conf(environment, host, colour))} && "
+        f"if refusal=$({test} 2>&1); then {nginx_reload(environment, layout)}; "
+        f'else mv -f {q(backup)} {q(target)}; echo "$refusal" >&2; exit 1; fi'
+    )
+
+
+def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
+    """Reload a running nginx, start a stopped one (own mode) — safe to repeat."""
+    if environment.nginx.mode == "system":
+        return "nginx -s reload || (command -v systemctl >/dev/null && systemctl start nginx)"
+    pid = q(layout.nginx_pid)
+    return (
+        f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
+        f"then {nginx_reload(environment, layout)}; "
+        f"else nginx {_nginx_args(environment, layout)}; fi"
+    )
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def install_file(temporary: PurePosixPath, target: PurePosixPath, mode: int = 0o644) -> str:
+    """Move an uploaded file into place atomically (rename within one directory)."""
+    return f"chmod {mode:o} {q(temporary)} && mv -f {q(temporary)} {q(target)}"
+
+
+def write_file(path: PurePosixPath, text: str) -> str:
+    """Write a small, non-secret file atomically within one command (saves the SFTP round
+    trips; secrets go by SFTP instead, never on a command line)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    return f"printf '%s' {q(text)} > {q(temporary)} && mv -f {q(temporary)} {q(path)}"
+
+
+def remove_file(path: PurePosixPath) -> str:
+    return f"rm -f {q(path)}"
+
+
+def read_file(path: PurePosixPath) -> str:
+    """Print a file, or nothing when it does not exist."""
+    return f"cat {q(path)} 2>/dev/null || true"
+
+
+JOURNAL_SEPARATOR = "\n--- journal ---\n"
+
+
+def read_state_and_journal(layout: HostLayout) -> str:
+    """Both records in one trip, split by JOURNAL_SEPARATOR."""
+    return (
+        f"cat {q(layout.state_file)} 2>/dev/null; printf {q(JOURNAL_SEPARATOR)}; "
+        f"cat {q(layout.journal)} 2>/dev/null; true"
+    )
+
+
+def env_file(values: Mapping[str, str]) -> str:
+    """A Podman --env-file: one NAME=value per line, values taken literally."""
+    for name, value in values.items():
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{name}: values in an env file cannot span lines")
+    return "".join(f"{name}={value}\n" for name, value in sorted(values.items()))
+
+
+def restore_file(backup: PurePosixPath, target: PurePosixPath) -> str:
+    return f"mv -f {q(backup)} {q(target)}"
+
+
+def backup_file(target: PurePosixPath, backup: PurePosixPath) -> str:
+    return f"cp -p {q(target)} {q(backup)}"
+
+
+# ---- images and containers ---------------------------------------------------------------------
+
+
+def pull(image: str) -> str:
+    return f"podman pull --quiet {q(image)}"
+
+
+def ensure_image(image: str) -> str:
+    """Pull unless present (a release tag never moves); prints `present` or `pulled`."""
+    return (
+        f"if podman image exists {q(image)}; then echo present; "
+        f"else podman pull --quiet {q(image)} >/dev/null && echo pulled; fi"
+    )
+
+
+def image_exists(image: str) -> str:
+    return f"podman image exists {q(image)}"
+
+
+def image_labels(image: str) -> str:
+    return f"podman image inspect --format '{{{{json .Labels}}}}' {q(image)}"
+
+
+def remove_image(image: str) -> str:
+    return f"podman rmi --ignore {q(image)}"
+
+
+def container_exists(name: str) -> str:
+    return f"podman container exists {q(name)}"
+
+
+def remove_container(name: str) -> str:
+    return f"podman rm --force --ignore --time 5 {q(name)}"
+
+
+def run_container(
+    environment: Environment, host: Host, colour: str, version: str, layout: HostLayout
+) -> str:
+    """Start one colour: host network on its own port, read-only, no privileges, the settings
+    from the env file (secrets never appear on a command line)."""
+    port = environment.app.ports[colour]
+    labels = {
+        f"{CONTAINER_LABEL}.environment": environment.name,
+        f"{CONTAINER_LABEL}.colour": colour,
+        f"{CONTAINER_LABEL}.version": version,
+    }
+    argv = [
+        "podman",
+        "run",
+        "--detach",
+        f"--name={environment.container_name(colour)}",
+        "--network=host",
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--restart=no",
+        f"--stop-timeout={int(environment.app.stop_timeout_s)}",
+        f"--env-file={layout.env_file(colour)}",
+        f"--env=IMDB_API_HOST={environment.app_bind(host)}",
+        f"--env=IMDB_API_PORT={port}",
+        *(f"--label={key}={value}" for key, value in labels.items()),
+        environment.image_ref(version),
+    ]
+    return " ".join(q(arg) for arg in argv)
+
+
+def start_container(name: str) -> str:
+    return f"podman start {q(name)}"
+
+
+def stop_container(name: str, timeout_s: float) -> str:
+    """SIGTERM (the API drains in-flight requests), SIGKILL after the grace period."""
+    return f"podman stop --ignore --time {int(timeout_s)} {q(name)}"
+
+
+def container_logs(name: str, lines: int = 30) -> str:
+    return f"podman logs --tail {lines} {q(name)} 2>&1 || true"
+
+
+def why_not_ready(name: str, ready_url: str, lines: int = 8) -> str:
+    """What /ready says now (its body names the reason) and the container's last log lines
+    that are not access logs (the readiness probes would drown everything else)."""
+    return (
+        f'echo "/ready: $(curl -sS --max-time 2 {q(ready_url)} 2>&1)"; '
+        f"podman logs --tail 300 {q(name)} 2>&1 | grep -v '\"imdb_api.access\"' | tail -n {lines}; "
+        "true"
+    )
+
+
+def list_containers(environment: Environment) -> str:
+    label = f"{CONTAINER_LABEL}.environment={environment.name}"
+    return f"podman ps --all --format json --filter label={q(label)}"
+
+
+# ---- HTTP on the host ---------------------------------------------------------------------------
+
+
+def colour_url(environment: Environment, host: Host, colour: str, path: str) -> str:
+    return f"http://{environment.app_bind(host)}:{environment.app.ports[colour]}{path}"
+
+
+def public_url(environment: Environment, host: Host, path: str) -> str:
+    return f"http://{environment.http_address(host)}{path}"
+
+
+def wait_ready(url: str, passes: int, interval_s: float, timeout_s: float) -> str:
+    """Poll `url` until it answers 2xx `passes` times in a row; exit 1 after `timeout_s`.
+
+    One command for the whole wait, so it costs one SSH round trip, not one per probe.
+    """
+    attempts = max(1, int(timeout_s / interval_s))
+    return (
+        f"ok=0; i=0; while [ $i -lt {attempts} ]; do i=$((i+1)); "
+        f"if curl -fsS -o /dev/null --max-time 2 {q(url)} 2>/dev/null; "
+        f"then ok=$((ok+1)); [ $ok -ge {passes} ] && exit 0; else ok=0; fi; "
+        f"sleep {interval_s}; done; exit 1"
+    )
+
+
+def http_get(url: str, timeout_s: float = 5) -> str:
+    return f"curl -fsS --max-time {timeout_s:g} {q(url)}"
+
+
+def http_post_json(url: str, body: object, timeout_s: float = 10) -> str:
+    payload = json.dumps(body, separators=(",", ":"))
+    return (
+        f"curl -fsS --max-time {timeout_s:g} -H 'content-type: application/json' "
+        f"--data-binary {q(payload)} {q(url)}"
+    )
+
+
+# ---- lock and audit ----------------------------------------------------------------------------
+# The lock is three files changed only under flock(1), so "check, then take" is one atomic step:
+# lock.json (the holder's record), lock.token and lock.expires (host clock, epoch seconds). The
+# holder's heartbeat pushes the expiry forward; a holder that died stops renewing, the lock expires.
+
+
+def _locked(layout: HostLayout, script: str) -> str:
+    mutex = layout.lock_mutex
+    return f"mkdir -p {q(layout.root)} && flock -w 10 {q(mutex)} sh -c {q(script)}"
+
+
+def _lock_files(layout: HostLayout) -> tuple[str, str, str]:
+    return q(layout.lock_record), q(layout.lock_token), q(layout.lock_expires)
+
+
+def lock_acquire(layout: HostLayout, holder: Mapping[str, object], token: str, ttl_s: float) -> str:
+    """Take the lock if it is free or expired: prints `acquired`, or `expired` and the stale
+    holder's record. When it is held, prints the holder's record and exits LOCK_HELD."""
+    record, token_file, expires = _lock_files(layout)
+    script = (
+        "now=$(date +%s); "
+        f"if [ -s {token_file} ]; then "
+        f'if [ "$(cat {expires} 2>/dev/null || echo 0)" -gt "$now" ]; '
+        f"then cat {record}; exit {LOCK_HELD}; fi; "
+        f"echo expired; cat {record}; echo; else echo acquired; fi; "
+        f"printf '%s' {q(json.dumps(dict(holder), sort_keys=True))} > {record} && "
+        f"echo $((now + {int(ttl_s)})) > {expires} && printf '%s' {q(token)} > {token_file}"
+    )
+    return _locked(layout, script)
+
+
+def lock_renew(layout: HostLayout, token: str, ttl_s: float) -> str:
+    """Push the expiry forward while the lock is still ours; else exit LOCK_HELD."""
+    _, token_file, expires = _lock_files(layout)
+    script = (
+        f'[ "$(cat {token_file} 2>/dev/null)" = {q(token)} ] || exit {LOCK_HELD}; '
+        f"echo $(($(date +%s) + {int(ttl_s)})) > {expires}"
+    )
+    return _locked(layout, script)
+
+
+def lock_release(layout: HostLayout, token: str) -> str:
+    """Remove the lock if it is still ours; someone else's is left alone."""
+    record, token_file, expires = _lock_files(layout)
+    script = (
+        f'if [ "$(cat {token_file} 2>/dev/null)" = {q(token)} ]; '
+        f"then rm -f {token_file} {record} {expires}; fi"
+    )
+    return _locked(layout, script)
+
+
+def lock_force_release(layout: HostLayout) -> str:
+    """Remove whoever's lock (`fab unlock`); prints the record it removed."""
+    record, token_file, expires = _lock_files(layout)
+    return _locked(layout, f"cat {record} 2>/dev/null; rm -f {token_file} {record} {expires}")
+
+
+def lock_show(layout: HostLayout) -> str:
+    """Three lines: the host's clock, the expiry and the holder's record (empty when free)."""
+    record, token_file, expires = _lock_files(layout)
+    return (
+        f"date +%s; if [ -s {token_file} ]; then cat {expires}; cat {record}; echo; "
+        "else echo 0; echo; fi"
+    )
+
+
+def audit_append(layout: HostLayout, entry: Mapping[str, object]) -> str:
+    """Append one JSON line (O_APPEND: lines from several writers do not interleave)."""
+    line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":"))
+    return f"mkdir -p {q(layout.root)} && printf '%s\\n' {q(line)} >> {q(layout.audit_log)}"
+
+
+def audit_read(layout: HostLayout, lines: int) -> str:
+    return f"tail -n {lines} {q(layout.audit_log)} 2>/dev/null || true"

@@ -1,0 +1,306 @@
+"""Environments as config: `deploy/environments/<name>.toml`, typed and validated.
+
+An environment names its hosts, how to reach them (SSH user and port, pinned host keys), the image
+it runs, the ports of the two colours, readiness and drain settings, retention, and the settings
+its containers get. Secrets are never in these files: `[app.secrets]` maps a container variable to
+the name of an environment variable of the deployer (a GitHub secret in CI), read at deploy time
+and redacted from every log line (see `Redactor`).
+
+Relative paths (known_hosts, identity file, a sandbox's deploy roots) are relative to the
+repository root, so every command works from a checkout wherever it lives.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imdb_deploy.bluegreen.layout import COLOURS, HostLayout
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+ENVIRONMENTS_DIR = REPO_ROOT / "deploy" / "environments"
+# Name of the deployer's variable holding a private key for SSH (a GitHub secret in CI).
+SSH_KEY_VAR = "MLOPS_DEPLOY_SSH_KEY"
+APP_ENV_PREFIX = "IMDB_API_"
+
+
+class ConfigError(ValueError):
+    """An environment file is missing, malformed, or asks for a secret that is not set."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SshSettings(_Strict):
+    user: str | None = Field(default=None, description="login user; default: the current user")
+    port: int = Field(default=22, ge=1, le=65535)
+    known_hosts: Path = Field(description="the pinned host keys; unknown or changed keys refuse")
+    identity_file: Path | None = Field(
+        default=None, description=f"private key file; else ${SSH_KEY_VAR}, else the SSH agent"
+    )
+    connect_timeout_s: float = Field(default=10, gt=0)
+    command_timeout_s: float = Field(default=300, gt=0)
+
+
+class NginxSettings(_Strict):
+    mode: Literal["own", "system"] = Field(
+        default="system",
+        description="own: an nginx per environment under the deploy root (the sandbox); "
+        "system: the host's nginx, with the site in /etc/nginx/conf.d",
+    )
+    port: int = Field(default=80, ge=1, le=65535, description="the public HTTP port")
+    user: str = Field(default="www-data", description="worker user of an own nginx")
+    client_keepalive_s: float = Field(
+        default=0,
+        ge=0,
+        description="keep-alive for clients; 0 closes each connection after its response, so a "
+        "reload never closes an idle connection that a client is about to reuse (the one way "
+        "nginx drops requests during a switch)",
+    )
+
+
+class AppSettings(_Strict):
+    ports: dict[str, int] = Field(default={"blue": 8101, "green": 8102})
+    bind: str = Field(default="127.0.0.1", description="address the containers listen on")
+    settings: dict[str, str] = Field(default={}, description="IMDB_API_* settings, plain values")
+    secrets: dict[str, str] = Field(
+        default={}, description="container variable -> name of the deployer's variable"
+    )
+    stop_timeout_s: float = Field(
+        default=30, gt=0, description="SIGTERM grace before the engine kills a container"
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _both_colours(cls, ports: dict[str, int]) -> dict[str, int]:
+        if set(ports) != set(COLOURS) or ports["blue"] == ports["green"]:
+            raise ValueError(f"ports needs distinct {' and '.join(COLOURS)} entries")
+        if not all(0 < port < 65536 for port in ports.values()):
+            raise ValueError(f"ports out of range: {ports}")
+        return ports
+
+    @field_validator("settings", "secrets")
+    @classmethod
+    def _api_settings_only(cls, names: dict[str, str]) -> dict[str, str]:
+        for name in names:
+            if not re.fullmatch(rf"{APP_ENV_PREFIX}[A-Z0-9_]+", name):
+                raise ValueError(f"{name!r} is not an {APP_ENV_PREFIX}* setting")
+        return names
+
+
+class ReadinessSettings(_Strict):
+    passes: int = Field(default=3, ge=1, description="consecutive /ready passes needed")
+    interval_s: float = Field(default=0.5, gt=0)
+    timeout_s: float = Field(default=60, gt=0)
+
+
+class DrainSettings(_Strict):
+    seconds: float = Field(
+        default=5, ge=0, description="the old colour keeps running this long after the switch"
+    )
+
+
+class LockSettings(_Strict):
+    ttl_s: int = Field(default=120, ge=2, description="a lock not renewed this long expires")
+    heartbeat_s: float = Field(default=20, gt=0)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> LockSettings:
+        if self.heartbeat_s * 2 > self.ttl_s:
+            raise ValueError("lock heartbeat_s must be at most half of ttl_s")
+        return self
+
+
+class Approval(_Strict):
+    required: bool = False
+    github_environment: str | None = Field(
+        default=None,
+        description="--approve is accepted only inside GitHub Actions, from a job in this "
+        "(protected) GitHub environment",
+    )
+
+
+class Host(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    address: str = Field(description="SSH address")
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    http_address: str | None = Field(default=None, description="where its nginx listens")
+    app_bind: str | None = None
+    deploy_root: PurePosixPath | None = None
+
+
+class Environment(_Strict):
+    """One deploy target: its hosts and everything a deploy to them needs."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+    sandbox: bool = Field(default=False, description="hosts of the local sandbox fleet")
+    image: str = Field(description="repository, without tag: <registry>/mlops-imdb-api")
+    deploy_root: PurePosixPath = PurePosixPath("/srv/mlops-imdb")
+    strategy: Literal["all-or-nothing", "rolling"] = "all-or-nothing"
+    batch_size: int = Field(default=1, ge=1, description="hosts per batch in rolling mode")
+    keep_releases: int = Field(default=5, ge=1)
+    approval: Approval = Approval()
+    ssh: SshSettings
+    nginx: NginxSettings = NginxSettings()
+    app: AppSettings = AppSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
+    drain: DrainSettings = DrainSettings()
+    lock: LockSettings = LockSettings()
+    hosts: tuple[Host, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_hosts(self) -> Environment:
+        names = [host.name for host in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"host names repeat: {names}")
+        return self
+
+    # Per-host values fall back to the environment's.
+    def ssh_port(self, host: Host) -> int:
+        return host.ssh_port or self.ssh.port
+
+    def http_address(self, host: Host) -> str:
+        return host.http_address or f"{host.address}:{self.nginx.port}"
+
+    def app_bind(self, host: Host) -> str:
+        return host.app_bind or self.app.bind
+
+    def layout(self, host: Host) -> HostLayout:
+        """`<deploy_root>/<environment>` on a real host; sandbox hosts share one file system,
+        so each gets `<deploy_root>/<environment>/<host>`."""
+        if host.deploy_root is not None:
+            return HostLayout(host.deploy_root)
+        root = self.deploy_root / self.name
+        return HostLayout(root / host.name if self.sandbox else root)
+
+    def container_name(self, colour: str) -> str:
+        return f"mlops-imdb-api-{self.name}-{colour}"
+
+    def image_ref(self, version: str) -> str:
+        return f"{self.image}:{version}"
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise ConfigError(f"{self.name} has no host {name!r}: {[h.name for h in self.hosts]}")
+
+    def app_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The container's variables: settings, then secrets read from `environ`."""
+        values = dict(self.app.settings)
+        missing = [source for source in self.app.secrets.values() if not environ.get(source)]
+        if missing:
+            raise ConfigError(f"{self.name}: secrets not set in the environment: {missing}")
+        values.update({name: environ[source] for name, source in self.app.secrets.items()})
+        return values
+
+    def secret_values(self, environ: Mapping[str, str]) -> list[str]:
+        """Every secret value this environment's deploy may touch, for redaction."""
+        sources = [*self.app.secrets.values(), SSH_KEY_VAR]
+        return [environ[source] for source in sources if environ.get(source)]
+
+
+def environment_path(name_or_path: str, directory: Path = ENVIRONMENTS_DIR) -> Path:
+    """`staging` -> deploy/environments/staging.toml; a path to a .toml file is taken as is."""
+    if name_or_path.endswith(".toml"):
+        return Path(name_or_path)
+    return directory / f"{name_or_path}.toml"
+
+
+def available(directory: Path = ENVIRONMENTS_DIR) -> list[str]:
+    return sorted(path.stem for path in directory.glob("*.toml"))
+
+
+def load_environment(
+    name_or_path: str, directory: Path = ENVIRONMENTS_DIR, repo_root: Path = REPO_ROOT
+) -> Environment:
+    """Read and validate an environment; the error names the file and the offending field."""
+    path = environment_path(name_or_path, directory)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no environment {name_or_path!r} ({path}); available: {available(directory)}"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    try:
+        environment = Environment.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return _resolve_paths(environment, repo_root)
+
+
+def _resolve_paths(environment: Environment, repo_root: Path) -> Environment:
+    def local(path: Path | None) -> Path | None:
+        return None if path is None else (repo_root / path).resolve()
+
+    ssh = environment.ssh.model_copy(
+        update={
+            "known_hosts": local(environment.ssh.known_hosts),
+            "identity_file": local(environment.ssh.identity_file),
+        }
+    )
+    update: dict[str, object] = {"ssh": ssh}
+    if environment.sandbox and not environment.deploy_root.is_absolute():
+        # Sandbox hosts share this machine's file system: their roots live in the checkout.
+        update["deploy_root"] = PurePosixPath(repo_root) / environment.deploy_root
+    elif not environment.deploy_root.is_absolute():
+        raise ConfigError(f"{environment.name}: deploy_root must be absolute on real hosts")
+    for host in environment.hosts:
+        if host.deploy_root is not None and not host.deploy_root.is_absolute():
+            raise ConfigError(f"{environment.name}: {host.name}'s deploy_root must be absolute")
+    return environment.model_copy(update=update)
+
+
+class Redactor:
+    """Replaces secret values with `***` in any text bound for a log, the audit or a report."""
+
+    MASK = "***"
+
+    MIN_LENGTH = 4
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is masked whole; short values would mask
+        # ordinary words, and a secret that short is not one worth the name.
+        self._secrets = sorted(
+            {s for s in secrets if len(s) >= self.MIN_LENGTH}, key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, self.MASK)
+        return text
+
+    def values(self, data: T) -> T:
+        """`data` (JSON-like: dicts, lists, strings) with every string redacted; redacting the
+        dumped JSON instead would miss secrets that JSON escapes (quotes, non-ASCII)."""
+        if isinstance(data, str):
+            return self(data)  # type: ignore[return-value]
+        if isinstance(data, dict):
+            return {key: self.values(value) for key, value in data.items()}  # type: ignore[return-value]
+        if isinstance(data, list | tuple):
+            return [self.values(value) for value in data]  # type: ignore[return-value]
+        return data
+
+
+def current_user() -> str:
+    """Who deploys, for the lock and the audit: GitHub's actor in CI, else the login name."""
+    return os.environ.get("GITHUB_ACTOR") or getpass.getuser()

@@ -1,0 +1,760 @@
+"""Blue-green deploys of one environment: lock, prepare, switch, drain, audit; and undo.
+
+A deploy runs in phases over all hosts (in parallel within a phase):
+
+    lock      the environment's lock on every host (refused if held; an expired one is taken
+              over, and a switch the dead holder left half-done is put back first)
+    prepare   per host: image present (pull), the idle colour started with the new version,
+              N consecutive /ready passes, a smoke prediction on the colour's own port
+    switch    journal written, nginx upstream rewritten, `nginx -t`, reload, checked through nginx
+    commit    state.json on every host says the new colour is live; journal removed
+    drain     the old colour keeps serving its in-flight requests for `drain.seconds`, then stops
+              (kept, stopped, as the fast rollback target); old releases beyond retention pruned
+
+All-or-nothing: a failure before the commit undoes the phase on every host (new containers
+removed, switched hosts switched back), so the environment ends on one version. Rolling mode does
+the same batch by batch, and a failing batch switches the earlier ones back too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TypeVar
+
+from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.config import Environment, Host, Redactor, current_user
+from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
+from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
+
+T = TypeVar("T")
+
+# Movies the smoke test predicts: no model-specific knowledge, only the API contract.
+SMOKE_MOVIES: list[dict[str, object]] = [
+    {"primaryTitle": "Smoke Test", "startYear": 1999, "runtimeMinutes": 120,
+     "genres": ["Drama"], "isAdult": False},
+    {"primaryTitle": "Second Smoke", "startYear": None, "runtimeMinutes": None,
+     "genres": ["Comedy", "Romance"], "isAdult": False},
+]  # fmt: skip
+
+
+class DeployError(RuntimeError):
+    """The deploy (or rollback) failed; the environment was left on one version."""
+
+
+class LockHeldError(DeployError):
+    """Someone else holds the environment's deploy lock."""
+
+
+class ApprovalError(DeployError):
+    """A deploy that needs approval did not get it."""
+
+
+@dataclass
+class Event:
+    """One line of the deploy's timeline: a step on a host (or `*` for the environment)."""
+
+    at: float
+    host: str
+    step: str
+    detail: str = ""
+    ok: bool = True
+
+
+@dataclass
+class Outcome:
+    """What a deploy or rollback did, for the CLI, the audit and the deployment report."""
+
+    id: str
+    action: str
+    environment: str
+    user: str
+    started: str
+    from_versions: dict[str, str | None]
+    to_version: str | None
+    result: str = "running"
+    detail: str = ""
+    seconds: float = 0.0
+    events: list[Event] = field(default_factory=list)
+
+    def audit_entry(self) -> dict[str, object]:
+        entry = asdict(self)
+        del entry["events"]
+        return entry
+
+
+class Orchestrator:
+    """Deploy, roll back, inspect and unlock one environment."""
+
+    def __init__(
+        self,
+        environment: Environment,
+        *,
+        environ: Mapping[str, str] | None = None,
+        echo: Callable[[str], None] | None = None,
+        on_step: Callable[[str, str], None] | None = None,
+        runner_factory: Callable[[Environment, Host, Redactor], HostRunner] | None = None,
+    ) -> None:
+        self.environment = environment
+        self.environ = dict(os.environ if environ is None else environ)
+        self.redact = Redactor(environment.secret_values(self.environ))
+        self._echo = echo or (lambda line: print(line, flush=True))
+        self._on_step = on_step
+        factory = runner_factory or (
+            lambda env, host, redactor: HostRunner(env, host, redactor, self.environ)
+        )
+        self.runners: dict[str, HostRunner] = {
+            host.name: factory(environment, host, self.redact) for host in environment.hosts
+        }
+        self._t0 = time.monotonic()
+        self.outcome: Outcome | None = None
+        self._events_lock = threading.Lock()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+    def step(self, host: str, step: str, detail: str = "", ok: bool = True) -> None:
+        """Record and print one timeline line; tests hook fault injection onto it."""
+        event = Event(round(time.monotonic() - self._t0, 3), host, step, self.redact(detail), ok)
+        with self._events_lock:
+            if self.outcome is not None:
+                self.outcome.events.append(event)
+        mark = "" if ok else "FAILED "
+        self._echo(
+            f"{event.at:7.2f}s  {host:<14} {mark}{step}{': ' if detail else ''}{event.detail}"
+        )
+        if self._on_step is not None:
+            self._on_step(host, step)
+
+    def _parallel(
+        self, hosts: Sequence[Host], work: Callable[[Host], T]
+    ) -> tuple[dict[str, T], dict[str, Exception]]:
+        """Run `work` per host concurrently; results and failures by host name."""
+        results: dict[str, T] = {}
+        failures: dict[str, Exception] = {}
+        if not hosts:
+            return results, failures
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            futures = {host.name: pool.submit(work, host) for host in hosts}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except Exception as exc:  # every failure is reported per host
+                    failures[name] = exc
+        return results, failures
+
+    def _layout(self, host: Host) -> HostLayout:
+        return self.environment.layout(host)
+
+    def read_state(self, host: Host) -> HostState:
+        runner = self.runners[host.name]
+        return HostState.parse(runner.run(commands.read_file(self._layout(host).state_file)).stdout)
+
+    def write_state(self, host: Host, state: HostState, *then: str) -> None:
+        """Write state.json atomically (and run `then` commands after it, in the same trip)."""
+        command = commands.write_file(self._layout(host).state_file, state.dump())
+        self.runners[host.name].run(" && ".join([command, *then]))
+
+    def _audit(self, entry: Mapping[str, object]) -> None:
+        """Append to the audit log of every reachable host (a broken host cannot lose it)."""
+        line = self.redact.values({**entry, "logged_at": now_iso(precise=True)})
+
+        def append(host: Host) -> None:
+            self.runners[host.name].run(commands.audit_append(self._layout(host), line))
+
+        _, failures = self._parallel(self.environment.hosts, append)
+        if len(failures) == len(self.environment.hosts):
+            self._echo(f"WARNING: audit entry not written on any host: {entry}")
+
+    # ---- approval ------------------------------------------------------------------------------
+
+    def check_approval(
+        self,
+        version: str,
+        states: Mapping[str, HostState | None],
+        approve: bool,
+        confirm: Callable[[str], str] | None = None,
+    ) -> str:
+        """Production needs a human: a typed confirmation, or --approve from the protected
+        GitHub environment. Returns how approval was given."""
+        approval = self.environment.approval
+        if not approval.required:
+            return "not required"
+        if approve:
+            wanted = approval.github_environment
+            if wanted is None:
+                return "--approve"
+            in_actions = self.environ.get("GITHUB_ACTIONS") == "true"
+            if in_actions and self.environ.get("MLOPS_GITHUB_ENVIRONMENT") == wanted:
+                return f"--approve in GitHub environment {wanted}"
+            raise ApprovalError(
+                f"{self.environment.name}: --approve is accepted only from a GitHub Actions job "
+                f"in the protected environment {wanted!r}"
+            )
+        if confirm is None:
+            if not sys.stdin.isatty():
+                raise ApprovalError(
+                    f"{self.environment.name} needs approval: run in a terminal to confirm, "
+                    "or pass --approve"
+                )
+            confirm = input
+        change = "\n".join(
+            f"  {name}: {(state.live_version if state else None) or '(none)'} -> {version}"
+            for name, state in states.items()
+        )
+        answer = confirm(
+            f"Deploy {version} to {self.environment.name}:\n{change}\n"
+            f"Type the environment name to approve: "
+        )
+        if answer.strip() != self.environment.name:
+            raise ApprovalError(f"{self.environment.name}: not approved")
+        return f"confirmed by {current_user()}"
+
+    # ---- lock -----------------------------------------------------------------------------------
+
+    def _acquire(self, outcome: Outcome, token: str) -> None:
+        """Take the lock on every host, or on none: a refusal anywhere releases the rest."""
+        holder = {
+            "holder": outcome.user,
+            "action": outcome.action,
+            "version": outcome.to_version,
+            "since": outcome.started,
+            "deploy_id": outcome.id,
+            "pid": os.getpid(),
+        }
+        ttl = self.environment.lock.ttl_s
+
+        def take(host: Host) -> str:
+            command = commands.lock_acquire(self._layout(host), holder, token, ttl)
+            result = self.runners[host.name].run(command, check=False)
+            if result.exit_code == commands.LOCK_HELD:
+                raise LockHeldError(
+                    f"{self.environment.name} is locked by {result.stdout.strip()} (on "
+                    f"{host.name}); wait for it, or `fab unlock --env {self.environment.name}` "
+                    "if that deploy is gone"
+                )
+            if not result.ok:
+                raise RemoteError(host.name, f"lock failed: {result.stderr.strip()}")
+            return str(result.stdout)
+
+        taken, failures = self._parallel(self.environment.hosts, take)
+        if failures:
+            self._release([h for h in self.environment.hosts if h.name in taken], token)
+            held = [exc for exc in failures.values() if isinstance(exc, LockHeldError)]
+            raise held[0] if held else DeployError(self._failures_text(failures))
+        for name, output in taken.items():
+            if output.startswith("expired"):
+                stale = output.removeprefix("expired").strip()
+                self.step(name, "lock", f"took over an expired lock: {stale}")
+        self.step("*", "locked", f"{len(taken)} host(s), expires after {ttl:g} s unless renewed")
+
+    def _release(self, hosts: Iterable[Host], token: str) -> None:
+        for host in hosts:
+            try:
+                self.runners[host.name].run(commands.lock_release(self._layout(host), token))
+            except RemoteError as exc:
+                self.step(host.name, "unlock", f"left to expire: {exc}", ok=False)
+
+    def _heartbeat(self, token: str, stop: threading.Event, lost: list[str]) -> None:
+        """Keep the lock alive while the deploy runs; note it if someone force-released it."""
+        interval = self.environment.lock.heartbeat_s
+        while not stop.wait(interval):
+            for host in self.environment.hosts:
+                try:
+                    result = self.runners[host.name].run(
+                        commands.lock_renew(self._layout(host), token, self.environment.lock.ttl_s),
+                        check=False,
+                    )
+                except RemoteError:
+                    continue  # the deploy's own steps report the host
+                if result.exit_code == commands.LOCK_HELD:
+                    lost.append(host.name)
+
+    # ---- recovery of a half-done switch ------------------------------------------------------
+
+    def inspect(self) -> dict[str, HostState]:
+        """Every host's state, read under the lock; a switch that a dead deploy left half-done
+        (its journal still on the host) is put back first."""
+
+        def one(host: Host) -> tuple[HostState, bool]:
+            output = (
+                self.runners[host.name]
+                .run(commands.read_state_and_journal(self._layout(host)))
+                .stdout
+            )
+            state_text, _, journal_text = output.partition(commands.JOURNAL_SEPARATOR)
+            state = HostState.parse(state_text)
+            journal = Journal.parse(journal_text)
+            if journal is None:
+                return state, False
+            self._switch_back(host, state)
+            self.step(host.name, "recovered", f"{journal.deploy_id}'s unfinished switch undone")
+            return state, True
+
+        results, failures = self._parallel(self.environment.hosts, one)
+        if failures:
+            raise DeployError(f"cannot read the hosts' state: {self._failures_text(failures)}")
+        recovered = [name for name, (_, undone) in results.items() if undone]
+        if recovered:
+            self._audit({"id": new_id(), "action": "recover", "environment":
+                         self.environment.name, "user": current_user(), "started": now_iso(),
+                         "result": "recovered", "detail": f"hosts {recovered}"})  # fmt: skip
+        return {name: state for name, (state, _) in results.items()}
+
+    # ---- per-host steps ------------------------------------------------------------------------
+
+    def _write_upstream(self, host: Host, colour: str, *before: str) -> None:
+        """Point nginx at `colour` (one command: write, `nginx -t`, reload, or put it back)."""
+        layout = self._layout(host)
+        switch = commands.switch_upstream(self.environment, host, layout, colour)
+        result = self.runners[host.name].run(" && ".join([*before, switch]), check=False)
+        if not result.ok:
+            raise RemoteError(host.name, f"nginx refused the switch: {result.stderr.strip()}")
+
+    def _served_version(self, host: Host, url: str) -> str:
+        reply = self.runners[host.name].run(commands.http_get(url))
+        try:
+            return str(json.loads(reply.stdout)["version"])
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(host.name, f"{url} answered no model version") from None
+
+    def _smoke(self, host: Host, colour: str, version: str) -> None:
+        """The new colour must serve this release's model and give sane predictions."""
+        env = self.environment
+        info = commands.http_get(commands.colour_url(env, host, colour, "/model/info"))
+        batch = commands.http_post_json(
+            commands.colour_url(env, host, colour, "/predict/batch"), {"movies": SMOKE_MOVIES}
+        )
+        reply = self.runners[host.name].run(f"{info} && echo && {batch}", check=False)
+        try:
+            served, answer = (json.loads(line) for line in reply.stdout.splitlines())
+            ratings = [float(r) for r in answer["averageRatings"]]
+            versions = {served["version"], answer["modelVersion"]}
+        except (ValueError, KeyError, TypeError):
+            raise DeployError(
+                f"{host.name}: smoke test failed: {reply.stdout[:300]}{reply.stderr[:300]}"
+            ) from None
+        if versions != {version}:
+            raise DeployError(f"{host.name}: serves model {sorted(versions)}, expected {version}")
+        if len(ratings) != len(SMOKE_MOVIES) or not all(1 <= r <= 10 for r in ratings):
+            raise DeployError(f"{host.name}: smoke prediction out of range: {ratings}")
+        self.step(host.name, "smoke", f"{len(ratings)} predictions {ratings}")
+
+    def _prepare(
+        self,
+        host: Host,
+        version: str,
+        reuse: bool,
+        started: dict[str, tuple[str, HostState]],
+        state: HostState,
+    ) -> tuple[str, HostState]:
+        """Bring up `version` on the idle colour; returns (colour, state before). What it
+        starts is noted in `started` first, so a failure half-way can still be undone."""
+        env = self.environment
+        runner = self.runners[host.name]
+        layout = self._layout(host)
+        colour = state.idle
+        started[host.name] = (colour, state)
+        name = env.container_name(colour)
+        if reuse:
+            self.step(host.name, "start", f"kept {colour} container ({version})")
+            runner.run(commands.start_container(name))
+        else:
+            image = env.image_ref(version)
+            self.step(host.name, "image", image)
+            how = runner.run(commands.ensure_image(image)).stdout.strip()
+            values = env.app_environment(self.environ)
+            runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
+            self.step(host.name, "run", f"{colour} on port {env.app.ports[colour]} (image {how})")
+            run = commands.run_container(env, host, colour, version, layout)
+            runner.run(f"{commands.remove_container(name)} && {run}")
+        readiness = env.readiness
+        ready_url = commands.colour_url(env, host, colour, "/ready")
+        wait = commands.wait_ready(
+            ready_url, readiness.passes, readiness.interval_s, readiness.timeout_s
+        )
+        if not runner.run(wait, timeout_s=readiness.timeout_s + 30, check=False).ok:
+            logs = runner.run(commands.why_not_ready(name, ready_url), check=False).stdout.strip()
+            raise DeployError(
+                f"{host.name}: {colour} ({version}) not ready within "
+                f"{readiness.timeout_s:g} s:\n{logs}"
+            )
+        self.step(host.name, "ready", f"{readiness.passes} consecutive passes")
+        self._smoke(host, colour, version)
+        return colour, state
+
+    def _undo_prepare(self, host: Host, colour: str, state: HostState, reuse: bool) -> None:
+        """Stop (a kept release) or remove (a new one) what `_prepare` started."""
+        runner = self.runners[host.name]
+        name = self.environment.container_name(colour)
+        if reuse:
+            runner.run(commands.stop_container(name, self.environment.app.stop_timeout_s))
+        else:
+            runner.run(commands.remove_container(name))
+            self.write_state(host, state.without(colour))
+        self.step(host.name, "undone", f"{colour} {'stopped' if reuse else 'removed'}")
+
+    def _switch(self, host: Host, colour: str, version: str, journal: Journal) -> None:
+        layout = self._layout(host)
+        self._write_upstream(host, colour, commands.write_file(layout.journal, journal.dump()))
+        # nginx reloads asynchronously: the switch is done when nginx answers with the new model.
+        url = commands.public_url(self.environment, host, "/model/info")
+        deadline = time.monotonic() + 15
+        while (served := self._served_version(host, url)) != version:
+            if time.monotonic() > deadline:
+                raise DeployError(f"{host.name}: nginx still serves {served} after the switch")
+            time.sleep(0.05)
+        self.step(host.name, "switched", f"nginx -> {colour} ({version})")
+
+    def _switch_back(self, host: Host, state: HostState) -> None:
+        layout = self._layout(host)
+        if state.live is not None:
+            self._write_upstream(host, state.live)
+        self.runners[host.name].run(commands.remove_file(layout.journal))
+        self.step(host.name, "switched back", f"nginx -> {state.live} ({state.live_version})")
+
+    def _drain_and_stop(self, host: Host, old_colour: str | None) -> None:
+        if old_colour is None:
+            return
+        name = self.environment.container_name(old_colour)
+        self.runners[host.name].run(
+            commands.stop_container(name, self.environment.app.stop_timeout_s),
+            timeout_s=self.environment.app.stop_timeout_s + 30,
+        )
+        self.step(host.name, "stopped", f"{old_colour} kept for rollback")
+
+    def _prune(self, host: Host) -> None:
+        runner = self.runners[host.name]
+        state = self.read_state(host)
+        doomed = state.prunable(self.environment.keep_releases)
+        for version in doomed:
+            runner.run(commands.remove_image(self.environment.image_ref(version)), check=False)
+        if doomed:
+            kept = [v for v in state.releases if v not in doomed]
+            self.write_state(host, HostState(state.live, dict(state.colours), kept))
+            self.step(host.name, "pruned", ", ".join(doomed))
+
+    # ---- the release flow ----------------------------------------------------------------------
+
+    def _failures_text(self, failures: Mapping[str, Exception]) -> str:
+        return "; ".join(self.redact(str(exc)) for exc in failures.values())
+
+    def _release_batch(
+        self,
+        hosts: Sequence[Host],
+        version: str,
+        reuse: bool,
+        outcome: Outcome,
+        states: Mapping[str, HostState],
+    ) -> dict[str, tuple[str, HostState]]:
+        """Prepare and switch a batch; on any failure, undo it and raise (switched hosts of
+        this batch are switched back here, earlier batches by the caller)."""
+        started: dict[str, tuple[str, HostState]] = {}
+        prepared, failures = self._parallel(
+            hosts, lambda h: self._prepare(h, version, reuse, started, states[h.name])
+        )
+        if failures:
+            for name, exc in failures.items():
+                self.step(name, "prepare", str(exc).splitlines()[0], ok=False)
+            undo = [h for h in hosts if h.name in started]
+            for host in undo:
+                self._try(host, lambda h: self._undo_prepare(h, *started[h.name], reuse))
+            raise DeployError(f"prepare failed: {self._failures_text(failures)}")
+
+        def switch(host: Host) -> None:
+            colour, before = prepared[host.name]
+            self._switch(host, colour, version, Journal(outcome.id, before.live, colour, version))
+
+        _, failures = self._parallel(hosts, switch)
+        if failures:
+            for name, exc in failures.items():
+                self.step(name, "switch", str(exc), ok=False)
+            for host in hosts:  # switch back all: a host may have switched before it failed
+                self._try(host, lambda h: self._switch_back(h, prepared[h.name][1]))
+            for host in hosts:
+                self._try(host, lambda h: self._undo_prepare(h, *prepared[h.name], reuse))
+            raise DeployError(f"switch failed: {self._failures_text(failures)}")
+        return prepared
+
+    def _try(self, host: Host, action: Callable[[Host], None]) -> None:
+        try:
+            action(host)
+        except (RemoteError, DeployError, StateError) as exc:
+            self.step(host.name, "undo", f"could not undo: {exc}", ok=False)
+
+    def _release_version(
+        self, version: str, reuse: bool, outcome: Outcome, states: Mapping[str, HostState]
+    ) -> None:
+        env = self.environment
+        hosts = list(env.hosts)
+        size = len(hosts) if env.strategy == "all-or-nothing" else env.batch_size
+        done: dict[str, tuple[str, HostState]] = {}
+        for start in range(0, len(hosts), size):
+            batch = hosts[start : start + size]
+            try:
+                done.update(self._release_batch(batch, version, reuse, outcome, states))
+            except DeployError:
+                earlier = [h for h in hosts if h.name in done]
+                for host in earlier:  # rolling mode: earlier batches go back too
+                    self._try(host, lambda h: self._switch_back(h, done[h.name][1]))
+                    self._try(host, lambda h: self._undo_prepare(h, *done[h.name], reuse))
+                raise
+
+        # Commit: every host switched; record it, then let the old colour drain and stop.
+        def commit(host: Host) -> None:
+            colour, before = done[host.name]
+            journal = commands.remove_file(self._layout(host).journal)
+            self.write_state(host, before.switched(colour, version), journal)
+
+        _, failures = self._parallel(hosts, commit)
+        if failures:
+            raise DeployError(f"switched, but recording it failed: {self._failures_text(failures)}")
+        self.step("*", "live", f"{version} on {len(hosts)} host(s); draining the old colour "
+                  f"for {env.drain.seconds:g} s")  # fmt: skip
+        time.sleep(env.drain.seconds)
+        self._parallel(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
+        self._parallel(hosts, self._prune)
+
+    def _run(
+        self,
+        action: str,
+        version_for: Callable[[dict[str, HostState]], tuple[str, bool]],
+        approve: bool,
+        confirm: Callable[[str], str] | None,
+    ) -> Outcome:
+        """The frame around every release: states, approval, lock, heartbeat, audit."""
+        env = self.environment
+        self._t0 = time.monotonic()
+        outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, None)
+        self.outcome = outcome
+        token = new_id() + new_id()
+        try:
+            states, failures = self._parallel(env.hosts, self.read_state)
+            if failures:
+                raise DeployError(
+                    f"hosts not ready for a {action}: {self._failures_text(failures)}"
+                )
+            outcome.from_versions = {name: states[name].live_version for name in states}
+            version, reuse = version_for(states)
+            outcome.to_version = version
+            how = self.check_approval(version, states, approve, confirm)
+            self.step("*", action, f"{version} to {env.name} (approval: {how})")
+            self._acquire(outcome, token)
+        except (DeployError, RemoteError, StateError) as exc:
+            outcome.result, outcome.detail = "refused", self.redact(str(exc))
+            self._finish(outcome)
+            raise DeployError(outcome.detail) from None
+        stop, lost = threading.Event(), list[str]()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(token, stop, lost), name="lock-heartbeat", daemon=True
+        )
+        heartbeat.start()
+        try:
+            states = self.inspect()
+            if action == "rollback":  # states may have changed while we waited for the lock
+                version, reuse = version_for(states)
+            self._release_version(version, reuse, outcome, states)
+            outcome.result = "ok"
+        except (DeployError, RemoteError, StateError, ValueError) as exc:
+            outcome.result, outcome.detail = "failed", self.redact(str(exc))
+        finally:
+            stop.set()
+            heartbeat.join()
+            self._release(env.hosts, token)
+        if lost:
+            outcome.detail += f" (lock was force-released on {sorted(set(lost))} meanwhile)"
+        self._finish(outcome)
+        if outcome.result != "ok":
+            raise DeployError(outcome.detail)
+        return outcome
+
+    def _finish(self, outcome: Outcome) -> None:
+        outcome.seconds = round(time.monotonic() - self._t0, 3)
+        summary = outcome.detail.splitlines()[0] if outcome.detail else ""
+        self.step(
+            "*",
+            f"{outcome.action} {outcome.result}",
+            summary or f"{outcome.to_version} in {outcome.seconds:.1f} s",
+        )
+        self._audit(outcome.audit_entry())
+
+    # ---- public actions ------------------------------------------------------------------------
+
+    def deploy(
+        self, version: str, approve: bool = False, confirm: Callable[[str], str] | None = None
+    ) -> Outcome:
+        """Release `version` to every host (all-or-nothing by default)."""
+
+        def target(states: dict[str, HostState]) -> tuple[str, bool]:
+            return version, False
+
+        return self._run("deploy", target, approve, confirm)
+
+    def rollback(
+        self,
+        version: str | None = None,
+        approve: bool = False,
+        confirm: Callable[[str], str] | None = None,
+    ) -> Outcome:
+        """Back to the previous release kept on every host (a start and a proxy switch), or to
+        `version` (its kept container if every host has it, else a full deploy of it)."""
+
+        def target(states: dict[str, HostState]) -> tuple[str, bool]:
+            kept = {state.kept_version for state in states.values()}
+            if version is None:
+                if len(kept) == 1 and None not in kept:
+                    return str(kept.pop()), True
+                histories = [state.releases for state in states.values()]
+                previous = _previous_common_release(histories, states)
+                if previous is None:
+                    raise DeployError(f"{self.environment.name}: no previous release to return to")
+                return previous, False
+            return version, kept == {version}
+
+        return self._run("rollback", target, approve, confirm)
+
+    def setup(self) -> dict[str, list[str]]:
+        """Prepare every host (safe to repeat): tools present (installed on Debian as root),
+        directories, the nginx site with an upstream, nginx checked and running."""
+
+        def one(host: Host) -> list[str]:
+            env = self.environment
+            runner = self.runners[host.name]
+            layout = self._layout(host)
+            done = []
+            missing = runner.run(commands.check_tools()).stdout.split()
+            if missing:
+                self.step(host.name, "install", " ".join(missing))
+                runner.run(commands.install_packages(missing), timeout_s=900)
+                done.append(f"installed {missing}")
+            runner.run(commands.make_directories(layout))
+            if env.nginx.mode == "own":
+                runner.put_text(layout.nginx_conf, commands.nginx_main_conf(env, layout))
+            runner.put_text(commands.site_path(env, layout), commands.site_conf(env, host, layout))
+            if not runner.run(f"test -s {commands.q(layout.upstream_conf)}", check=False).ok:
+                state = self.read_state(host)
+                colour = state.live or state.idle
+                runner.put_text(layout.upstream_conf, commands.upstream_conf(env, host, colour))
+            runner.run(commands.nginx_test(env, layout))
+            runner.run(commands.nginx_ensure_running(env, layout))
+            done.append(f"nginx on {env.http_address(host)}")
+            self.step(host.name, "ready for deploys", "; ".join(done))
+            return done
+
+        results, failures = self._parallel(self.environment.hosts, one)
+        if failures:
+            raise DeployError(f"setup failed: {self._failures_text(failures)}")
+        return results
+
+    def status(self) -> list[dict[str, object]]:
+        """Per host: addresses, live colour, version, health through nginx, lock, journal."""
+
+        def one(host: Host) -> dict[str, object]:
+            env = self.environment
+            row: dict[str, object] = {
+                "host": host.name,
+                "ssh": f"{host.address}:{env.ssh_port(host)}",
+                "http": f"http://{env.http_address(host)}",
+            }
+            try:
+                state = self.read_state(host)
+                runner = self.runners[host.name]
+                ready = runner.run(
+                    commands.http_get(commands.public_url(env, host, "/ready")), check=False
+                )
+                journal = runner.run(commands.read_file(self._layout(host).journal)).stdout
+                row.update(
+                    reachable=True,
+                    colour=state.live,
+                    version=state.live_version,
+                    kept=state.kept_version,
+                    healthy=ready.ok,
+                    interrupted_switch=bool(journal.strip()),
+                    releases=state.releases,
+                )
+            except (RemoteError, StateError) as exc:
+                row.update(reachable=False, healthy=False, error=self.redact(str(exc)))
+            return row
+
+        results, _ = self._parallel(self.environment.hosts, one)
+        return [results[h.name] for h in self.environment.hosts if h.name in results]
+
+    def lock_info(self) -> dict[str, object] | None:
+        """The current lock record with seconds until expiry, from the first reachable host."""
+        for host in self.environment.hosts:
+            try:
+                out = self.runners[host.name].run(commands.lock_show(self._layout(host))).stdout
+            except RemoteError:
+                continue
+            lines = [*out.splitlines(), "", "", ""]
+            if not lines[2].strip():
+                return None
+            record: dict[str, object] = json.loads(lines[2])
+            record["expires_in_s"] = int(lines[1]) - int(lines[0])
+            return record
+        return None
+
+    def audit_log(self, limit: int = 20) -> list[dict[str, object]]:
+        """The newest entries, merged over all reachable hosts (each is written to all)."""
+        entries: dict[str, dict[str, object]] = {}
+        for host in self.environment.hosts:
+            try:
+                out = (
+                    self.runners[host.name]
+                    .run(commands.audit_read(self._layout(host), limit * 2))
+                    .stdout
+                )
+            except RemoteError:
+                continue
+            for line in out.splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                entries[f"{entry.get('id')}-{entry.get('result')}"] = entry
+        ordered = sorted(entries.values(), key=lambda e: str(e.get("logged_at", "")))
+        return ordered[-limit:]
+
+    def unlock(self, reason: str = "") -> list[str]:
+        """Force-release the lock on every host, with an audit entry naming who did it."""
+        released = []
+        for host in self.environment.hosts:
+            try:
+                out = (
+                    self.runners[host.name]
+                    .run(commands.lock_force_release(self._layout(host)))
+                    .stdout
+                )
+            except RemoteError as exc:
+                self.step(host.name, "unlock", str(exc), ok=False)
+                continue
+            if out.strip():
+                released.append(out.strip())
+        self._audit(
+            {"id": new_id(), "action": "unlock", "environment": self.environment.name,
+             "user": current_user(), "started": now_iso(), "result": "ok",
+             "detail": f"{reason or 'forced'}; released: {released or 'no lock was held'}"}
+        )  # fmt: skip
+        return released
+
+
+def _previous_common_release(
+    histories: Sequence[Sequence[str]], states: Mapping[str, HostState]
+) -> str | None:
+    """The newest release before the live one that every host has in its history."""
+    live = {state.live_version for state in states.values()}
+    common = set(histories[0]).intersection(*histories[1:]) if histories else set()
+    for version in reversed(histories[0] if histories else []):
+        if version in common and version not in live:
+            return version
+    return None

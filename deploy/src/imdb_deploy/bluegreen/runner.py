@@ -1,0 +1,176 @@
+"""Runs the command builders' output on a host over SSH (Fabric), with verified host keys.
+
+Host keys come only from the environment's pinned known_hosts file; an unknown or changed key
+refuses the connection (paramiko's RejectPolicy), never adds it. Credentials: the environment's
+identity file, else a private key in $MLOPS_DEPLOY_SSH_KEY (a CI secret), else the SSH agent.
+Every message that leaves this layer goes through the environment's Redactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import io
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment, Host, Redactor
+
+
+class RemoteError(RuntimeError):
+    """A command failed on a host, or the host could not be reached."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class UnreachableError(RemoteError):
+    """No SSH session: refused, timed out, dropped, or the host key did not match."""
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    exit_code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _private_key(text: str) -> paramiko.PKey:
+    """A private key given as text (a CI secret): ed25519, ECDSA or RSA."""
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise ValueError(f"${SSH_KEY_VAR} holds no usable private key")
+
+
+class HostRunner:
+    """One SSH connection to one host, opened on first use and reopened after a drop."""
+
+    def __init__(
+        self,
+        environment: Environment,
+        host: Host,
+        redactor: Redactor,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.environment = environment
+        self.host = host
+        self.redact = redactor
+        self._environ = dict(os.environ if environ is None else environ)
+        self._connection: Connection | None = None
+        self._guard = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def _connect(self) -> Connection:
+        ssh = self.environment.ssh
+        connect_kwargs: dict[str, object] = {"look_for_keys": False, "allow_agent": False}
+        if ssh.identity_file is not None:
+            connect_kwargs["key_filename"] = str(ssh.identity_file)
+        elif self._environ.get(SSH_KEY_VAR):
+            connect_kwargs["pkey"] = _private_key(self._environ[SSH_KEY_VAR])
+        else:
+            connect_kwargs["allow_agent"] = True
+        connection = Connection(
+            config=Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}}),
+            host=self.host.address,
+            user=ssh.user or getpass.getuser(),
+            port=self.environment.ssh_port(self.host),
+            connect_timeout=int(ssh.connect_timeout_s),
+            connect_kwargs=connect_kwargs,
+        )
+        # Fabric adds unknown host keys by default; we pin them instead.
+        connection.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        connection.client.load_host_keys(str(ssh.known_hosts))
+        try:
+            connection.open()
+        except paramiko.BadHostKeyException as exc:
+            connection.client.close()
+            raise UnreachableError(
+                self.name, f"host key changed for {exc.hostname}: refusing to connect"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # Connection.close() does nothing for a connection that never opened, and paramiko's
+            # transport thread would live on: close the client itself.
+            connection.client.close()
+            address = f"{self.host.address}:{self.environment.ssh_port(self.host)}"
+            raise UnreachableError(
+                self.name, self.redact(f"cannot connect to {address}: {exc}")
+            ) from None
+        return connection
+
+    def connection(self) -> Connection:
+        with self._guard:
+            current = self._connection
+            if current is None or not current.is_connected:
+                if current is not None:
+                    current.close()
+                self._connection = self._connect()
+            return self._connection
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        """Run one command; with `check`, a non-zero exit raises RemoteError with its output."""
+        timeout = timeout_s or self.environment.ssh.command_timeout_s
+        try:
+            outcome = self.connection().run(
+                command, hide=True, warn=True, timeout=timeout, in_stream=False
+            )
+        except CommandTimedOut:
+            self.close()
+            raise RemoteError(
+                self.name, f"timed out after {timeout:g} s: {self.redact(command)[:200]}"
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise UnreachableError(self.name, self.redact(f"connection lost: {exc}")) from None
+        result = Result(outcome.stdout, outcome.stderr, int(outcome.exited))
+        if result.exit_code < 0:  # the channel closed without an exit status: the link dropped
+            self.close()
+            raise UnreachableError(self.name, "connection lost while a command ran")
+        if check and not result.ok:
+            detail = (result.stderr or result.stdout).strip()[-800:]
+            raise RemoteError(
+                self.name,
+                self.redact(f"`{command[:200]}` exited {result.exit_code}: {detail}"),
+            )
+        return result
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        """Write a file atomically: upload beside it, then rename into place."""
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            sftp = self.connection().sftp()
+            with sftp.open(str(temporary), "w") as remote:
+                remote.chmod(0o600)  # restricted before the content (secrets) arrives
+                remote.write(text.encode())
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise UnreachableError(
+                self.name, self.redact(f"upload of {path} failed: {exc}")
+            ) from None
+        self.run(commands.install_file(temporary, path, mode))
+
+    def close(self) -> None:
+        with self._guard:
+            if self._connection is not None:
+                with contextlib.suppress(OSError, EOFError):
+                    self._connection.close()
+                self._connection = None

@@ -1,0 +1,82 @@
+"""`python -m imdb_deploy.sandbox up|down|status [--json]`: the sandbox fleet of this checkout.
+
+The fleet's hosts are those of the sandbox environments in deploy/environments (`sandbox = true`).
+`up` starts the registry and one sshd per host, then prepares every host over SSH with the
+deploy's own `setup` (nginx, directories), exactly as on real hosts. `down` stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from imdb_deploy.bluegreen import cli as deploy_cli
+from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment
+from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
+from imdb_deploy.engine import local, registry
+from imdb_deploy.sandbox.fleet import Fleet
+from imdb_deploy.sandbox.inventory import fleet_of, sandbox_environments
+
+STATE_DIR = REPO_ROOT / ".state" / "sandbox"
+
+
+def up(environments: Sequence[Environment], fleet: Fleet) -> int:
+    address = registry.LocalRegistry(local.state_dir() / "registry", fleet.registry).start()
+    print(f"registry: {address}")
+    fleet.up()
+    for host in fleet.status():
+        print(f"sshd: {host['name']} on {host['ssh']}")
+    for environment in environments:
+        orchestrator = Orchestrator(environment)
+        try:
+            orchestrator.setup()
+        except DeployError as exc:
+            print(f"setup of {environment.name} FAILED: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            orchestrator.close()
+    return status(environments, as_json=False)
+
+
+def status(environments: Sequence[Environment], as_json: bool) -> int:
+    rows: list[dict[str, object]] = []
+    for environment in environments:
+        orchestrator = Orchestrator(environment)
+        try:
+            rows += [{"environment": environment.name, **row} for row in orchestrator.status()]
+        finally:
+            orchestrator.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for environment in environments:
+            print(f"\n{environment.name}")
+            mine = [row for row in rows if row["environment"] == environment.name]
+            print(deploy_cli.status_table(mine))
+    return 0 if all(row.get("reachable") for row in rows) else 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imdb_deploy.sandbox", description=__doc__)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--json", action="store_true", help="status as JSON, for scripts")
+    args = parser.parse_args(argv)
+    try:
+        environments = sandbox_environments()
+        fleet = fleet_of(environments, STATE_DIR)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "up":
+        return up(environments, fleet)
+    if args.action == "down":
+        for line in fleet.down():
+            print(f"stopped: {line}")
+        return 0
+    return status(environments, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

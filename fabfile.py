@@ -1,0 +1,66 @@
+"""Fabric tasks for deploys, run from the repository root: `fab --list`.
+
+    fab setup    --env E                      prepare the hosts (safe to repeat)
+    fab deploy   --env E [--version V] [--approve]
+    fab rollback --env E [--version V] [--approve]
+    fab status   --env E [--json]
+    fab audit    --env E [--limit N]
+    fab unlock   --env E [--reason TEXT]
+
+The tasks are thin: the same code runs behind `nox -s deploy`, `nox -s rollback` and these
+(imdb_deploy.bluegreen.cli). E is a file name in deploy/environments (default: sandbox-staging).
+"""
+
+from __future__ import annotations
+
+from fabric import task
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from imdb_deploy.bluegreen import cli
+
+DEFAULT_ENV = "sandbox-staging"
+
+
+def _run(action: str, env: str, **options: object) -> None:
+    code = cli.main([action, *cli.option_args(options), env])
+    if code != 0:
+        raise Exit(code=code)
+
+
+@task(help={"env": "environment name", "version": "image tag (default: last built)",
+            "approve": "approval for production (CI)"})  # fmt: skip
+def deploy(c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False) -> None:
+    """Blue-green deploy of a version to every host of an environment."""
+    _run("deploy", env, version=version, approve=approve)
+
+
+@task(help={"env": "environment name", "version": "release to return to (default: previous)",
+            "approve": "approval for production (CI)"})  # fmt: skip
+def rollback(c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False) -> None:
+    """Back to the previous release (a proxy switch when it is kept), or to a given version."""
+    _run("rollback", env, version=version, approve=approve)
+
+
+@task(help={"env": "environment name", "json": "machine-readable output"})
+def status(c: Context, env: str = DEFAULT_ENV, json: bool = False) -> None:
+    """Per host: addresses, live colour, version and health."""
+    _run("status", env, json=json)
+
+
+@task(help={"env": "environment name", "limit": "how many entries"})
+def audit(c: Context, env: str = DEFAULT_ENV, limit: int = 20) -> None:
+    """The newest entries of the environment's audit log."""
+    _run("audit", env, limit=limit)
+
+
+@task(help={"env": "environment name", "reason": "why (goes into the audit log)"})
+def unlock(c: Context, env: str = DEFAULT_ENV, reason: str = "") -> None:
+    """Force-release the deploy lock of a deploy that is gone."""
+    _run("unlock", env, reason=reason)
+
+
+@task(help={"env": "environment name"})
+def setup(c: Context, env: str = DEFAULT_ENV) -> None:
+    """Prepare the hosts: engine, nginx and directories (safe to run again)."""
+    _run("setup", env)

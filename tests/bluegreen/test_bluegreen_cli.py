@@ -1,0 +1,681 @@
+"""The CLI's pure parts and the orchestrator's host-free parts: approval, rollback targets, audit
+entries, redaction; and, with a runner that runs the host commands in a local shell on temporary
+roots (no SSH), the lock, status, unlock and audit paths of the orchestrator."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from imdb_deploy.bluegreen import cli, commands
+from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
+from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.bluegreen.orchestrator import (
+    ApprovalError,
+    Event,
+    LockHeldError,
+    Orchestrator,
+    Outcome,
+    _previous_common_release,
+)
+from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result
+from imdb_deploy.bluegreen.state import HostState
+
+LOCAL_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def make_env(
+    root: Path | None = None,
+    *,
+    approval: dict[str, object] | None = None,
+    hosts: list[dict[str, object]] | None = None,
+    name: str = "production",
+) -> Environment:
+    return Environment.model_validate(
+        {
+            "name": name,
+            "sandbox": root is not None,
+            "image": "registry.example/mlops-imdb-api",
+            "deploy_root": str(root or "/srv/mlops-imdb"),
+            "ssh": {"known_hosts": "/nonexistent/known_hosts"},
+            "approval": approval or {},
+            "app": {"secrets": {"IMDB_API_TOKEN": "TEST_API_TOKEN"}},
+            "lock": {"ttl_s": 60, "heartbeat_s": 10},
+            "hosts": hosts
+            or [{"name": "h1", "address": "127.0.0.1"}, {"name": "h2", "address": "127.0.0.1"}],
+        }
+    )
+
+
+def orchestrator(
+    environment: Environment, environ: dict[str, str] | None = None
+) -> tuple[Orchestrator, list[str]]:
+    lines: list[str] = []
+    return Orchestrator(environment, environ=environ or {}, echo=lines.append), lines
+
+
+def no_confirm(prompt: str) -> str:
+    raise AssertionError(f"asked for confirmation: {prompt}")
+
+
+STATES: dict[str, HostState | None] = {
+    "h1": HostState("blue", {"blue": "v1"}, ["v1"]),
+    "h2": HostState(),
+}
+
+# ---- approval ----------------------------------------------------------------------------------
+
+
+def test_no_approval_needed() -> None:
+    orch, _ = orchestrator(make_env())
+    assert orch.check_approval("v2", STATES, approve=False, confirm=no_confirm) == "not required"
+    assert orch.check_approval("v2", STATES, approve=True, confirm=no_confirm) == "not required"
+
+
+def test_approve_flag_without_a_github_environment() -> None:
+    orch, _ = orchestrator(make_env(approval={"required": True}))
+    assert orch.check_approval("v2", STATES, approve=True, confirm=no_confirm) == "--approve"
+
+
+PROTECTED = {"required": True, "github_environment": "production"}
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"MLOPS_GITHUB_ENVIRONMENT": "production"},  # not in Actions
+        {"GITHUB_ACTIONS": "true"},
+        {"GITHUB_ACTIONS": "true", "MLOPS_GITHUB_ENVIRONMENT": "staging"},
+        {"GITHUB_ACTIONS": "1", "MLOPS_GITHUB_ENVIRONMENT": "production"},
+    ],
+)
+def test_approve_flag_refused_outside_the_protected_github_environment(
+    environ: dict[str, str],
+) -> None:
+    orch, _ = orchestrator(make_env(approval=PROTECTED), environ)
+    with pytest.raises(ApprovalError, match="only from a GitHub Actions job") as error:
+        orch.check_approval("v2", STATES, approve=True, confirm=no_confirm)
+    assert "'production'" in str(error.value)
+
+
+def test_approve_flag_accepted_in_the_protected_github_environment() -> None:
+    environ = {"GITHUB_ACTIONS": "true", "MLOPS_GITHUB_ENVIRONMENT": "production"}
+    orch, _ = orchestrator(make_env(approval=PROTECTED), environ)
+    how = orch.check_approval("v2", STATES, approve=True, confirm=no_confirm)
+    assert how == "--approve in GitHub environment production"
+
+
+def test_approval_reads_the_given_environ_not_the_process_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("MLOPS_GITHUB_ENVIRONMENT", "production")
+    orch, _ = orchestrator(make_env(approval=PROTECTED), {})
+    with pytest.raises(ApprovalError):
+        orch.check_approval("v2", STATES, approve=True, confirm=no_confirm)
+
+
+@pytest.mark.parametrize("approval", [{"required": True}, PROTECTED])
+def test_typing_the_environment_name_approves(
+    monkeypatch: pytest.MonkeyPatch, approval: dict[str, object]
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
+    orch, _ = orchestrator(make_env(approval=approval))
+    prompts: list[str] = []
+
+    def confirm(prompt: str) -> str:
+        prompts.append(prompt)
+        return "  production\n"
+
+    assert orch.check_approval("v2", STATES, approve=False, confirm=confirm) == (
+        "confirmed by octocat"
+    )
+    (prompt,) = prompts
+    assert "Deploy v2 to production" in prompt
+    assert "h1: v1 -> v2" in prompt
+    assert "h2: (none) -> v2" in prompt
+    assert prompt.rstrip().endswith("Type the environment name to approve:")
+
+
+@pytest.mark.parametrize("answer", ["", "y", "yes", "PRODUCTION", "production-1", "staging"])
+def test_anything_else_refuses(answer: str) -> None:
+    orch, _ = orchestrator(make_env(approval={"required": True}))
+    with pytest.raises(ApprovalError, match="production: not approved"):
+        orch.check_approval("v2", STATES, approve=False, confirm=lambda prompt: answer)
+
+
+def test_no_terminal_and_no_confirm_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("production\n"))
+    orch, _ = orchestrator(make_env(approval={"required": True}))
+    with pytest.raises(ApprovalError, match="needs approval: run in a terminal"):
+        orch.check_approval("v2", STATES, approve=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_asks_with_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("builtins.input", lambda prompt: "production")
+    orch, _ = orchestrator(make_env(approval={"required": True}))
+    assert orch.check_approval("v2", STATES, approve=False).startswith("confirmed by ")
+
+
+# ---- rollback target ---------------------------------------------------------------------------
+
+
+def _states(*lives: str | None) -> dict[str, HostState]:
+    return {
+        f"h{i}": HostState("blue" if v else None, {"blue": v} if v else {})
+        for i, v in enumerate(lives, 1)
+    }
+
+
+@pytest.mark.parametrize(
+    ("histories", "lives", "expected"),
+    [
+        ([["v1", "v2", "v3"], ["v1", "v2", "v3"]], ("v3", "v3"), "v2"),
+        ([["v1", "v2", "v3"], ["v1", "v3"]], ("v3", "v3"), "v1"),  # v2 missing on h2
+        ([["v1", "v2", "v3"], ["v1", "v2"]], ("v3", "v2"), "v1"),  # half-done: both lives out
+        ([["v1", "v2", "v3", "v4"], ["v2", "v1", "v3", "v4"]], ("v4", "v4"), "v3"),
+        ([["v3", "v1", "v2"]], ("v2",), "v1"),  # history order is the order they went live
+        ([["v3"], ["v3"]], ("v3", "v3"), None),  # nothing before the live one
+        ([["v1", "v2"], ["v3", "v4"]], ("v2", "v4"), None),  # nothing in common
+        ([], (), None),
+    ],
+)
+def test_previous_common_release(
+    histories: list[list[str]], lives: tuple[str, ...], expected: str | None
+) -> None:
+    assert _previous_common_release(histories, _states(*lives)) == expected
+
+
+# ---- outcome, audit entry, timeline ------------------------------------------------------------
+
+
+def make_outcome() -> Outcome:
+    return Outcome(
+        id="abc123def456",
+        action="deploy",
+        environment="staging",
+        user="octocat",
+        started="2026-11-26T13:45:22+00:00",
+        from_versions={"h1": "v1", "h2": None},
+        to_version="v2",
+        result="failed",
+        detail="prepare failed",
+        seconds=12.5,
+        events=[
+            Event(0.1, "h1", "pull", "registry.example/mlops-imdb-api:v2"),
+            Event(3.25, "*", "failed", "prepare failed", ok=False),
+        ],
+    )
+
+
+def test_audit_entry_is_the_outcome_without_its_events() -> None:
+    outcome = make_outcome()
+    entry = outcome.audit_entry()
+    assert entry == {
+        "id": "abc123def456",
+        "action": "deploy",
+        "environment": "staging",
+        "user": "octocat",
+        "started": "2026-11-26T13:45:22+00:00",
+        "from_versions": {"h1": "v1", "h2": None},
+        "to_version": "v2",
+        "result": "failed",
+        "detail": "prepare failed",
+        "seconds": 12.5,
+    }
+    assert json.loads(json.dumps(entry)) == entry
+    from_versions = entry["from_versions"]
+    assert isinstance(from_versions, dict)
+    from_versions["h1"] = "changed"
+    assert outcome.from_versions["h1"] == "v1"  # a copy, not the outcome's own
+
+
+def test_save_outcome_writes_the_timeline(tmp_path: Path) -> None:
+    outcome = make_outcome()
+    path = cli.save_outcome(outcome, tmp_path / "reports" / "deploys")
+    assert path.name == "staging-20261126T134522Z-deploy-abc123def456.json"
+    data = json.loads(path.read_text())
+    assert {k: v for k, v in data.items() if k != "events"} == outcome.audit_entry()
+    assert data["events"] == [
+        {"at": 0.1, "host": "h1", "step": "pull",
+         "detail": "registry.example/mlops-imdb-api:v2", "ok": True},
+        {"at": 3.25, "host": "*", "step": "failed", "detail": "prepare failed", "ok": False},
+    ]  # fmt: skip
+
+
+def test_step_redacts_secrets_in_the_echo_and_the_timeline() -> None:
+    environ = {
+        "TEST_API_TOKEN": "tok-abcdef-123",
+        SSH_KEY_VAR: "ssh-private-key-material",
+        "NOT_SECRET": "harmless-value",
+    }
+    orch, lines = orchestrator(make_env(), environ)
+    orch.outcome = make_outcome()
+    orch.outcome.events.clear()
+    orch.step("h1", "pull", "token tok-abcdef-123, key ssh-private-key-material, harmless-value")
+    (line,) = lines
+    assert "tok-abcdef-123" not in line
+    assert "ssh-private-key-material" not in line
+    assert "token ***, key ***, harmless-value" in line
+    assert orch.outcome.events[0].detail == "token ***, key ***, harmless-value"
+
+
+def test_failed_steps_are_marked() -> None:
+    orch, lines = orchestrator(make_env())
+    orch.step("h2", "switch", "nginx -t refused", ok=False)
+    orch.step("h2", "switched")
+    assert "FAILED switch: nginx -t refused" in lines[0]
+    assert lines[1].rstrip().endswith("h2             switched")
+
+
+# ---- built_version, status_table ---------------------------------------------------------------
+
+
+def test_built_version_reads_the_api_image(tmp_path: Path) -> None:
+    record = tmp_path / "images-amd64.json"
+    record.write_text(
+        json.dumps(
+            [
+                {"service": "trainer", "version": "0.1.0-gabc"},
+                {"service": "api", "version": "20261126.133341-22a474db", "tags": []},
+            ]
+        )
+    )
+    assert cli.built_version(record) == "20261126.133341-22a474db"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,  # no file
+        "",
+        "not json",
+        "[]",
+        '[{"service": "trainer", "version": "1"}]',
+        '[{"service": "api"}]',
+        '[{"version": "1"}]',
+        '{"service": "api", "version": "1"}',
+        '["api"]',
+    ],
+)
+def test_built_version_errors_clearly(tmp_path: Path, content: str | None) -> None:
+    record = tmp_path / "images-amd64.json"
+    if content is not None:
+        record.write_text(content)
+    with pytest.raises(cli.CliError) as error:
+        cli.built_version(record)
+    assert str(record) in str(error.value)
+    assert "--version" in str(error.value)
+
+
+def test_status_table() -> None:
+    rows: list[dict[str, object]] = [
+        {"host": "h1", "ssh": "10.0.0.1:22", "http": "http://10.0.0.1:80", "reachable": True,
+         "colour": "blue", "version": "v2", "healthy": True},
+        {"host": "h2", "ssh": "10.0.0.2:22", "http": "http://10.0.0.2:80", "reachable": True,
+         "colour": None, "version": None, "healthy": False, "interrupted_switch": True},
+        {"host": "h3", "ssh": "10.0.0.3:22", "http": "http://10.0.0.3:80", "reachable": False,
+         "healthy": False, "error": "h3: cannot connect to 10.0.0.3:22: refused"},
+    ]  # fmt: skip
+    header, rule, h1, h2, h3, error = cli.status_table(rows).splitlines()
+    assert header.split() == ["host", "ssh", "http", "colour", "version", "health"]
+    assert set(rule) == {"-"}
+    assert h1.split() == ["h1", "10.0.0.1:22", "http://10.0.0.1:80", "blue", "v2", "ok"]
+    assert h2.split()[:6] == ["h2", "10.0.0.2:22", "http://10.0.0.2:80", "-", "-", "DOWN"]
+    assert "(interrupted switch: the next deploy or rollback repairs it)" in h2
+    assert h3.split() == ["h3", "10.0.0.3:22", "http://10.0.0.3:80", "-", "-", "UNREACHABLE"]
+    assert error == "    h3: cannot connect to 10.0.0.3:22: refused"
+
+
+def test_status_table_without_hosts_is_just_the_header() -> None:
+    assert len(cli.status_table([]).splitlines()) == 2
+
+
+# ---- main: usage and configuration errors exit 2 -----------------------------------------------
+
+
+def test_unknown_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "no-such-env"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no environment 'no-such-env'")
+    assert "'staging'" in err  # the available ones
+    assert "Traceback" not in err
+
+
+def test_invalid_environment_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text(
+        'image = "x/y"\ncolor = "blue"\n[ssh]\nknown_hosts = "/k"\n'
+        '[[hosts]]\nname = "h1"\naddress = "10.0.0.1"\n'
+    )
+    assert cli.main(["lock", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:")
+    assert "color" in err
+
+
+def test_unreadable_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("image = \n")
+    assert cli.main(["audit", "--limit", "3", str(path)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_deploy_without_a_version_or_a_built_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "local.toml"
+    path.write_text(
+        f'image = "x/y"\ndeploy_root = "{tmp_path}"\n[ssh]\nknown_hosts = "/k"\n'
+        '[[hosts]]\nname = "h1"\naddress = "192.0.2.1"\n'
+    )
+    original = cli.built_version
+    monkeypatch.setattr(cli, "built_version", lambda: original(tmp_path / "none.json"))
+    assert cli.main(["deploy", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "error: no --version given and no API image recorded" in captured.err
+    assert "timeline:" not in captured.out  # nothing started
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["deploy"],
+        ["bogus", "staging"],
+        ["audit", "--limit", "many", "staging"],
+        ["status", "--version", "v1", "staging"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_run_refuses_an_unknown_action() -> None:
+    with pytest.raises(cli.CliError, match="unknown action 'explode'"):
+        cli.run("explode", make_env())
+
+
+# ---- the orchestrator against local roots ------------------------------------------------------
+
+
+class LocalRunner(HostRunner):
+    """Runs a host's commands in a local shell (sandbox roots are local paths anyway)."""
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        done = subprocess.run(
+            ["sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s or 30,
+            check=False,
+            env=LOCAL_ENV,
+        )
+        result = Result(done.stdout, done.stderr, done.returncode)
+        if check and not result.ok:
+            raise RemoteError(self.name, self.redact(f"exited {result.exit_code}: {done.stderr}"))
+        return result
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        target = Path(str(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def close(self) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def ready_server() -> Iterator[str]:
+    """An nginx stand-in that answers every GET with 200; yields host:port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def local_orchestrator(
+    environment: Environment, environ: dict[str, str] | None = None
+) -> tuple[Orchestrator, list[str]]:
+    lines: list[str] = []
+    orch = Orchestrator(
+        environment, environ=environ or {}, echo=lines.append, runner_factory=LocalRunner
+    )
+    return orch, lines
+
+
+def sandbox(tmp_path: Path, hosts: int = 2) -> Environment:
+    return make_env(
+        tmp_path / "roots",
+        name="sandbox-test",
+        hosts=[{"name": f"h{i}", "address": "127.0.0.1"} for i in range(1, hosts + 1)],
+    )
+
+
+def lock_record(layout: HostLayout) -> str:
+    out = subprocess.run(
+        ["sh", "-c", commands.lock_show(layout)], capture_output=True, text=True, check=True
+    ).stdout
+    return [*out.splitlines(), "", "", ""][2]
+
+
+def new_outcome(user: str, deploy_id: str) -> Outcome:
+    return Outcome(deploy_id, "deploy", "sandbox-test", user, "2026-11-26T13:45:22+00:00", {}, "v2")
+
+
+def test_lock_round_trip_through_the_orchestrator(tmp_path: Path) -> None:
+    env = sandbox(tmp_path)
+    alice, alice_lines = local_orchestrator(env)
+    assert alice.lock_info() is None
+
+    alice._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    assert "2 host(s), expires after 60 s" in alice_lines[-1]
+    info = alice.lock_info()
+    assert info is not None
+    assert (info["holder"], info["deploy_id"], info["version"]) == ("alice", "dep-a", "v2")
+    assert 55 <= int(str(info["expires_in_s"])) <= 60
+
+    bob, _ = local_orchestrator(env)
+    with pytest.raises(LockHeldError, match="is locked by") as error:
+        bob._acquire(new_outcome("bob", "dep-b"), "token-bob")
+    assert '"holder": "alice"' in str(error.value)
+    assert "fab unlock --env sandbox-test" in str(error.value)
+
+    alice._release(env.hosts, "token-alice")
+    assert alice.lock_info() is None
+    bob._acquire(new_outcome("bob", "dep-b"), "token-bob")
+    assert bob.lock_info() is not None
+
+
+def test_a_refused_lock_releases_the_hosts_already_taken(tmp_path: Path) -> None:
+    env = sandbox(tmp_path, hosts=3)
+    h1, h2, h3 = (env.layout(host) for host in env.hosts)
+    foreign = commands.lock_acquire(h2, {"holder": "carol"}, "token-carol", 60)
+    subprocess.run(["sh", "-c", foreign], check=True, capture_output=True)
+
+    orch, _ = local_orchestrator(env)
+    with pytest.raises(LockHeldError, match=r"\(on h2\)"):
+        orch._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    assert lock_record(h1) == ""  # taken (or never reached), then given back
+    assert json.loads(lock_record(h2)) == {"holder": "carol"}
+    assert lock_record(h3) == ""
+
+
+def test_an_expired_lock_is_taken_over_and_reported(tmp_path: Path) -> None:
+    env = sandbox(tmp_path)
+    for host in env.hosts:
+        layout = env.layout(host)
+        stale = commands.lock_acquire(layout, {"holder": "dead"}, "token-dead", 60)
+        subprocess.run(["sh", "-c", stale], check=True, capture_output=True)
+        Path(str(layout.root), "lock.expires").write_text("1\n")
+
+    orch, lines = local_orchestrator(env)
+    orch._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    takeovers = [line for line in lines if "took over an expired lock" in line]
+    assert len(takeovers) == 2
+    assert all('"holder": "dead"' in line for line in takeovers)
+    info = orch.lock_info()
+    assert info is not None
+    assert info["holder"] == "alice"
+
+
+def test_unlock_releases_every_host_and_is_audited(tmp_path: Path) -> None:
+    env = sandbox(tmp_path)
+    holder, _ = local_orchestrator(env)
+    holder._acquire(new_outcome("alice", "dep-a"), "token-alice")
+
+    admin, _ = local_orchestrator(env)
+    released = admin.unlock("deploy runner died")
+    assert [json.loads(record)["holder"] for record in released] == ["alice", "alice"]
+    assert admin.lock_info() is None
+    assert admin.unlock() == []  # nothing left: still fine, and audited
+
+    entries = admin.audit_log(limit=10)  # the same entries on both hosts, merged
+    assert [entry["action"] for entry in entries] == ["unlock", "unlock"]
+    assert {str(entry["detail"]).split(";")[0] for entry in entries} == {
+        "deploy runner died",
+        "forced",
+    }
+    for host in env.hosts:
+        assert len(Path(str(env.layout(host).audit_log)).read_text().splitlines()) == 2
+
+
+def test_audit_log_merges_hosts_and_keeps_the_newest(tmp_path: Path) -> None:
+    env = sandbox(tmp_path)
+    h1, h2 = (env.layout(host) for host in env.hosts)
+    entries = [
+        {"id": f"id{i}", "result": "ok", "started": f"2026-01-0{i}T00:00:00+00:00"}
+        for i in range(1, 6)
+    ]
+
+    def append(layout: HostLayout, entry: dict[str, str]) -> None:
+        subprocess.run(["sh", "-c", commands.audit_append(layout, entry)], check=True)
+
+    for entry in entries[:4]:
+        append(h1, entry)
+    for entry in [entries[2], entries[4]]:  # h2 missed some, has a newer one
+        append(h2, entry)
+    with Path(str(h2.audit_log)).open("a") as log:
+        log.write("not json\n")
+
+    orch, _ = local_orchestrator(env)
+    assert [e["id"] for e in orch.audit_log(limit=10)] == ["id1", "id2", "id3", "id4", "id5"]
+    assert [e["id"] for e in orch.audit_log(limit=2)] == ["id4", "id5"]
+
+
+def test_audit_entries_are_redacted_on_the_hosts(tmp_path: Path) -> None:
+    env = sandbox(tmp_path)
+    orch, _ = local_orchestrator(env, {"TEST_API_TOKEN": "tok-abcdef-123"})
+    orch.unlock("pasted tok-abcdef-123 by mistake")
+    for host in env.hosts:
+        log = Path(str(env.layout(host).audit_log)).read_text()
+        assert "tok-abcdef-123" not in log
+        assert "pasted *** by mistake" in log
+
+
+@pytest.mark.parametrize("secret", ['pa"ss-word', "back\\slash-1", "pässwort-1"])
+def test_audit_entries_are_redacted_whatever_the_secret_contains(
+    tmp_path: Path, secret: str
+) -> None:
+    env = sandbox(tmp_path)
+    orch, _ = local_orchestrator(env, {"TEST_API_TOKEN": secret})
+    orch.unlock(f"pasted {secret} by mistake")
+    details = [str(entry["detail"]) for entry in orch.audit_log()]
+    assert details
+    assert not [detail for detail in details if secret in detail]
+
+
+def test_status_reports_health_state_and_interrupted_switches(
+    tmp_path: Path, ready_server: str, require_tool: Callable[[str], str]
+) -> None:
+    require_tool("curl")
+    env = make_env(
+        tmp_path / "roots",
+        name="sandbox-test",
+        hosts=[
+            {"name": "h1", "address": "127.0.0.1", "http_address": ready_server},
+            {"name": "h2", "address": "127.0.0.1", "http_address": f"127.0.0.1:{free_port()}"},
+            {"name": "h3", "address": "127.0.0.1", "http_address": ready_server},
+        ],
+    )
+    h1, h2, h3 = (env.layout(host) for host in env.hosts)
+    for layout in (h1, h2, h3):
+        Path(str(layout.root)).mkdir(parents=True)
+    state = HostState("green", {"blue": "v1", "green": "v2"}, ["v1", "v2"])
+    Path(str(h1.state_file)).write_text(state.dump())
+    Path(str(h2.journal)).write_text('{"deploy_id": "x", "to_colour": "blue", "version": "v1"}')
+    Path(str(h3.state_file)).write_text("{ corrupt")
+
+    orch, _ = local_orchestrator(env)
+    rows = orch.status()
+    assert [row["host"] for row in rows] == ["h1", "h2", "h3"]
+    one, two, three = rows
+    assert one["http"] == f"http://{ready_server}"
+    assert (one["reachable"], one["healthy"], one["colour"], one["version"], one["kept"]) == (
+        True, True, "green", "v2", "v1",
+    )  # fmt: skip
+    assert one["interrupted_switch"] is False
+    assert (two["reachable"], two["healthy"], two["colour"], two["version"]) == (
+        True, False, None, None,
+    )  # fmt: skip
+    assert two["interrupted_switch"] is True
+    assert (three["reachable"], three["healthy"]) == (False, False)
+    assert "state.json is not a valid record" in str(three["error"])
+
+    table = cli.status_table(rows)
+    assert " ok" in table.splitlines()[2]
+    assert "DOWN (interrupted switch" in table.splitlines()[3]
+    assert "UNREACHABLE" in table.splitlines()[4]
+
+
+def test_local_runner_is_what_the_orchestrator_uses(tmp_path: Path) -> None:
+    """Guard for the tests above: no SSH runner was built behind their back."""
+    orch, _ = local_orchestrator(sandbox(tmp_path))
+    assert all(type(runner) is LocalRunner for runner in orch.runners.values())
+    result = orch.runners["h1"].run(f"echo {shlex.quote('it works')}")
+    assert result == Result("it works\n", "", 0)

@@ -1,0 +1,606 @@
+"""The command builders, checked by running the shell they produce wherever that is safe locally:
+the lock and the audit log on a temporary root, the readiness wait against a local HTTP server,
+nginx's own `-t` on the generated config; and by parsing the container command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.config import Environment, load_environment
+from imdb_deploy.bluegreen.layout import HostLayout
+
+# Subprocesses must not send loopback requests through a proxy of the machine running the tests.
+LOCAL_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def sh(
+    command: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=cwd,
+        env=dict(LOCAL_ENV if env is None else env),
+    )
+
+
+def make_env(
+    root: Path, *, mode: str = "own", host: Mapping[str, object] | None = None
+) -> Environment:
+    """A one-host sandbox environment rooted in `root` (already absolute: no resolution)."""
+    return Environment.model_validate(
+        {
+            "name": "test-env",
+            "sandbox": True,
+            "image": "registry.example/mlops-imdb-api",
+            "deploy_root": str(root),
+            "ssh": {"known_hosts": str(root / "known_hosts")},
+            "nginx": {"mode": mode, "port": 18080, "user": pwd.getpwuid(os.geteuid()).pw_name},
+            "app": {
+                "ports": {"blue": 9101, "green": 9102},
+                "settings": {"IMDB_API_LOG_LEVEL": "setting-value-debug"},
+                "secrets": {"IMDB_API_TOKEN": "TEST_API_TOKEN"},
+                "stop_timeout_s": 12.7,
+            },
+            "hosts": [{"name": "h1", "address": "127.0.0.1", **(host or {})}],
+        }
+    )
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> HostLayout:
+    return HostLayout(PurePosixPath(tmp_path / "root"))
+
+
+def local(path: PurePosixPath) -> Path:
+    return Path(str(path))
+
+
+# ---- the lock ----------------------------------------------------------------------------------
+
+ALICE: dict[str, object] = {
+    "holder": "alice",
+    "deploy_id": "d-1",
+    "note": 'it\'s "quoted", $HOME, `id` and \\ too',
+    "pid": 42,
+}
+BOB: dict[str, object] = {"holder": "bob", "deploy_id": "d-2"}
+
+
+def lock_state(layout: HostLayout) -> tuple[int, int, str]:
+    """`lock_show` parsed: (host clock, expiry, record)."""
+    out = sh(commands.lock_show(layout))
+    assert out.returncode == 0, out.stderr
+    now, expires, record = [*out.stdout.splitlines(), "", "", ""][:3]
+    return int(now), int(expires), record
+
+
+def test_lock_show_on_a_free_lock(layout: HostLayout) -> None:
+    local(layout.root).mkdir(parents=True)
+    now, expires, record = lock_state(layout)
+    assert abs(now - time.time()) < 5
+    assert (expires, record) == (0, "")
+
+
+def test_lock_acquire_is_refused_while_held(layout: HostLayout) -> None:
+    first = sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    assert (first.returncode, first.stdout) == (0, "acquired\n"), first.stderr
+    now, expires, record = lock_state(layout)
+    assert json.loads(record) == ALICE
+    assert 59 <= expires - now <= 60
+
+    second = sh(commands.lock_acquire(layout, BOB, "token-bob", 60))
+    assert second.returncode == commands.LOCK_HELD
+    assert json.loads(second.stdout) == ALICE  # who holds it, to tell the one refused
+    assert json.loads(lock_state(layout)[2]) == ALICE  # unchanged
+
+
+def test_lock_acquire_creates_the_root(layout: HostLayout) -> None:
+    assert not local(layout.root).exists()
+    assert sh(commands.lock_acquire(layout, ALICE, "t", 60)).stdout == "acquired\n"
+    assert local(layout.root).is_dir()
+
+
+def test_lock_renew_only_for_the_holder(layout: HostLayout) -> None:
+    sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    expires_file = local(layout.root) / "lock.expires"
+    soon = int(time.time()) + 1
+    expires_file.write_text(f"{soon}\n")
+
+    wrong = sh(commands.lock_renew(layout, "token-bob", 600))
+    assert wrong.returncode == commands.LOCK_HELD
+    assert int(expires_file.read_text()) == soon
+
+    right = sh(commands.lock_renew(layout, "token-alice", 600))
+    assert right.returncode == 0, right.stderr
+    assert int(expires_file.read_text()) >= soon + 590
+
+
+def test_lock_renew_without_a_lock_is_refused(layout: HostLayout) -> None:
+    assert sh(commands.lock_renew(layout, "token-alice", 60)).returncode == commands.LOCK_HELD
+
+
+def test_an_expired_lock_is_taken_over(layout: HostLayout) -> None:
+    sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    (local(layout.root) / "lock.expires").write_text(f"{int(time.time()) - 5}\n")
+
+    takeover = sh(commands.lock_acquire(layout, BOB, "token-bob", 60))
+    assert takeover.returncode == 0, takeover.stderr
+    first, stale = takeover.stdout.splitlines()
+    assert first == "expired"
+    assert json.loads(stale) == ALICE  # the stale holder, for the timeline
+    assert json.loads(lock_state(layout)[2]) == BOB
+
+    # The old holder lost it: it can neither renew nor release bob's lock.
+    assert sh(commands.lock_renew(layout, "token-alice", 60)).returncode == commands.LOCK_HELD
+    assert sh(commands.lock_release(layout, "token-alice")).returncode == 0
+    assert json.loads(lock_state(layout)[2]) == BOB
+
+
+def test_lock_release_leaves_someone_elses_lock(layout: HostLayout) -> None:
+    sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    assert sh(commands.lock_release(layout, "token-bob")).returncode == 0
+    assert json.loads(lock_state(layout)[2]) == ALICE
+
+    assert sh(commands.lock_release(layout, "token-alice")).returncode == 0
+    assert lock_state(layout)[1:] == (0, "")
+    assert sh(commands.lock_acquire(layout, BOB, "token-bob", 60)).stdout == "acquired\n"
+
+
+def test_lock_force_release_removes_any_lock(layout: HostLayout) -> None:
+    sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    forced = sh(commands.lock_force_release(layout))
+    assert forced.returncode == 0
+    assert json.loads(forced.stdout) == ALICE  # what it removed
+    assert lock_state(layout)[1:] == (0, "")
+    assert sh(commands.lock_acquire(layout, BOB, "token-bob", 60)).stdout == "acquired\n"
+
+    sh(commands.lock_force_release(layout))
+    again = sh(commands.lock_force_release(layout))
+    assert (again.returncode, again.stdout) == (0, "")
+
+
+def test_concurrent_acquires_have_exactly_one_winner(layout: HostLayout) -> None:
+    local(layout.root).mkdir(parents=True)
+
+    def acquire(i: int) -> subprocess.CompletedProcess[str]:
+        holder = {"holder": f"user-{i}"}
+        return sh(commands.lock_acquire(layout, holder, f"token-{i}", 60))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(acquire, range(8)))
+    winners = [r for r in results if r.returncode == 0]
+    assert len(winners) == 1
+    assert winners[0].stdout == "acquired\n"
+    winner = json.loads(lock_state(layout)[2])
+    for refused in (r for r in results if r.returncode != 0):
+        assert refused.returncode == commands.LOCK_HELD
+        assert json.loads(refused.stdout) == winner
+
+
+# ---- the audit log -----------------------------------------------------------------------------
+
+AWKWARD_ENTRIES: list[dict[str, object]] = [
+    {"id": "a1", "detail": "it's \"quoted\" and 'single'"},
+    {"id": "a2", "detail": "$(touch pwned) `touch pwned2` ${HOME} $HOME"},
+    {"id": "a3", "detail": "line one\nline two\r\n\ttabbed", "n": 3, "none": None},
+    {"id": "a4", "detail": "naïve \u2013 ✓ \\ backslash \\n literal %s %n 100%", "list": [1, "x"]},
+]
+
+
+def test_audit_append_round_trips_awkward_values(tmp_path: Path, layout: HostLayout) -> None:
+    for entry in AWKWARD_ENTRIES:
+        result = sh(commands.audit_append(layout, entry), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    lines = local(layout.audit_log).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == AWKWARD_ENTRIES
+    assert lines == [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in AWKWARD_ENTRIES]
+    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "pwned2").exists()
+
+
+def test_audit_read_gives_the_newest_lines(layout: HostLayout) -> None:
+    assert sh(commands.audit_read(layout, 5)).stdout == ""  # no log yet: nothing, no error
+    for entry in AWKWARD_ENTRIES:
+        sh(commands.audit_append(layout, entry))
+    newest = sh(commands.audit_read(layout, 2)).stdout.splitlines()
+    assert [json.loads(line) for line in newest] == AWKWARD_ENTRIES[-2:]
+
+
+# ---- files and directories ---------------------------------------------------------------------
+
+
+def test_make_directories_restricts_the_env_dir(layout: HostLayout) -> None:
+    assert sh(commands.make_directories(layout)).returncode == 0
+    assert local(layout.nginx_dir).is_dir()
+    assert local(layout.env_dir).stat().st_mode & 0o777 == 0o700
+    assert sh(commands.make_directories(layout)).returncode == 0  # safe to repeat
+
+
+def test_install_backup_restore_and_read_file(tmp_path: Path) -> None:
+    weird = tmp_path / "dir with 'quotes' and $x"
+    weird.mkdir()
+    target, temporary, backup = weird / "upstream.conf", weird / ".tmp", weird / "backup"
+    target.write_text("old\n")
+    temporary.write_text("new\n")
+    posix = PurePosixPath
+
+    assert sh(commands.backup_file(posix(target), posix(backup))).returncode == 0
+    assert sh(commands.install_file(posix(temporary), posix(target), 0o600)).returncode == 0
+    assert target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not temporary.exists()
+    assert sh(commands.read_file(posix(target))).stdout == "new\n"
+
+    assert sh(commands.restore_file(posix(backup), posix(target))).returncode == 0
+    assert target.read_text() == "old\n"
+    missing = sh(commands.read_file(posix(weird / "missing.json")))
+    assert (missing.returncode, missing.stdout) == (0, "")
+
+
+def test_env_file_is_sorted_and_literal() -> None:
+    values = {"IMDB_API_B": "two words", "IMDB_API_A": "x=y 'q' \"dq\" $HOME #no-comment"}
+    assert commands.env_file(values) == (
+        "IMDB_API_A=x=y 'q' \"dq\" $HOME #no-comment\nIMDB_API_B=two words\n"
+    )
+    assert commands.env_file({}) == ""
+
+
+@pytest.mark.parametrize("value", ["line\nbreak", "carriage\rreturn", "trailing\n"])
+def test_env_file_refuses_multi_line_values(value: str) -> None:
+    with pytest.raises(ValueError, match="IMDB_API_TOKEN: values in an env file cannot span"):
+        commands.env_file({"IMDB_API_OK": "fine", "IMDB_API_TOKEN": value})
+
+
+def test_check_tools_names_the_missing_packages(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    sh_path = "/bin/sh"
+    missing = subprocess.run(
+        [sh_path, "-c", commands.check_tools()],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(empty)},
+    )
+    assert missing.stdout.split() == ["podman", "nginx", "curl", "util-linux"]
+
+    full = tmp_path / "full-bin"
+    full.mkdir()
+    for tool in commands.HOST_PACKAGES:
+        (full / tool).write_text("#!/bin/sh\n")
+        (full / tool).chmod(0o755)
+    present = subprocess.run(
+        [sh_path, "-c", commands.check_tools()],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(full)},
+    )
+    assert present.stdout == ""
+
+
+def test_install_packages_quotes_every_name() -> None:
+    command = commands.install_packages(["podman", "util-linux", "x; rm -rf /"])
+    assert command.startswith("DEBIAN_FRONTEND=noninteractive apt-get update -qq && ")
+    assert shlex.split(command.split("&&")[1])[-3:] == ["podman", "util-linux", "x; rm -rf /"]
+
+
+# ---- containers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("colour", "port"), [("blue", 9101), ("green", 9102)])
+def test_run_container_argv(tmp_path: Path, colour: str, port: int) -> None:
+    env = make_env(tmp_path)
+    host = env.hosts[0]
+    layout = env.layout(host)
+    argv = shlex.split(commands.run_container(env, host, colour, "v20260101.1", layout))
+    assert argv[:3] == ["podman", "run", "--detach"]
+    assert argv[-1] == "registry.example/mlops-imdb-api:v20260101.1"
+    for flag in [
+        f"--name=mlops-imdb-api-test-env-{colour}",
+        "--network=host",
+        "--read-only",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        "--restart=no",
+        "--stop-timeout=12",
+        f"--env-file={layout.env_file(colour)}",
+        "--env=IMDB_API_HOST=127.0.0.1",
+        f"--env=IMDB_API_PORT={port}",
+        "--label=io.mlops-imdb.environment=test-env",
+        f"--label=io.mlops-imdb.colour={colour}",
+        "--label=io.mlops-imdb.version=v20260101.1",
+    ]:
+        assert flag in argv
+    assert str(layout.env_file(colour)).endswith(f"/env/{colour}.env")
+    # Only the colour's address comes on the command line; every other setting via the file.
+    assert [a for a in argv if a.startswith("--env=")] == [
+        "--env=IMDB_API_HOST=127.0.0.1",
+        f"--env=IMDB_API_PORT={port}",
+    ]
+
+
+def test_run_container_never_carries_settings_or_secrets(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    host = env.hosts[0]
+    values = env.app_environment({"TEST_API_TOKEN": "sup3r-s3cret-t0ken"})
+    assert values["IMDB_API_TOKEN"] == "sup3r-s3cret-t0ken"
+    for colour in ("blue", "green"):
+        command = commands.run_container(env, host, colour, "v1", env.layout(host))
+        for name, value in values.items():
+            assert value not in command
+            assert name not in command
+
+
+def test_run_container_listens_on_the_hosts_bind_address(tmp_path: Path) -> None:
+    env = make_env(tmp_path, host={"app_bind": "127.0.0.21"})
+    host = env.hosts[0]
+    argv = shlex.split(commands.run_container(env, host, "blue", "v1", env.layout(host)))
+    assert "--env=IMDB_API_HOST=127.0.0.21" in argv
+    assert commands.colour_url(env, host, "green", "/ready") == "http://127.0.0.21:9102/ready"
+
+
+def test_container_commands() -> None:
+    stop = ["podman", "stop", "--ignore", "--time", "29", "c-1"]
+    assert shlex.split(commands.stop_container("c-1", 29.9)) == stop
+    remove = ["podman", "rm", "--force", "--ignore", "--time", "5", "c 1"]
+    assert shlex.split(commands.remove_container("c 1")) == remove
+    assert shlex.split(commands.image_labels("img:v1"))[-2:] == ["{{json .Labels}}", "img:v1"]
+    assert shlex.split(commands.pull("img:v1")) == ["podman", "pull", "--quiet", "img:v1"]
+
+
+def test_list_containers_filters_on_the_environment_label(tmp_path: Path) -> None:
+    argv = shlex.split(commands.list_containers(make_env(tmp_path)))
+    assert argv[-2:] == ["--filter", "label=io.mlops-imdb.environment=test-env"]
+
+
+# ---- nginx -------------------------------------------------------------------------------------
+
+
+def test_nginx_commands_point_an_own_nginx_at_its_prefix(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "with space")
+    layout = env.layout(env.hosts[0])
+    own_args = ["-c", str(layout.nginx_conf), "-p", f"{layout.nginx_dir}/"]
+    assert shlex.split(commands.nginx_test(env, layout)) == ["nginx", "-t", "-q", *own_args]
+    assert shlex.split(commands.nginx_reload(env, layout)) == ["nginx", "-s", "reload", *own_args]
+    assert commands.site_path(env, layout) == layout.site_conf
+
+
+def test_nginx_commands_for_the_system_nginx(tmp_path: Path) -> None:
+    env = make_env(tmp_path, mode="system")
+    layout = env.layout(env.hosts[0])
+    assert commands.nginx_test(env, layout) == "nginx -t -q"
+    assert commands.nginx_reload(env, layout) == "nginx -s reload"
+    assert commands.site_path(env, layout) == PurePosixPath(
+        "/etc/nginx/conf.d/mlops-imdb-test-env.conf"
+    )
+
+
+@pytest.fixture
+def fake_nginx(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose `nginx` only records its arguments, one call a line."""
+    bin_dir, log = tmp_path / "fake-bin", tmp_path / "nginx-calls"
+    bin_dir.mkdir()
+    script = bin_dir / "nginx"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\n')
+    script.chmod(0o755)
+    return {**LOCAL_ENV, "PATH": f"{bin_dir}:/usr/bin:/bin"}, log
+
+
+def test_nginx_ensure_running_starts_a_stopped_own_nginx_and_reloads_a_running_one(
+    tmp_path: Path, fake_nginx: tuple[dict[str, str], Path]
+) -> None:
+    path_env, log = fake_nginx
+    env = make_env(tmp_path / "root")
+    layout = env.layout(env.hosts[0])
+    local(layout.nginx_dir).mkdir(parents=True)
+    own = f"-c {layout.nginx_conf} -p {layout.nginx_dir}/"
+    command = commands.nginx_ensure_running(env, layout)
+
+    assert sh(command, env=path_env).returncode == 0  # no pid file: start
+    local(layout.nginx_pid).write_text("999999999\n")  # a pid that cannot be alive: start
+    assert sh(command, env=path_env).returncode == 0
+    local(layout.nginx_pid).write_text(f"{os.getpid()}\n")  # alive: reload
+    assert sh(command, env=path_env).returncode == 0
+    assert log.read_text().splitlines() == [own, own, f"-s reload {own}"]
+
+
+def test_nginx_ensure_running_reloads_the_system_nginx(
+    tmp_path: Path, fake_nginx: tuple[dict[str, str], Path]
+) -> None:
+    path_env, log = fake_nginx
+    env = make_env(tmp_path, mode="system")
+    result = sh(commands.nginx_ensure_running(env, env.layout(env.hosts[0])), env=path_env)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == ["-s reload"]
+
+
+@pytest.mark.parametrize(("colour", "port"), [("blue", 9101), ("green", 9102)])
+def test_upstream_conf_names_the_colours_port(tmp_path: Path, colour: str, port: int) -> None:
+    env = make_env(tmp_path, host={"app_bind": "127.0.0.21"})
+    text = commands.upstream_conf(env, env.hosts[0], colour)
+    servers = [line for line in text.splitlines() if not line.startswith("#")]
+    assert servers == [f"server 127.0.0.21:{port};"]
+    assert f"live colour: {colour}" in text
+
+
+def test_site_conf_proxies_the_public_port_to_the_upstream(tmp_path: Path) -> None:
+    env = make_env(tmp_path, host={"http_address": "127.0.0.21:8080"})
+    layout = env.layout(env.hosts[0])
+    text = commands.site_conf(env, env.hosts[0], layout)
+    assert "listen 127.0.0.21:8080;" in text
+    assert "upstream mlops_imdb_test_env {" in text
+    assert "proxy_pass http://mlops_imdb_test_env;" in text
+    assert f"include {layout.upstream_conf};" in text
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_nginx_files(env: Environment, colour: str) -> HostLayout:
+    host = env.hosts[0]
+    layout = env.layout(host)
+    assert sh(commands.make_directories(layout)).returncode == 0
+    local(layout.nginx_conf).write_text(commands.nginx_main_conf(env, layout))
+    local(layout.site_conf).write_text(commands.site_conf(env, host, layout))
+    local(layout.upstream_conf).write_text(commands.upstream_conf(env, host, colour))
+    return layout
+
+
+@pytest.mark.parametrize("colour", ["blue", "green"])
+def test_generated_nginx_config_passes_nginx_t(
+    tmp_path: Path, require_tool: Callable[[str], str], colour: str
+) -> None:
+    require_tool("nginx")
+    env = make_env(tmp_path / "root", host={"http_address": f"127.0.0.1:{free_port()}"})
+    layout = write_nginx_files(env, colour)
+    checked = sh(commands.nginx_test(env, layout))
+    assert checked.returncode == 0, checked.stderr
+
+    # The check the switch relies on does refuse a broken upstream.
+    local(layout.upstream_conf).write_text("# live colour: none\n")
+    refused = sh(commands.nginx_test(env, layout))
+    assert refused.returncode != 0
+    assert "no servers are inside upstream" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["sandbox-staging", "sandbox-production"])
+def test_real_sandbox_nginx_config_passes_nginx_t(
+    tmp_path: Path, require_tool: Callable[[str], str], name: str
+) -> None:
+    """The sandbox's own nginx config, exactly as `setup` writes it (as root, `user X;` needs a
+    user and a group named X: `nobody` failed on Debian, whose group is `nogroup`)."""
+    require_tool("nginx")
+    env = load_environment(name, repo_root=tmp_path)
+    layout = write_nginx_files(env, "blue")
+    checked = sh(commands.nginx_test(env, layout))
+    assert checked.returncode == 0, checked.stderr
+
+
+# ---- HTTP on the host --------------------------------------------------------------------------
+
+
+@contextmanager
+def serve(status_for: Callable[[int], int]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local HTTP server; the n-th request (from 1) gets `status_for(n)`. Yields its base URL
+    and the requests it saw."""
+    seen: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body_in: bytes) -> None:
+            with lock:
+                seen.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "body": body_in,
+                        "content-type": self.headers.get("content-type"),
+                    }
+                )
+                status = status_for(len(seen))
+            body = json.dumps({"status": status, "version": "v9"}).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(b"")
+
+        def do_POST(self) -> None:
+            self._answer(self.rfile.read(int(self.headers.get("content-length") or 0)))
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_wait_ready_waits_for_consecutive_passes(require_tool: Callable[[str], str]) -> None:
+    require_tool("curl")
+    with serve(lambda n: 503 if n <= 2 else 200) as (url, seen):
+        result = sh(commands.wait_ready(f"{url}/ready", passes=2, interval_s=0.05, timeout_s=10))
+    assert result.returncode == 0, result.stderr
+    assert len(seen) == 4  # two refusals, then exactly the two passes needed
+    assert {request["path"] for request in seen} == {"/ready"}
+
+
+def test_wait_ready_restarts_the_count_after_a_failure(require_tool: Callable[[str], str]) -> None:
+    require_tool("curl")
+    with serve(lambda n: 200 if n % 2 else 503) as (url, seen):
+        started = time.monotonic()
+        result = sh(commands.wait_ready(url, passes=2, interval_s=0.05, timeout_s=0.5))
+    assert result.returncode == 1
+    assert len(seen) >= 3
+    assert time.monotonic() - started < 5
+
+
+def test_wait_ready_gives_up_on_a_closed_port(require_tool: Callable[[str], str]) -> None:
+    require_tool("curl")
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{free_port()}/ready"
+    result = sh(commands.wait_ready(url, passes=1, interval_s=0.1, timeout_s=0.3))
+    assert result.returncode == 1
+    assert time.monotonic() - started < 3
+
+
+def test_http_get_and_post_json(require_tool: Callable[[str], str]) -> None:
+    require_tool("curl")
+    body = [{"primaryTitle": 'It\'s "Quoted" $HOME', "genres": ["Drama"], "startYear": None}]
+    with serve(lambda n: 200 if n < 3 else 503) as (url, seen):
+        got = sh(commands.http_get(f"{url}/model/info"))
+        posted = sh(commands.http_post_json(f"{url}/predict/batch", body))
+        failed = sh(commands.http_get(f"{url}/model/info"))
+    assert got.returncode == 0
+    assert json.loads(got.stdout)["version"] == "v9"
+    assert posted.returncode == 0
+    assert seen[1]["method"] == "POST"
+    assert seen[1]["content-type"] == "application/json"
+    assert json.loads(seen[1]["body"]) == body
+    assert failed.returncode != 0  # -f: an HTTP error is a failed command
+
+
+def test_urls(tmp_path: Path) -> None:
+    env = make_env(tmp_path, host={"http_address": "127.0.0.21:8080"})
+    host = env.hosts[0]
+    assert commands.public_url(env, host, "/ready") == "http://127.0.0.21:8080/ready"
+    assert commands.colour_url(env, host, "blue", "/ready") == "http://127.0.0.1:9101/ready"
+
+
+def test_q_makes_one_shell_word() -> None:
+    for value in ["plain", "with space", "it's", "$HOME", "`id`", "a\nb", ""]:
+        assert shlex.split(f"x {commands.q(value)}") == ["x", value]

@@ -1,0 +1,208 @@
+"""Fixtures for the deploy integration tests: an isolated registry and build engine, the release
+images (two good versions and the broken ones of the fault matrix), and a sandbox fleet of two
+hosts (sshd, Podman storage and nginx each) with an environment file pointing at it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import socket
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from imdb_deploy.bluegreen.config import Environment, load_environment
+from imdb_deploy.bluegreen.orchestrator import Orchestrator
+from imdb_deploy.engine import base_image, podman, registry
+from imdb_deploy.images import artifact, build, engine_client, metadata, services
+from imdb_deploy.images.platforms import PLATFORMS
+from imdb_deploy.sandbox.fleet import Fleet
+from imdb_deploy.sandbox.inventory import fleet_of
+
+# Addresses of the test fleet: apart from the sandbox environments' (127.0.0.1x, 127.0.0.2x).
+TEST_HOSTS = (("e2e-1", "127.0.0.161"), ("e2e-2", "127.0.0.162"))
+SSH_PORT = 2261
+HTTP_PORT = 8261
+APP_PORTS = {"blue": 8271, "green": 8272}
+# The environment passes this deployer variable to its containers as a secret.
+SECRET_VARIABLE = "MLOPS_E2E_TOKEN"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Releases:
+    """Versions pushed to the test registry, by role."""
+
+    registry: str
+    image: str
+    v1: str
+    v2: str
+    never_ready: str  # its process hangs: /ready never answers
+    tampered: str  # a model file changed after the build: verification fails, never ready
+    mislabelled: str  # ready, but serves another version than its tag: the smoke test fails
+
+
+def _derived_image(client: docker.DockerClient, base: str, tag: str, dockerfile: str) -> None:
+    """Build a one-layer image FROM `base` (the fault matrix's broken releases)."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        data = f"FROM {base}\n{dockerfile}".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+
+
+@pytest.fixture(scope="session")
+def releases(
+    tmp_path_factory: pytest.TempPathFactory,
+    require_tool: Callable[[str], str],
+    repo_root: Path,
+) -> Iterator[Releases]:
+    for tool in ("podman", "runc", "docker-registry", "sshd", "nginx", "curl", "flock"):
+        require_tool(tool)
+    local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
+    address = local.start()
+    state = tmp_path_factory.mktemp("engine")
+    service = podman.PodmanService(state, storage_dir=state / "storage")
+    try:
+        service.start(insecure_registries=[address])
+        client = docker.DockerClient(base_url=service.docker_host, timeout=900)
+        cache = base_image.default_cache_dir()
+        amd64 = PLATFORMS["linux/amd64"]
+        base = engine_client.ensure_platform_base(client, amd64, "debootstrap", cache)
+        revision = metadata.git_revision(repo_root)
+        versions = []
+        for seed in (7, 8):
+            trained = artifact.demo_artifact(tmp_path_factory.mktemp(f"artifact{seed}"), seed=seed)
+            built = build.build_service(
+                client, repo_root, services.SERVICES["api"], amd64, base_image=base,
+                revision=revision, cache_dir=cache, registry=address, artifact=trained,
+            )  # fmt: skip
+            build.push(client, built.tags[:1])
+            versions.append(built.version)
+        image = metadata.repository(address, services.SERVICES["api"].repository)
+        v1, v2 = versions
+        broken = {
+            "never-ready": 'ENTRYPOINT ["sleep", "infinity"]',
+            "tampered": "USER 0\nRUN echo tampered >> /opt/model/model.onnx\nUSER 10001",
+            "mislabelled": "LABEL io.mlops-imdb.note=mislabelled",
+        }
+        for name, dockerfile in broken.items():
+            tag = f"{image}:{v1}-{name}"
+            _derived_image(client, f"{image}:{v1}", tag, dockerfile)
+            build.push(client, [tag])
+        client.close()
+        yield Releases(
+            address, image, v1, v2, f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled"
+        )
+    finally:
+        service.stop()
+        local.stop()
+
+
+def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> str:
+    """A sandbox environment on the test fleet; `overrides` replace whole sections."""
+    hosts = "".join(
+        f'\n[[hosts]]\nname = "{name}"\naddress = "{address}"\napp_bind = "{address}"\n'
+        for name, address in TEST_HOSTS
+    )
+    settings = {
+        "lock": "ttl_s = 8\nheartbeat_s = 2",
+        "readiness": "passes = 3\ninterval_s = 0.2\ntimeout_s = 15",
+        "drain": "seconds = 1",
+    }
+    settings.update(overrides)
+    sections = "".join(f"\n[{name}]\n{body}\n" for name, body in settings.items())
+    return f"""\
+sandbox = true
+image = "{image}"
+deploy_root = "{root}"
+
+[ssh]
+port = {SSH_PORT}
+known_hosts = "{state / 'known_hosts'}"
+identity_file = "{state / 'id_ed25519'}"
+connect_timeout_s = 3
+command_timeout_s = 60
+
+[nginx]
+mode = "own"
+port = {HTTP_PORT}
+user = "www-data"
+
+[app]
+ports = {{ blue = {APP_PORTS['blue']}, green = {APP_PORTS['green']} }}
+settings = {{ IMDB_API_WORKERS = "1", IMDB_API_GRACEFUL_SHUTDOWN_S = "5" }}
+secrets = {{ IMDB_API_E2E_TOKEN = "{SECRET_VARIABLE}" }}
+stop_timeout_s = 8
+{sections}{hosts}"""
+
+
+@dataclass
+class Sandbox:
+    """The test fleet with its environment; `orchestrator()` makes a fresh deployer."""
+
+    fleet: Fleet
+    environment: Environment
+    toml: Path
+    releases: Releases
+    lines: list[str]
+
+    def orchestrator(self, **kwargs: object) -> Orchestrator:
+        return Orchestrator(self.environment, echo=self.lines.append, **kwargs)  # type: ignore[arg-type]
+
+    def served_versions(self) -> list[str | None]:
+        """The model version each host's nginx serves now (None: nothing is served yet)."""
+        versions: list[str | None] = []
+        for host in self.environment.hosts:
+            url = f"http://{self.environment.http_address(host)}/model/info"
+            try:
+                reply = urllib.request.urlopen(url, timeout=5)
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code != 502:  # 502: nginx is up, with no release behind it yet
+                    raise
+                versions.append(None)
+                continue
+            with reply:
+                versions.append(json.loads(reply.read())["version"])
+        return versions
+
+
+@pytest.fixture(scope="session")
+def sandbox(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """Two hosts, set up over SSH by the deploy's own `setup`; torn down at the end."""
+    state = tmp_path_factory.mktemp("fleet")
+    roots = tmp_path_factory.mktemp("roots")
+    toml = state / "e2e.toml"
+    toml.write_text(environment_toml(state, releases.image, roots))
+    environment = load_environment(str(toml))
+    fleet = fleet_of([environment], state, registry=releases.registry)
+    os.environ[SECRET_VARIABLE] = "e2e-" + secrets.token_hex(12)
+    try:
+        fleet.up()
+        box = Sandbox(fleet, environment, toml, releases, [])
+        deployer = box.orchestrator()
+        try:
+            deployer.setup()
+        finally:
+            deployer.close()
+        yield box
+    finally:
+        fleet.down()
+        os.environ.pop(SECRET_VARIABLE, None)
