@@ -5,10 +5,12 @@ uv.lock into their own virtualenv and call either a tool or project code (`imdb_
 carries the logic and its tests. Tags group the sessions:
 
     quality   lint, typecheck, security
-    tests     tests-3.10 ... tests-3.13, coverage, gates
+    tests     tests-3.10 ... tests-3.13, integration, coverage, gates
     build     sbom, images
+    deploy    deliver, sandbox, deploy, rollback, report, prune
     ci        everything GitHub CI runs (`make ci`)
-    pipeline  the main job on its built-in defaults (`make pipeline`)
+    pipeline  the main job on its built-in defaults (`make pipeline`): quality, tests, train,
+              build, deliver (sandbox staging, then sandbox production, benchmark-gated, report)
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ COVERAGE_DIR = REPORTS / "coverage"
 GENERATED_DATA = ROOT / "data" / "generated"
 GENERATED_ROWS = 200_000
 MODEL_DIR = ROOT / "artifacts" / "model"
+# The sandbox's Pushgateway (`nox -s sandbox -- up` starts it), where deploys record markers.
+SANDBOX_PUSHGATEWAY = "http://127.0.0.1:9091"
 # The offline vulnerability database, chosen explicitly; unset means pip-audit's online service.
 OSV_OFFLINE_DIR_VAR = "OSV_OFFLINE_DIR"
 
@@ -220,20 +224,6 @@ def sbom(session: nox.Session) -> None:
     session.run("python", "-m", "imdb_deploy.supply_chain.sbom", "validate", *sboms)
 
 
-@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
-def images(session: nox.Session) -> None:
-    """Container images: build both through the Docker API, push, SBOM and scan, then test them.
-
-    Starts (or reuses) the local engine and registry first; posargs go to the build
-    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...).
-    """
-    sync_locked(session, "test")
-    session.run("python", "-m", "imdb_deploy.engine", "up")
-    build = ["python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan"]
-    session.run(*build, *session.posargs)
-    session.run("pytest", "-m", "images", "-p", "no:cacheprovider", *own_basetemp(session))
-
-
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "model"], default=False)
 def train(session: nox.Session) -> None:
     """Train the model on generated data (or `-- --data DIR`) into artifacts/model, gated.
@@ -250,6 +240,23 @@ def train(session: nox.Session) -> None:
     champion = [f"--reference={MODEL_DIR}"] if (MODEL_DIR / "manifest.json").is_file() else []
     session.run("imdb-trainer", "train", *data, f"--out={MODEL_DIR}", "--overwrite", *champion)
     session.log(f"model and report: {MODEL_DIR} (report: {MODEL_DIR / 'report' / 'report.md'})")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
+def images(session: nox.Session) -> None:
+    """Container images: build both through the Docker API, push, SBOM and scan, then test them.
+
+    Starts (or reuses) the local engine and registry first; posargs go to the build
+    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...). The API image carries
+    artifacts/model when `nox -s train` made one (the pipeline trains first), else a demo model.
+    """
+    sync_locked(session, "test")
+    session.run("python", "-m", "imdb_deploy.engine", "up")
+    build = ["python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan"]
+    if (MODEL_DIR / "manifest.json").is_file() and "MLOPS_ARTIFACT" not in os.environ:
+        build.append(f"--artifact={MODEL_DIR}")
+    session.run(*build, *session.posargs)
+    session.run("pytest", "-m", "images", "-p", "no:cacheprovider", *own_basetemp(session))
 
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
@@ -294,6 +301,28 @@ def engine(session: nox.Session) -> None:
     session.run("python", "-m", "imdb_deploy.engine", *(session.posargs or ["status"]))
 
 
+@nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "deploy"], default=False)
+def deliver(session: nox.Session) -> None:
+    """The pipeline's deploy stage on the built-in default: the sandbox fleet up, the API image
+    `images` built deployed to sandbox-staging, then to sandbox-production (approved by flag),
+    each benchmark-gated; then the deployment report (its path is printed last)."""
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.sandbox", "up")
+    session.run("python", "-m", "imdb_deploy.bluegreen", "deploy", "sandbox-staging")
+    session.run(
+        "python", "-m", "imdb_deploy.bluegreen", "deploy", "--approve", "sandbox-production"
+    )
+    session.run("python", "-m", "imdb_deploy.report", "--latest")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def report(session: nox.Session) -> None:
+    """Deployment report (Markdown, HTML with plots, JSON) of the newest deploy per environment,
+    or of the timelines given: `nox -s report -- [reports/deploys/X.json ...]`."""
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.report", *(session.posargs or ["--latest"]))
+
+
 @nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
 def sandbox(session: nox.Session) -> None:
     """The sandbox fleet, the built-in deploy target: `nox -s sandbox -- up|down|status`.
@@ -328,3 +357,15 @@ def rollback(session: nox.Session) -> None:
     previous release, by a proxy switch when every host still has it)."""
     sync_locked(session)
     _release(session, "rollback")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def prune(session: nox.Session) -> None:
+    """Retention: `nox -s prune -- [ENVIRONMENT ...] [--keep N]` (default: the sandbox ones).
+
+    Releases beyond N on each environment's hosts, in the local engine and in the registry, and
+    old deploy timelines; never what a host runs or would roll back to.
+    """
+    sync_locked(session)
+    args = session.posargs or ["sandbox-staging", "sandbox-production"]
+    session.run("python", "-m", "imdb_deploy.bluegreen", "prune", *args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from imdb_api.model_state import ModelState
 from imdb_api.settings import Settings
 from imdb_trainer.cli import main as trainer_main
 from imdb_trainer.generate import generate
+from tests.support import free_port
 
 ROWS = 20_000
 MOVIE: dict[str, Any] = {
@@ -82,14 +82,6 @@ def client(api: Api) -> Iterator[TestClient]:
     """A TestClient of `api` (lifespan run)."""
     with TestClient(api) as test_client:
         yield test_client
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -253,7 +253,10 @@ def test_save_outcome_writes_the_timeline(tmp_path: Path) -> None:
     path = cli.save_outcome(outcome, tmp_path / "reports" / "deploys")
     assert path.name == "staging-20261126T134522Z-deploy-abc123def456.json"
     data = json.loads(path.read_text())
-    assert {k: v for k, v in data.items() if k != "events"} == outcome.audit_entry()
+    assert {k: v for k, v in data.items() if k not in ("events", "benchmark")} == (
+        outcome.audit_entry()
+    )
+    assert data["benchmark"] is None  # no gate ran
     assert data["events"] == [
         {"at": 0.1, "host": "h1", "step": "pull",
          "detail": "registry.example/mlops-imdb-api:v2", "ok": True},

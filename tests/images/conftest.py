@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,14 +17,9 @@ import pytest
 from imdb_deploy.engine import base_image, podman, registry
 from imdb_deploy.images import artifact, build, engine_client, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
+from tests.support import free_port as free_port  # noqa: PLC0414 - test_images_arm64 imports it
 
 SECRET_VARIABLE = "MLOPS_RELEASE_TOKEN"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

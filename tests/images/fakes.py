@@ -37,6 +37,7 @@ class FakeImages:
         self.store: dict[str, FakeImage] = {}
         self.removed: list[str] = []
         self.pushed: list[str] = []
+        self.auth: list[dict[str, str] | None] = []
         self.push_error: str | None = None
 
     def add(self, image: FakeImage) -> FakeImage:
@@ -65,9 +66,15 @@ class FakeImages:
             del self.store[image.id]
 
     def push(
-        self, repository: str, tag: str, stream: bool, decode: bool
+        self,
+        repository: str,
+        tag: str,
+        stream: bool,
+        decode: bool,
+        auth_config: dict[str, str] | None = None,
     ) -> builtins.list[dict[str, Any]]:
         self.pushed.append(f"{repository}:{tag}")
+        self.auth.append(auth_config)
         if self.push_error:
             return [{"error": self.push_error}]
         return [{"status": "pushing"}, {"aux": {"Digest": "sha256:" + "d" * 64}}]

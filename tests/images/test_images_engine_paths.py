@@ -103,12 +103,26 @@ def test_push_and_export(tmp_path: Path) -> None:
     client.images.add(FakeImage("sha256:1", ["r/x:1", "r/x:abc"]))
     digests = build.push(client, ["r/x:1", "r/x:abc"])  # type: ignore[arg-type]
     assert set(digests.values()) == {"sha256:" + "d" * 64}
+    assert client.images.auth == [None, None]  # anonymous unless credentials are given
     tarball = build.export(client, "r/x:1", tmp_path / "out")  # type: ignore[arg-type]
     assert tarball.name == "x_1.tar"
     assert tarball.read_bytes() == b"tar-of-r/x:1"
     client.images.push_error = "denied"
     with pytest.raises(build.BuildError, match="denied"):
         build.push(client, ["r/x:1"])  # type: ignore[arg-type]
+
+
+def test_push_sends_registry_credentials_from_the_environment() -> None:
+    assert build.registry_auth({}) is None
+    assert build.registry_auth({build.REGISTRY_USER_VAR: "bot"}) is None
+    auth = build.registry_auth(
+        {build.REGISTRY_USER_VAR: "bot", build.REGISTRY_PASSWORD_VAR: "ghs_token"}
+    )
+    assert auth == {"username": "bot", "password": "ghs_token"}
+    client = FakeClient()
+    client.images.add(FakeImage("sha256:1", ["ghcr.io/o/x:1"]))
+    build.push(client, ["ghcr.io/o/x:1"], auth)  # type: ignore[arg-type]
+    assert client.images.auth == [auth]
 
 
 def test_prune_local_untags_whole_releases() -> None:

@@ -17,9 +17,9 @@ from tests.notify.receivers import (
     SmtpServer,
     Trickler,
     WebhookReceiver,
-    free_port,
     make_certificate,
 )
+from tests.support import free_port
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 

@@ -26,14 +26,6 @@ LOCALHOST = "127.0.0.1"
 WEBHOOK_PATH = "/services/T0001/B0002/xoxSeCrEt42"
 
 
-def free_port() -> int:
-    """A port nothing listens on (the kernel's pick, closed again before use)."""
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # ---- HTTP: the Slack webhook ---------------------------------------------------------------------
 
 

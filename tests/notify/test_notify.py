@@ -20,13 +20,13 @@ from imdb_deploy.notify import (
     DeployEvent,
     NotifyConfigError,
     NotifySettings,
-    Secret,
     SmtpSettings,
     email_message,
     notify,
     slack_payload,
     summary,
 )
+from imdb_deploy.outbound import Secret
 from tests.notify.receivers import (
     LOCALHOST,
     WEBHOOK_PATH,

@@ -43,7 +43,7 @@ def test_ci_tag_lists_every_pipeline_session(repo_root: Path) -> None:
     assert listed == CI_SESSIONS
 
 
-DEPLOY_SESSIONS = {"sandbox", "deploy", "rollback"}
+DEPLOY_SESSIONS = {"sandbox", "deploy", "rollback", "prune", "deliver", "report"}
 
 
 def test_every_session_has_a_docstring(repo_root: Path) -> None:

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import secrets
-import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from imdb_deploy.images import artifact, build, engine_client, metadata, service
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
+from tests.support import free_port
 
 # Addresses of the test fleet: apart from the sandbox environments' (127.0.0.1x, 127.0.0.2x).
 TEST_HOSTS = (("e2e-1", "127.0.0.161"), ("e2e-2", "127.0.0.162"))
@@ -34,12 +34,6 @@ HTTP_PORT = 8261
 APP_PORTS = {"blue": 8271, "green": 8272}
 # The environment passes this deployer variable to its containers as a secret.
 SECRET_VARIABLE = "MLOPS_E2E_TOKEN"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -53,6 +47,7 @@ class Releases:
     never_ready: str  # its process hangs: /ready never answers
     tampered: str  # a model file changed after the build: verification fails, never ready
     mislabelled: str  # ready, but serves another version than its tag: the smoke test fails
+    slow: str  # a good release whose every prediction takes 150 ms: the benchmark gate fails
 
 
 def _derived_image(client: docker.DockerClient, base: str, tag: str, dockerfile: str) -> None:
@@ -87,7 +82,7 @@ def releases(
         base = engine_client.ensure_platform_base(client, amd64, "debootstrap", cache)
         revision = metadata.git_revision(repo_root)
         versions = []
-        for seed in (7, 8):
+        for seed in (7, 8, 10):  # seed 9 trains a model its own gate rejects
             trained = artifact.demo_artifact(tmp_path_factory.mktemp(f"artifact{seed}"), seed=seed)
             built = build.build_service(
                 client, repo_root, services.SERVICES["api"], amd64, base_image=base,
@@ -96,7 +91,11 @@ def releases(
             build.push(client, built.tags[:1])
             versions.append(built.version)
         image = metadata.repository(address, services.SERVICES["api"].repository)
-        v1, v2 = versions
+        v1, v2, slow = versions
+        # The third model, slowed down, under its own version tag (it passes the smoke test).
+        _derived_image(client, f"{image}:{slow}", f"{image}:{slow}",
+                       "ENV IMDB_API_DEBUG_DELAY_S=0.15")  # fmt: skip
+        build.push(client, [f"{image}:{slow}"])
         broken = {
             "never-ready": 'ENTRYPOINT ["sleep", "infinity"]',
             "tampered": "USER 0\nRUN echo tampered >> /opt/model/model.onnx\nUSER 10001",
@@ -108,8 +107,9 @@ def releases(
             build.push(client, [tag])
         client.close()
         yield Releases(
-            address, image, v1, v2, f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled"
-        )
+            address, image, v1, v2,
+            f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", slow,
+        )  # fmt: skip
     finally:
         service.stop()
         local.stop()
@@ -125,6 +125,9 @@ def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> s
         "lock": "ttl_s = 8\nheartbeat_s = 2",
         "readiness": "passes = 3\ninterval_s = 0.2\ntimeout_s = 15",
         "drain": "seconds = 1",
+        # Loose p95 tolerance: the tests share two cores with everything else; the slow release
+        # is 150 ms per prediction, far beyond it.
+        "benchmark": "seconds = 2\nconnections = 2\np95_tolerance = 1.0\nmin_requests = 10",
     }
     settings.update(overrides)
     sections = "".join(f"\n[{name}]\n{body}\n" for name, body in settings.items())
@@ -163,8 +166,13 @@ class Sandbox:
     releases: Releases
     lines: list[str]
 
-    def orchestrator(self, **kwargs: object) -> Orchestrator:
-        return Orchestrator(self.environment, echo=self.lines.append, **kwargs)  # type: ignore[arg-type]
+    def orchestrator(
+        self, environment: Environment | None = None, **kwargs: object
+    ) -> Orchestrator:
+        """A deployer for the test environment (or a variant of it) that logs into `lines`."""
+        return Orchestrator(
+            environment or self.environment, echo=self.lines.append, **kwargs  # type: ignore[arg-type]
+        )
 
     def served_versions(self) -> list[str | None]:
         """The model version each host's nginx serves now (None: nothing is served yet)."""

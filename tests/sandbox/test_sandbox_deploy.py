@@ -79,7 +79,7 @@ def test_deploy_redeploy_and_rollback(sandbox: Sandbox) -> None:
         sandbox.lines.clear()
         rolled = deployer.rollback()
         assert rolled.to_version == releases.v1
-        assert any("start: kept" in line for line in sandbox.lines), "not the fast path"
+        assert any("started: kept" in line for line in sandbox.lines), "not the fast path"
         assert sandbox.served_versions() == [releases.v1] * 2
 
         deployer.rollback(version=releases.v2)
@@ -139,7 +139,7 @@ def test_ssh_connection_dropped_mid_deploy(sandbox: Sandbox) -> None:
 
     def drop_while_waiting(host: str, step: str) -> None:
         # The readiness wait is one long command: cut the link while it runs.
-        if host == victim.name and step == "run" and not dropped:
+        if host == victim.name and step == "started" and not dropped:
             timer = threading.Timer(
                 1.0, lambda: dropped.append(sandbox.fleet.drop_connections(victim))
             )
@@ -261,6 +261,28 @@ def test_an_invalid_nginx_config_fails_the_switch_and_setup_repairs_it(sandbox: 
     assert_settled(sandbox, sandbox.releases.v2, "ok")
 
 
+def test_a_benchmark_regression_rolls_back_automatically(sandbox: Sandbox) -> None:
+    ensure_live(sandbox, sandbox.releases.v1)
+    deployer = sandbox.orchestrator()
+    try:
+        with pytest.raises(DeployError, match=r"benchmark regression .* rolled back to"):
+            deployer.deploy(sandbox.releases.slow)
+        outcome = deployer.outcome
+    finally:
+        deployer.close()
+    assert outcome is not None
+    assert outcome.result == "rolled_back"
+    assert outcome.benchmark is not None
+    assert outcome.benchmark["rolled_back"] is True
+    hosts = outcome.benchmark["hosts"]
+    assert isinstance(hosts, dict)
+    for figures in hosts.values():
+        assert figures["verdict"] == "regression"
+        assert figures["baseline"]["version"] == sandbox.releases.v1
+        assert figures["p95_ms"] >= 150
+    assert_settled(sandbox, sandbox.releases.v1, "rolled_back")
+
+
 # ---- zero downtime -------------------------------------------------------------------------
 
 WRK_SCRIPT = textwrap.dedent("""\
@@ -320,7 +342,11 @@ def under_load(
 
 def test_zero_dropped_requests_during_deploy_and_rollback(sandbox: Sandbox, tmp_path: Path) -> None:
     ensure_live(sandbox, sandbox.releases.v1)
-    deployer = sandbox.orchestrator()
+    # The benchmark gate would measure under this test's own load and call it a regression.
+    quiet = sandbox.environment.model_copy(
+        update={"benchmark": sandbox.environment.benchmark.model_copy(update={"enabled": False})}
+    )
+    deployer = sandbox.orchestrator(quiet)
     try:
         for name, action in (
             ("deploy", lambda: deployer.deploy(sandbox.releases.v2)),
@@ -397,3 +423,26 @@ def test_nox_cli_and_fab_drive_the_same_deploys_and_notify(sandbox: Sandbox) -> 
     assert "rollback" in texts[1]
     assert "secret-path" not in deploy.stdout + rollback.stdout
     assert_settled(sandbox, sandbox.releases.v1, "ok")
+
+
+def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) -> None:
+    releases = sandbox.releases
+    ensure_live(sandbox, releases.v2)
+    ensure_live(sandbox, releases.v1)  # live v1, kept v2
+    tight = sandbox.environment.model_copy(update={"keep_releases": 1})
+    deployer = sandbox.orchestrator(tight)
+    try:
+        before = deployer.read_state(tight.hosts[0]).releases
+        protected = deployer.prune()
+        assert protected == {releases.v1, releases.v2}
+        for host in tight.hosts:
+            state = deployer.read_state(host)
+            assert state.releases == [v for v in before if v in protected]
+            runner = deployer.runners[host.name]
+            for version in before:
+                present = runner.run(commands.image_exists(tight.image_ref(version)), check=False)
+                assert present.ok == (version in protected), version
+    finally:
+        deployer.close()
+    assert_settled(sandbox, releases.v1, "ok")
+    assert last_audit(sandbox)["action"] == "prune"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import threading
@@ -31,16 +30,11 @@ from imdb_deploy.engine import podman
 from imdb_deploy.engine.registry import LocalRegistry
 from imdb_deploy.sandbox import Fleet, SandboxHost
 from imdb_deploy.sandbox import fleet as fleet_module
+from tests.support import free_port
 
 pytestmark = pytest.mark.sandbox
 
 PORT = 2299
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
 
 
 def connect(fleet: Fleet, host: SandboxHost, known_hosts: Path | None = None) -> Connection:

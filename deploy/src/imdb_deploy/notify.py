@@ -10,11 +10,12 @@ unless their required variables are set:
             bundle to trust, e.g. a private relay's)
     both    MLOPS_NOTIFY_TIMEOUT_S (5): socket timeout per channel
 
-`notify()` is best effort by design: a failing, refusing or hanging receiver is logged as a
-warning and reported in the returned `Delivery` list, but it never raises into the deploy and
-never holds it up for longer than the timeout plus one second. The webhook URL (whose path *is*
-the credential) and the SMTP password are wrapped in `Secret`, so they cannot leak through a repr,
-and are scrubbed from every error text before it is logged or returned.
+`notify()` is best effort by design (`imdb_deploy.outbound` delivers): a failing, refusing or
+hanging receiver is logged as a warning and reported in the returned `Delivery` list, but it never
+raises into the deploy and never holds it up for longer than the timeout plus one second
+(`outbound.GRACE_S`). The webhook URL (whose path *is* the credential) and the SMTP password are
+wrapped in `Secret`, so they cannot leak through a repr, and are scrubbed from every error text
+before it is logged or returned.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import logging
 import math
 import smtplib
 import ssl
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, get_args
+
+from imdb_deploy.outbound import MASK, Delivery, DeliveryError, Job, Secret, deliver
 
 log = logging.getLogger("imdb_deploy.notify")
 
@@ -44,13 +45,8 @@ Result = Literal["ok", "failed", "refused", "rolled_back"]
 SUBJECT_PREFIX = "[mlops-imdb]"
 DEFAULT_SMTP_PORT = 587
 DEFAULT_TIMEOUT_S = 5.0
-# The caller waits at most timeout + GRACE_S: socket timeouts bound each network operation, this
-# bounds the whole delivery (a receiver that trickles one byte per timeout would evade the first).
-GRACE_S = 1.0
 # Slack rejects a section text over 3000 characters; a long detail is cut, the report has it all.
 SLACK_TEXT_LIMIT = 2900
-ERROR_LIMIT = 300
-MASK = "***"
 # A secret shorter than this would mask ordinary words in error texts; none is that short.
 MIN_SECRET_LENGTH = 4
 
@@ -60,30 +56,6 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 class NotifyConfigError(ValueError):
     """A notification variable is set but malformed; the message names it, never its value."""
-
-
-class Secret:
-    """A credential that shows as `***` in reprs, f-strings and logs; `reveal()` to use it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({MASK!r})"
-
-    def __str__(self) -> str:
-        return MASK
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -347,49 +319,6 @@ def email_message(event: DeployEvent, settings: SmtpSettings) -> EmailMessage:
 # ---- delivery -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """How one channel went: `error` is short and free of secrets."""
-
-    name: str
-    ok: bool
-    seconds: float
-    error: str | None = None
-
-
-@dataclass
-class _Job:
-    name: str
-    send: Callable[[], None]
-    started: float = 0.0
-    # Written by the worker thread, read by `notify`; None while the channel is still busy.
-    result: Delivery | None = None
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    # Longest first, so a secret that contains another one is masked whole.
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
-class DeliveryError(Exception):
-    """A receiver's refusal, already phrased for the log (the caller still scrubs it)."""
-
-
-def _describe(exc: BaseException) -> str:
-    """`HTTP 500: Internal Server Error` or `SMTPAuthenticationError: ...`, not a traceback."""
-    if isinstance(exc, DeliveryError):
-        text = str(exc)
-    elif isinstance(exc, urllib.error.URLError):
-        text = f"cannot reach the webhook: {exc.reason}"
-    elif isinstance(exc, TimeoutError):
-        text = f"timed out: {exc}" if str(exc) else "timed out"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return _one_line(text)
-
-
 def _send_slack(slack: SlackSettings, payload: dict[str, Any], timeout: float) -> None:
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked in _slack_settings
         slack.webhook_url.reveal(),
@@ -431,22 +360,6 @@ def _send_email(smtp: SmtpSettings, message: EmailMessage, timeout: float) -> No
         client.close()
 
 
-def _run(job: _Job, secrets: list[str]) -> None:
-    try:
-        job.send()
-    # The worker's exceptions cannot reach the caller, and a notification must never fail the
-    # deploy: whatever goes wrong is this channel's failed delivery, reported like any other.
-    except Exception as exc:
-        error = _scrub(_describe(exc), secrets)[:ERROR_LIMIT]
-        job.result = Delivery(job.name, False, _since(job.started), error)
-    else:
-        job.result = Delivery(job.name, True, _since(job.started))
-
-
-def _since(started: float) -> float:
-    return round(time.monotonic() - started, 3)
-
-
 def notify(event: DeployEvent, settings: NotifySettings) -> list[Delivery]:
     """Send `event` to every configured channel at once; one `Delivery` per channel.
 
@@ -456,38 +369,17 @@ def notify(event: DeployEvent, settings: NotifySettings) -> list[Delivery]:
     delivery problem; failures are logged as warnings on `imdb_deploy.notify`.
     """
     # Messages are built here, not in the workers, so a bug in them raises to the caller.
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     timeout = settings.timeout
     if settings.slack is not None:
         slack, payload = settings.slack, slack_payload(event)
-        jobs.append(_Job("slack", lambda: _send_slack(slack, payload, timeout)))
+        jobs.append(Job("slack", lambda: _send_slack(slack, payload, timeout)))
     if settings.smtp is not None:
         smtp, message = settings.smtp, email_message(event, settings.smtp)
-        jobs.append(_Job("email", lambda: _send_email(smtp, message, timeout)))
-    if not jobs:
-        return []
-
-    secrets = settings.secrets()
-    start = time.monotonic()
-    deadline = start + timeout + GRACE_S
-    threads = [
-        threading.Thread(target=_run, args=(job, secrets), name=f"notify-{job.name}", daemon=True)
-        for job in jobs
-    ]
-    for job, thread in zip(jobs, threads, strict=True):
-        job.started = time.monotonic()
-        thread.start()
-
-    deliveries: list[Delivery] = []
-    for job, thread in zip(jobs, threads, strict=True):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        result = job.result
-        if result is None:
-            # Still running: the receiver accepted but does not answer, or answers too slowly.
-            waited = _since(job.started)
-            result = Delivery(job.name, False, waited, f"no answer within {waited:.1f} s")
-        deliveries.append(result)
-        _log(result, event, settings)
+        jobs.append(Job("email", lambda: _send_email(smtp, message, timeout)))
+    deliveries = deliver(jobs, timeout, secrets=settings.secrets(), thread_prefix="notify")
+    for delivery in deliveries:
+        _log(delivery, event, settings)
     return deliveries
 
 

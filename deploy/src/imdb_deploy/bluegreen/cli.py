@@ -21,10 +21,20 @@ from typing import Any
 from imdb_deploy import notify
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, Outcome
+from imdb_deploy.images import __main__ as images_cli
+from imdb_deploy.monitoring import markers
 
 # `nox -s images` records what it built here; the default release is the API image it built last.
 IMAGES_RECORD = REPO_ROOT / "reports" / "images-amd64.json"
 DEPLOY_REPORTS = REPO_ROOT / "reports" / "deploys"
+
+
+# Outcome results as notifications name them (anything unexpected counts as a failure).
+RESULTS: dict[str, notify.Result] = {
+    "ok": "ok", "refused": "refused", "rolled_back": "rolled_back", "failed": "failed"
+}  # fmt: skip
+# As deploy markers name them: a refused deploy changed nothing, which for a marker is a failure.
+MARKER_RESULTS: dict[str, markers.Result] = {"ok": "ok", "rolled_back": "rolled_back"}
 
 
 class CliError(RuntimeError):
@@ -48,7 +58,11 @@ def save_outcome(outcome: Outcome, directory: Path = DEPLOY_REPORTS) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = outcome.started.replace(":", "").replace("-", "").replace("+0000", "Z")
     path = directory / f"{outcome.environment}-{stamp}-{outcome.action}-{outcome.id}.json"
-    data = {**outcome.audit_entry(), "events": [vars(event) for event in outcome.events]}
+    data = {
+        **outcome.audit_entry(),
+        "events": [vars(event) for event in outcome.events],
+        "benchmark": outcome.benchmark,
+    }
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
@@ -81,11 +95,7 @@ def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None
     event = notify.DeployEvent(
         environment=outcome.environment,
         action="rollback" if outcome.action == "rollback" else "deploy",
-        result=(
-            "ok"
-            if outcome.result == "ok"
-            else "refused" if outcome.result == "refused" else "failed"
-        ),
+        result=RESULTS.get(outcome.result, "failed"),
         from_versions=outcome.from_versions,
         to_version=outcome.to_version,
         user=outcome.user,
@@ -96,6 +106,15 @@ def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None
     for delivery in notify.notify(event, settings):
         state = "sent" if delivery.ok else f"NOT sent ({delivery.error})"
         print(f"notification {delivery.name}: {state} in {delivery.seconds:.2f} s")
+    marker_settings = markers.MarkerSettings.from_environ(environ)
+    if outcome.to_version and (marker_settings.pushgateway or marker_settings.grafana_url):
+        marker = markers.DeployMarker(
+            outcome.environment,
+            outcome.to_version,
+            MARKER_RESULTS.get(outcome.result, "failed"),
+            "rollback" if outcome.action == "rollback" else "deploy",
+        )
+        print(f"deploy marker: {markers.record_deploy(marker, marker_settings).describe()}")
 
 
 def _release(orchestrator: Orchestrator, action: str, version: str | None, approve: bool) -> int:
@@ -122,6 +141,32 @@ def _unlock(orchestrator: Orchestrator, reason: str) -> int:
     released = orchestrator.unlock(reason)
     print(f"released: {released}" if released else "no lock was held")
     return 0
+
+
+def prune_timelines(environment: str, keep: int, directory: Path = DEPLOY_REPORTS) -> list[Path]:
+    """Keep the newest `keep` timelines of an environment in reports/deploys."""
+    timelines = sorted(directory.glob(f"{environment}-*.json"), key=lambda p: p.stat().st_mtime)
+    doomed = timelines[: max(0, len(timelines) - keep)]
+    for path in doomed:
+        path.unlink()
+    return doomed
+
+
+def prune(environments: Sequence[Environment], keep: int) -> int:
+    """Hosts first (they say what is live or kept anywhere), then the local images and registry
+    with those versions protected, then old timelines."""
+    protected: set[str] = set()
+    for environment in environments:
+        orchestrator = Orchestrator(environment)
+        try:
+            protected |= orchestrator.prune()
+        finally:
+            orchestrator.close()
+        removed = prune_timelines(environment.name, keep * 4)
+        print(f"{environment.name}: {len(removed)} old timeline(s) removed")
+    print(f"protected (live or kept on a host): {sorted(protected) or 'none'}")
+    args = ["prune", f"--keep={keep}", *(f"--protect={version}" for version in sorted(protected))]
+    return images_cli.main(args)
 
 
 def _lock(orchestrator: Orchestrator) -> int:
@@ -195,8 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     actions.add_parser("setup")
     for sub in actions.choices.values():
         sub.add_argument("environment", help="a name in deploy/environments, or a .toml path")
+    pruning = actions.add_parser("prune")
+    pruning.add_argument("environments", nargs="+", metavar="environment")
+    pruning.add_argument("--keep", type=int, default=5, help="releases kept besides live/kept")
     args = parser.parse_args(argv)
     try:
+        if args.action == "prune":
+            return prune([load_environment(name) for name in args.environments], args.keep)
         environment = load_environment(args.environment)
         options = {k: v for k, v in vars(args).items() if k not in ("action", "environment")}
         return run(args.action, environment, **options)

@@ -126,6 +126,20 @@ class LockSettings(_Strict):
         return self
 
 
+class BenchmarkSettings(_Strict):
+    """The post-deploy benchmark gate (imdb_deploy.bluegreen.loadcheck)."""
+
+    enabled: bool = True
+    seconds: float = Field(default=4, gt=0, le=120, description="load per host, bounded")
+    connections: int = Field(default=4, ge=1, le=64)
+    p95_tolerance: float = Field(
+        default=0.2, ge=0, description="allowed p95 increase over the previous release (0.2: +20%)"
+    )
+    max_error_rate: float = Field(default=0.0, ge=0, le=1, description="0: any error fails")
+    min_requests: int = Field(default=50, ge=1, description="fewer answered requests fail")
+    rollback: bool = Field(default=True, description="roll back automatically on a regression")
+
+
 class Approval(_Strict):
     required: bool = False
     github_environment: str | None = Field(
@@ -162,6 +176,7 @@ class Environment(_Strict):
     readiness: ReadinessSettings = ReadinessSettings()
     drain: DrainSettings = DrainSettings()
     lock: LockSettings = LockSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
     hosts: tuple[Host, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

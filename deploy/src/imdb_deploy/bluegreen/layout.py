@@ -7,6 +7,7 @@ read the state, resume or roll back:
     <root>/lock.*            the environment's deploy lock: holder record, token, expiry
     <root>/audit.jsonl       append-only audit log
     <root>/journal.json      the switch in progress (from/to), removed when it completes
+    <root>/benchmarks.json   the post-deploy benchmark's figures per release (the baselines)
     <root>/env/<colour>.env  the container's settings and secrets (mode 600)
     <root>/nginx/            the site config, the upstream include and (own nginx) its prefix
 """
@@ -63,6 +64,10 @@ class HostLayout:
     @property
     def journal(self) -> PurePosixPath:
         return self.root / "journal.json"
+
+    @property
+    def benchmarks(self) -> PurePosixPath:
+        return self.root / "benchmarks.json"
 
     @property
     def env_dir(self) -> PurePosixPath:

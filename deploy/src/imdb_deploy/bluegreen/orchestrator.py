@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
-from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen import commands, loadcheck
 from imdb_deploy.bluegreen.config import Environment, Host, Redactor, current_user
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
@@ -57,6 +57,14 @@ class ApprovalError(DeployError):
     """A deploy that needs approval did not get it."""
 
 
+class RegressionError(DeployError):
+    """The post-deploy benchmark found a regression (`result`: rolled_back or failed)."""
+
+    def __init__(self, message: str, result: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class Event:
     """One line of the deploy's timeline: a step on a host (or `*` for the environment)."""
@@ -83,10 +91,11 @@ class Outcome:
     detail: str = ""
     seconds: float = 0.0
     events: list[Event] = field(default_factory=list)
+    benchmark: dict[str, object] | None = None
 
     def audit_entry(self) -> dict[str, object]:
         entry = asdict(self)
-        del entry["events"]
+        del entry["events"], entry["benchmark"]
         return entry
 
 
@@ -366,18 +375,19 @@ class Orchestrator:
         colour = state.idle
         started[host.name] = (colour, state)
         name = env.container_name(colour)
+        # Each step is recorded when it is done (the report draws it from the step before).
         if reuse:
-            self.step(host.name, "start", f"kept {colour} container ({version})")
             runner.run(commands.start_container(name))
+            self.step(host.name, "started", f"kept {colour} container ({version})")
         else:
             image = env.image_ref(version)
-            self.step(host.name, "image", image)
             how = runner.run(commands.ensure_image(image)).stdout.strip()
+            self.step(host.name, "image", f"{image} {how}")
             values = env.app_environment(self.environ)
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
-            self.step(host.name, "run", f"{colour} on port {env.app.ports[colour]} (image {how})")
             run = commands.run_container(env, host, colour, version, layout)
             runner.run(f"{commands.remove_container(name)} && {run}")
+            self.step(host.name, "started", f"{colour} on port {env.app.ports[colour]}")
         readiness = env.readiness
         ready_url = commands.colour_url(env, host, colour, "/ready")
         wait = commands.wait_ready(
@@ -519,11 +529,76 @@ class Orchestrator:
         _, failures = self._parallel(hosts, commit)
         if failures:
             raise DeployError(f"switched, but recording it failed: {self._failures_text(failures)}")
-        self.step("*", "live", f"{version} on {len(hosts)} host(s); draining the old colour "
-                  f"for {env.drain.seconds:g} s")  # fmt: skip
+        self.step("*", "switched", f"{version} live on {len(hosts)} host(s); draining the old "
+                  f"colour for {env.drain.seconds:g} s")  # fmt: skip
         time.sleep(env.drain.seconds)
         self._parallel(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
         self._parallel(hosts, self._prune)
+
+    def _benchmark_gate(
+        self, version: str, outcome: Outcome, before: Mapping[str, HostState]
+    ) -> None:
+        """Load every host through its nginx, compare with the previous release's figures on
+        that host; a regression rolls back (when configured) and fails the deploy."""
+        env = self.environment
+        settings = env.benchmark
+
+        def one(host: Host) -> dict[str, object]:
+            runner = self.runners[host.name]
+            layout = self._layout(host)
+            stored = runner.run(commands.read_file(layout.benchmarks)).stdout
+            try:
+                history: dict[str, dict[str, object]] = json.loads(stored) if stored.strip() else {}
+            except ValueError:
+                history = {}  # a damaged record only loses the baselines
+            previous = before[host.name].live_version
+            baseline = (
+                loadcheck.Measurement.from_dict(history[previous]) if previous in history else None
+            )
+            now = loadcheck.measure(
+                env.http_address(host), "/predict", settings.seconds, settings.connections
+            )
+            verdict, reason = loadcheck.judge(now, baseline, settings)
+            self.step(host.name, f"benchmark {verdict}", reason)
+            if verdict != "regression":
+                history[version] = now.as_dict()
+                runner.run(commands.write_file(layout.benchmarks, json.dumps(history, indent=1)))
+            return {
+                **now.as_dict(),
+                "baseline": (
+                    None if baseline is None else {"version": previous, **baseline.as_dict()}
+                ),
+                "verdict": verdict,
+                "reason": reason,
+            }
+
+        results, failures = self._parallel(env.hosts, one)
+        if failures:
+            raise DeployError(f"benchmark failed: {self._failures_text(failures)}")
+        regressions = {
+            n: str(r["reason"]) for n, r in results.items() if r["verdict"] == "regression"
+        }
+        outcome.benchmark = {
+            "result": "regression" if regressions else "pass",
+            "rolled_back": False,
+            "tolerance": {"p95": settings.p95_tolerance, "max_error_rate": settings.max_error_rate},
+            "hosts": results,
+        }
+        if not regressions:
+            return
+        text = "; ".join(f"{name}: {reason}" for name, reason in regressions.items())
+        previous = {state.live_version for state in before.values()}
+        if not settings.rollback or len(previous) != 1 or None in previous:
+            raise RegressionError(f"benchmark regression ({text}); not rolled back", "failed")
+        target = str(previous.pop())
+        self.step("*", "rolling back", f"benchmark regression: {text}")
+        states = self.inspect()
+        kept = {state.kept_version for state in states.values()}
+        self._release_version(target, kept == {target}, outcome, states)
+        outcome.benchmark["rolled_back"] = True
+        raise RegressionError(
+            f"benchmark regression ({text}); rolled back to {target}", "rolled_back"
+        )
 
     def _run(
         self,
@@ -565,6 +640,10 @@ class Orchestrator:
                 version, reuse = version_for(states)
             self._release_version(version, reuse, outcome, states)
             outcome.result = "ok"
+            if action == "deploy" and env.benchmark.enabled:
+                self._benchmark_gate(version, outcome, states)
+        except RegressionError as exc:
+            outcome.result, outcome.detail = exc.result, self.redact(str(exc))
         except (DeployError, RemoteError, StateError, ValueError) as exc:
             outcome.result, outcome.detail = "failed", self.redact(str(exc))
         finally:
@@ -655,6 +734,34 @@ class Orchestrator:
         if failures:
             raise DeployError(f"setup failed: {self._failures_text(failures)}")
         return results
+
+    def prune(self) -> set[str]:
+        """Remove releases beyond `keep_releases` from every host, under the lock (a deploy
+        prunes too, when it is done); returns the versions that must stay anywhere: what each
+        host runs and would roll back to."""
+        self._t0 = time.monotonic()
+        outcome = Outcome(new_id(), "prune", self.environment.name, current_user(), now_iso(),
+                          {}, None)  # fmt: skip
+        self.outcome = outcome
+        token = new_id() + new_id()
+        self._acquire(outcome, token)
+        try:
+            _, failures = self._parallel(self.environment.hosts, self._prune)
+            states, more = self._parallel(self.environment.hosts, self.read_state)
+        finally:
+            self._release(self.environment.hosts, token)
+        failures.update(more)
+        outcome.result = "failed" if failures else "ok"
+        outcome.detail = self._failures_text(failures)
+        self._finish(outcome)
+        if failures:
+            raise DeployError(f"prune failed: {outcome.detail}")
+        return {
+            version
+            for state in states.values()
+            for version in (state.live_version, state.kept_version)
+            if version
+        }
 
     def status(self) -> list[dict[str, object]]:
         """Per host: addresses, live colour, version, health through nginx, lock, journal."""

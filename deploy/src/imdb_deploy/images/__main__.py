@@ -90,7 +90,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             record = asdict(image)
             record.pop("log")
             if args.push:
-                record["pushed"] = build.push(client, image.tags)
+                auth = build.registry_auth(os.environ)
+                record["pushed"] = build.push(client, image.tags, auth)
                 print(f"pushed {', '.join(image.tags)}")
             if args.export is not None:
                 record["export"] = str(build.export(client, image.reference, args.export))

@@ -154,13 +154,26 @@ def build_service(
     )
 
 
-def push(client: docker.DockerClient, tags: Iterable[str]) -> dict[str, str]:
-    """Push each tag; returns tag -> pushed digest (when the engine reports one)."""
+REGISTRY_USER_VAR = "MLOPS_REGISTRY_USER"
+REGISTRY_PASSWORD_VAR = "MLOPS_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a value
+
+
+def registry_auth(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """Credentials for a registry that needs them (GHCR in CD: the job's GITHUB_TOKEN)."""
+    user, password = environ.get(REGISTRY_USER_VAR), environ.get(REGISTRY_PASSWORD_VAR)
+    return {"username": user, "password": password} if user and password else None
+
+
+def push(
+    client: docker.DockerClient, tags: Iterable[str], auth: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Push each tag (with `auth` when given); returns tag -> pushed digest (when reported)."""
     digests = {}
     for tag in tags:
         repository, _, name = tag.rpartition(":")
         digest = ""
-        for line in client.images.push(repository, tag=name, stream=True, decode=True):
+        lines = client.images.push(repository, tag=name, stream=True, decode=True, auth_config=auth)
+        for line in lines:
             if "error" in line or "errorDetail" in line:
                 raise BuildError(f"push of {tag} failed: {line.get('error') or line}")
             aux = line.get("aux")

@@ -2,7 +2,9 @@
 
 The fleet's hosts are those of the sandbox environments in deploy/environments (`sandbox = true`).
 `up` starts the registry and one sshd per host, then prepares every host over SSH with the
-deploy's own `setup` (nginx, directories), exactly as on real hosts. `down` stops everything.
+deploy's own `setup` (nginx, directories), exactly as on real hosts, and starts Prometheus
+(127.0.0.1:9090, scraping every sandbox host) and a Pushgateway (127.0.0.1:9091, deploy markers).
+`down` stops everything.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from imdb_deploy.bluegreen import cli as deploy_cli
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment
 from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
 from imdb_deploy.engine import local, registry
+from imdb_deploy.monitoring.stack import MonitoringError, MonitoringStack
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of, sandbox_environments
 
 STATE_DIR = REPO_ROOT / ".state" / "sandbox"
+MONITORING_STATE = REPO_ROOT / ".state" / "monitoring"
 
 
 def up(environments: Sequence[Environment], fleet: Fleet) -> int:
@@ -37,6 +41,12 @@ def up(environments: Sequence[Environment], fleet: Fleet) -> int:
             return 1
         finally:
             orchestrator.close()
+    try:
+        urls = MonitoringStack(MONITORING_STATE).up(environments)
+        print(f"monitoring: Prometheus {urls['prometheus']}, Pushgateway {urls['pushgateway']}")
+    except MonitoringError as exc:
+        # Deploys do not need it; the operator's view of the sandbox does.
+        print(f"monitoring NOT started: {exc}", file=sys.stderr)
     return status(environments, as_json=False)
 
 
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action == "up":
         return up(environments, fleet)
     if args.action == "down":
-        for line in fleet.down():
+        for line in [*fleet.down(), *MonitoringStack(MONITORING_STATE).down()]:
             print(f"stopped: {line}")
         return 0
     return status(environments, args.json)

@@ -1,0 +1,106 @@
+"""Write the deployment report for some deploy timelines.
+
+python -m imdb_deploy.report TIMELINE.json ...     report on these timelines
+python -m imdb_deploy.report --latest              the newest timeline per environment and action
+                                                   in reports/deploys (--deploys DIR elsewhere)
+
+Writes deployment-report.md, .html and .json into --out (default: reports/), prints their paths
+and, when GITHUB_STEP_SUMMARY names a file (GitHub Actions), appends the Markdown to it.
+Deploys are reported in time order. Exit status: 0 written (whatever the deploys' results: the
+report is not a gate), 1 the report could not be written, 2 a usage or input problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from imdb_deploy.bluegreen.config import REPO_ROOT
+from imdb_deploy.report.timeline import Deploy, TimelineError, in_order, latest, load_all
+
+REPORTS = REPO_ROOT / "reports"
+# Where imdb_deploy.bluegreen.cli.save_outcome writes the timelines (not imported from there:
+# that would load the SSH stack just to name a folder).
+DEPLOY_REPORTS = REPORTS / "deploys"
+BASENAME = "deployment-report"
+SUMMARY_VAR = "GITHUB_STEP_SUMMARY"
+
+
+def write_report(
+    deploys: Sequence[Deploy], out: Path, generated: datetime | None = None
+) -> tuple[list[Path], str]:
+    """Write the three forms into `out`; return their paths and the Markdown."""
+    # Imported here: matplotlib takes a second to load, and a usage or input error needs none.
+    from imdb_deploy.report.render import html_page, json_report, markdown  # noqa: PLC0415
+
+    generated = generated or datetime.now(timezone.utc)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(deploys, generated)
+    paths = [out / f"{BASENAME}.md", out / f"{BASENAME}.html", out / f"{BASENAME}.json"]
+    paths[0].write_text(text + "\n", encoding="utf-8")
+    paths[1].write_text(html_page(deploys, generated), encoding="utf-8")
+    # allow_nan=False: the input was validated finite, and the output must stay strict JSON.
+    document = json.dumps(json_report(deploys, generated), indent=2, allow_nan=False)
+    paths[2].write_text(document + "\n", encoding="utf-8")
+    return paths, text
+
+
+def append_summary(path: Path, text: str) -> None:
+    """Append (never overwrite: earlier steps of the job wrote there too) the Markdown."""
+    with path.open("a", encoding="utf-8") as summary:
+        # A blank line first, so our heading does not run into what is already there.
+        if summary.tell() > 0:
+            summary.write("\n")
+        summary.write(text + "\n")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the CLI; returns the exit status (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="python -m imdb_deploy.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("timelines", nargs="*", type=Path, metavar="TIMELINE.json")
+    parser.add_argument(
+        "--latest", action="store_true",
+        help="add the newest timeline per environment and action found in --deploys",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deploys", type=Path, default=DEPLOY_REPORTS, metavar="DIR",
+        help=f"where --latest looks (default: {DEPLOY_REPORTS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=REPORTS, metavar="DIR",
+        help=f"where the report is written (default: {REPORTS})",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if not args.timelines and not args.latest:
+        parser.error("name TIMELINE.json files, or pass --latest")
+    try:
+        named = load_all(args.timelines)
+        deploys = in_order([*named, *(latest(args.deploys) if args.latest else [])])
+    except TimelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        paths, text = write_report(deploys, args.out)
+    except OSError as exc:
+        print(f"error: cannot write the report into {args.out}: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    summary = environ.get(SUMMARY_VAR, "").strip()
+    if summary:
+        try:
+            append_summary(Path(summary), text)
+        except OSError as exc:
+            # The report itself is written; a step summary is a convenience, not worth failing.
+            print(f"warning: not added to {SUMMARY_VAR} ({summary}): {exc}", file=sys.stderr)
+    return 0
