@@ -308,10 +308,10 @@ def deliver(session: nox.Session) -> None:
     each benchmark-gated; then the deployment report (its path is printed last)."""
     sync_locked(session)
     session.run("python", "-m", "imdb_deploy.sandbox", "up")
-    session.run("python", "-m", "imdb_deploy.bluegreen", "deploy", "sandbox-staging")
-    session.run(
-        "python", "-m", "imdb_deploy.bluegreen", "deploy", "--approve", "sandbox-production"
-    )
+    markers = {"MLOPS_PUSHGATEWAY_URL": SANDBOX_PUSHGATEWAY}  # `sandbox up` started it
+    deploy = ["python", "-m", "imdb_deploy.bluegreen", "deploy"]
+    session.run(*deploy, "sandbox-staging", env=markers)
+    session.run(*deploy, "--approve", "sandbox-production", env=markers)
     session.run("python", "-m", "imdb_deploy.report", "--latest")
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.orchestrator import DeployError
+from imdb_deploy.sandbox import __main__ as sandbox_cli
 
 from .conftest import SECRET_VARIABLE, Sandbox
 
@@ -71,6 +72,9 @@ def test_deploy_redeploy_and_rollback(sandbox: Sandbox) -> None:
 
         deployer.deploy(releases.v2)
         assert sandbox.served_versions() == [releases.v2] * 2
+        again = deployer.deploy(releases.v2)  # idempotent: nothing to do, nothing touched
+        assert again.detail.startswith("already live")
+        assert not [e for e in again.events if e.host != "*"]
         rows = deployer.status()
         assert [(r["version"], r["kept"], r["healthy"]) for r in rows] == [
             (releases.v2, releases.v1, True)
@@ -84,9 +88,10 @@ def test_deploy_redeploy_and_rollback(sandbox: Sandbox) -> None:
 
         deployer.rollback(version=releases.v2)
         assert sandbox.served_versions() == [releases.v2] * 2
-        actions = [(e["action"], e["result"], e["to_version"]) for e in deployer.audit_log(4)]
+        actions = [(e["action"], e["result"], e["to_version"]) for e in deployer.audit_log(5)]
         assert actions == [
             ("deploy", "ok", releases.v1),
+            ("deploy", "ok", releases.v2),
             ("deploy", "ok", releases.v2),
             ("rollback", "ok", releases.v1),
             ("rollback", "ok", releases.v2),
@@ -446,3 +451,21 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
         deployer.close()
     assert_settled(sandbox, releases.v1, "ok")
     assert last_audit(sandbox)["action"] == "prune"
+
+
+def test_sandbox_status_lists_every_host_for_scripts(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_live(sandbox, sandbox.releases.v1)
+    assert sandbox_cli.status([sandbox.environment], as_json=True) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["host"], r["environment"], r["version"], r["healthy"]) for r in rows] == [
+        (host.name, "e2e", sandbox.releases.v1, True) for host in sandbox.environment.hosts
+    ]
+    assert {r["http"] for r in rows} == {
+        f"http://{sandbox.environment.http_address(h)}" for h in sandbox.environment.hosts
+    }
+    assert sandbox_cli.status([sandbox.environment], as_json=False) == 0
+    table = capsys.readouterr().out
+    assert "e2e-1" in table
+    assert sandbox.releases.v1 in table

@@ -117,10 +117,16 @@ def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None
         print(f"deploy marker: {markers.record_deploy(marker, marker_settings).describe()}")
 
 
-def _release(orchestrator: Orchestrator, action: str, version: str | None, approve: bool) -> int:
+def _release(
+    orchestrator: Orchestrator,
+    action: str,
+    version: str | None,
+    approve: bool,
+    force: bool = False,
+) -> int:
     try:
         if action == "deploy":
-            outcome = orchestrator.deploy(version or built_version(), approve)
+            outcome = orchestrator.deploy(version or built_version(), approve, force=force)
         else:
             outcome = orchestrator.rollback(version, approve)
     finally:
@@ -190,7 +196,7 @@ def run(action: str, environment: Environment, **options: Any) -> int:
     orchestrator = Orchestrator(environment)
     actions: dict[str, Callable[[], int]] = {
         "deploy": lambda: _release(orchestrator, "deploy", options.get("version"),
-                                   bool(options.get("approve"))),
+                                   bool(options.get("approve")), bool(options.get("force"))),
         "rollback": lambda: _release(orchestrator, "rollback", options.get("version"),
                                      bool(options.get("approve"))),
         "status": lambda: _status(orchestrator, bool(options.get("json"))),
@@ -233,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = actions.add_parser(name)
         sub.add_argument("--version", help="image tag = model version")
         sub.add_argument("--approve", action="store_true", help="approval for production (CI)")
+    actions.choices["deploy"].add_argument(
+        "--force", action="store_true", help="redeploy even where the version is live already"
+    )
     actions.add_parser("status").add_argument("--json", action="store_true")
     actions.add_parser("audit").add_argument("--limit", type=int, default=20)
     actions.add_parser("lock")

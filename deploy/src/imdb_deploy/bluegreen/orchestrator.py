@@ -376,6 +376,10 @@ class Orchestrator:
         started[host.name] = (colour, state)
         name = env.container_name(colour)
         # Each step is recorded when it is done (the report draws it from the step before).
+        if reuse and not runner.run(commands.container_exists(name), check=False).ok:
+            # The kept container is gone (a host restart, a manual clean-up): run it anew.
+            self.step(host.name, "kept container missing", f"{name}: starting {version} anew")
+            reuse = False
         if reuse:
             runner.run(commands.start_container(name))
             self.step(host.name, "started", f"kept {colour} container ({version})")
@@ -535,6 +539,43 @@ class Orchestrator:
         self._parallel(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
         self._parallel(hosts, self._prune)
 
+    def _benchmark_history(self, host: Host) -> dict[str, dict[str, object]]:
+        stored = self.runners[host.name].run(commands.read_file(self._layout(host).benchmarks))
+        try:
+            history = json.loads(stored.stdout) if stored.stdout.strip() else {}
+        except ValueError:
+            return {}  # a damaged record only loses the baselines
+        return history if isinstance(history, dict) else {}
+
+    def _save_benchmark(self, host: Host, version: str, figures: loadcheck.Measurement) -> None:
+        history = {**self._benchmark_history(host), version: figures.as_dict()}
+        layout = self._layout(host)
+        self.runners[host.name].run(commands.write_file(layout.benchmarks, json.dumps(history)))
+
+    def _measure(self, host: Host) -> loadcheck.Measurement:
+        settings = self.environment.benchmark
+        address = self.environment.http_address(host)
+        return loadcheck.measure(address, "/predict", settings.seconds, settings.connections)
+
+    def _refresh_baselines(self, states: Mapping[str, HostState]) -> None:
+        """Measure the live release right before the deploy: its figures, stored as its
+        baseline, then come from the same machine conditions as the new release's (a shared or
+        busy machine would otherwise compare today's load with last week's)."""
+
+        def one(host: Host) -> None:
+            live = states[host.name].live_version
+            if live is None:
+                return
+            figures = self._measure(host)
+            if figures.errors or figures.requests < self.environment.benchmark.min_requests:
+                return  # a sick live release is no baseline: the stored one stays
+            self._save_benchmark(host, live, figures)
+            self.step(host.name, "baseline", f"{live}: p95 {figures.p95_ms:.1f} ms")
+
+        _, failures = self._parallel(self.environment.hosts, one)
+        for name, exc in failures.items():
+            self.step(name, "baseline", f"not refreshed: {exc}", ok=False)
+
     def _benchmark_gate(
         self, version: str, outcome: Outcome, before: Mapping[str, HostState]
     ) -> None:
@@ -544,25 +585,16 @@ class Orchestrator:
         settings = env.benchmark
 
         def one(host: Host) -> dict[str, object]:
-            runner = self.runners[host.name]
-            layout = self._layout(host)
-            stored = runner.run(commands.read_file(layout.benchmarks)).stdout
-            try:
-                history: dict[str, dict[str, object]] = json.loads(stored) if stored.strip() else {}
-            except ValueError:
-                history = {}  # a damaged record only loses the baselines
+            history = self._benchmark_history(host)
             previous = before[host.name].live_version
             baseline = (
                 loadcheck.Measurement.from_dict(history[previous]) if previous in history else None
             )
-            now = loadcheck.measure(
-                env.http_address(host), "/predict", settings.seconds, settings.connections
-            )
+            now = self._measure(host)
             verdict, reason = loadcheck.judge(now, baseline, settings)
             self.step(host.name, f"benchmark {verdict}", reason)
             if verdict != "regression":
-                history[version] = now.as_dict()
-                runner.run(commands.write_file(layout.benchmarks, json.dumps(history, indent=1)))
+                self._save_benchmark(host, version, now)
             return {
                 **now.as_dict(),
                 "baseline": (
@@ -600,30 +632,53 @@ class Orchestrator:
             f"benchmark regression ({text}); rolled back to {target}", "rolled_back"
         )
 
+    def _plan(
+        self,
+        outcome: Outcome,
+        version_for: Callable[[dict[str, HostState]], tuple[str, bool]],
+        approve: bool,
+        confirm: Callable[[str], str] | None,
+        force: bool,
+    ) -> tuple[str, bool] | None:
+        """Before the lock: the hosts' states, the target, approval. None: nothing to do."""
+        states, failures = self._parallel(self.environment.hosts, self.read_state)
+        if failures:
+            raise DeployError(
+                f"hosts not ready for a {outcome.action}: {self._failures_text(failures)}"
+            )
+        outcome.from_versions = {name: states[name].live_version for name in states}
+        version, reuse = version_for(states)
+        outcome.to_version = version
+        already = all(state.live_version == version for state in states.values())
+        if outcome.action == "deploy" and already and not force:
+            return None
+        how = self.check_approval(version, states, approve, confirm)
+        self.step("*", outcome.action, f"{version} to {self.environment.name} (approval: {how})")
+        return version, reuse
+
     def _run(
         self,
         action: str,
         version_for: Callable[[dict[str, HostState]], tuple[str, bool]],
         approve: bool,
         confirm: Callable[[str], str] | None,
+        force: bool = False,
     ) -> Outcome:
-        """The frame around every release: states, approval, lock, heartbeat, audit."""
+        """The frame around every release: states, approval, lock, heartbeat, audit. A deploy
+        of the version every host already runs does nothing, unless `force`."""
         env = self.environment
         self._t0 = time.monotonic()
         outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, None)
         self.outcome = outcome
         token = new_id() + new_id()
         try:
-            states, failures = self._parallel(env.hosts, self.read_state)
-            if failures:
-                raise DeployError(
-                    f"hosts not ready for a {action}: {self._failures_text(failures)}"
-                )
-            outcome.from_versions = {name: states[name].live_version for name in states}
-            version, reuse = version_for(states)
-            outcome.to_version = version
-            how = self.check_approval(version, states, approve, confirm)
-            self.step("*", action, f"{version} to {env.name} (approval: {how})")
+            planned = self._plan(outcome, version_for, approve, confirm, force)
+            if planned is None:
+                outcome.result = "ok"
+                outcome.detail = "already live on every host (--force redeploys)"
+                self._finish(outcome)
+                return outcome
+            version, reuse = planned
             self._acquire(outcome, token)
         except (DeployError, RemoteError, StateError) as exc:
             outcome.result, outcome.detail = "refused", self.redact(str(exc))
@@ -638,6 +693,8 @@ class Orchestrator:
             states = self.inspect()
             if action == "rollback":  # states may have changed while we waited for the lock
                 version, reuse = version_for(states)
+            if action == "deploy" and env.benchmark.enabled:
+                self._refresh_baselines(states)
             self._release_version(version, reuse, outcome, states)
             outcome.result = "ok"
             if action == "deploy" and env.benchmark.enabled:
@@ -670,14 +727,19 @@ class Orchestrator:
     # ---- public actions ------------------------------------------------------------------------
 
     def deploy(
-        self, version: str, approve: bool = False, confirm: Callable[[str], str] | None = None
+        self,
+        version: str,
+        approve: bool = False,
+        confirm: Callable[[str], str] | None = None,
+        force: bool = False,
     ) -> Outcome:
-        """Release `version` to every host (all-or-nothing by default)."""
+        """Release `version` to every host (all-or-nothing by default); nothing to do when
+        every host runs it already, unless `force`."""
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
             return version, False
 
-        return self._run("deploy", target, approve, confirm)
+        return self._run("deploy", target, approve, confirm, force)
 
     def rollback(
         self,
