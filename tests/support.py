@@ -7,7 +7,16 @@ before the first conftest.py or test module below it, so no sys.path change is n
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import socket
+import threading
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from imdb_deploy.engine import podman, registry
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -19,3 +28,39 @@ def free_port(address: str = "127.0.0.1") -> int:
         probe.bind((address, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on a free loopback port for the block; yields `127.0.0.1:PORT`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def isolated_engine(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[docker.DockerClient, str]]:
+    """A Podman engine with its own storage and a registry on a free loopback port, for the
+    block: yields a Docker API client and the registry's address; both are stopped after."""
+    local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
+    address = local.start()
+    state = tmp_path_factory.mktemp("engine")
+    service = podman.PodmanService(state, storage_dir=state / "storage")
+    try:
+        service.start(insecure_registries=[address])
+        client = docker.DockerClient(base_url=service.docker_host, timeout=900)
+        try:
+            yield client, address
+        finally:
+            client.close()
+    finally:
+        service.stop()
+        local.stop()

@@ -10,6 +10,7 @@ import pytest
 
 from imdb_deploy.bluegreen.config import BenchmarkSettings
 from imdb_deploy.bluegreen.loadcheck import Measurement, judge, measure, percentile
+from tests.support import serving
 
 SETTINGS = BenchmarkSettings(p95_tolerance=0.2, min_requests=10)
 
@@ -73,12 +74,8 @@ class _Api(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Api) as address:
+        yield address
 
 
 def test_measure_sends_a_bounded_load_and_counts_errors(api: str) -> None:

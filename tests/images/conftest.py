@@ -14,10 +14,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from imdb_deploy.engine import base_image, podman, registry
+from imdb_deploy.engine import base_image
 from imdb_deploy.images import artifact, build, engine_client, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
-from tests.support import free_port as free_port  # noqa: PLC0414 - test_images_arm64 imports it
+from tests.support import isolated_engine
 
 SECRET_VARIABLE = "MLOPS_RELEASE_TOKEN"
 
@@ -58,20 +58,10 @@ def image_engine(
         require_tool(tool)
     if not (base_image.default_cache_dir() / base_image.RootfsRecipe().tarball_name()).exists():
         require_tool("debootstrap")
-    local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
-    address = local.start()
-    state = tmp_path_factory.mktemp("engine")
-    service = podman.PodmanService(state, storage_dir=state / "storage")
-    try:
-        service.start(insecure_registries=[address])
-        client = docker.DockerClient(base_url=service.docker_host, timeout=900)
+    with isolated_engine(tmp_path_factory) as (client, address):
         yield ImageEngine(
             client, address, base_image.default_cache_dir(), metadata.git_revision(repo_root)
         )
-        client.close()
-    finally:
-        service.stop()
-        local.stop()
 
 
 @pytest.fixture(scope="session")

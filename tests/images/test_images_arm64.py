@@ -16,7 +16,8 @@ import pytest
 from imdb_deploy.engine import base_image
 from imdb_deploy.images import build, engine_client, services
 from imdb_deploy.images.platforms import EMULATED_AARCH64_CPUINFO, PLATFORMS
-from tests.images.conftest import ImageEngine, free_port
+from tests.images.conftest import ImageEngine
+from tests.support import free_port
 
 pytestmark = [
     pytest.mark.images,

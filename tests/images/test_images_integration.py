@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import tarfile
 import time
 import urllib.error
@@ -28,6 +27,7 @@ import imdb_model
 from imdb_deploy.images import build, metadata, retention, services
 from imdb_deploy.images.platforms import PLATFORMS
 from tests.images.conftest import ImageSession
+from tests.support import free_port
 
 pytestmark = pytest.mark.images
 APP_UID = "10001"
@@ -40,12 +40,6 @@ MOVIE: dict[str, Any] = {
     "runtimeMinutes": 142,
     "genres": ["Crime", "Drama"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def healthcheck(client: docker.DockerClient, image: str) -> list[str]:

@@ -20,12 +20,12 @@ import pytest
 
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import Orchestrator
-from imdb_deploy.engine import base_image, podman, registry
+from imdb_deploy.engine import base_image
 from imdb_deploy.images import artifact, build, engine_client, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
-from tests.support import free_port
+from tests.support import isolated_engine
 
 # Addresses of the test fleet: apart from the sandbox environments' (127.0.0.1x, 127.0.0.2x).
 TEST_HOSTS = (("e2e-1", "127.0.0.161"), ("e2e-2", "127.0.0.162"))
@@ -70,13 +70,7 @@ def releases(
 ) -> Iterator[Releases]:
     for tool in ("podman", "runc", "docker-registry", "sshd", "nginx", "curl", "flock"):
         require_tool(tool)
-    local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
-    address = local.start()
-    state = tmp_path_factory.mktemp("engine")
-    service = podman.PodmanService(state, storage_dir=state / "storage")
-    try:
-        service.start(insecure_registries=[address])
-        client = docker.DockerClient(base_url=service.docker_host, timeout=900)
+    with isolated_engine(tmp_path_factory) as (client, address):
         cache = base_image.default_cache_dir()
         amd64 = PLATFORMS["linux/amd64"]
         base = engine_client.ensure_platform_base(client, amd64, "debootstrap", cache)
@@ -105,14 +99,10 @@ def releases(
             tag = f"{image}:{v1}-{name}"
             _derived_image(client, f"{image}:{v1}", tag, dockerfile)
             build.push(client, [tag])
-        client.close()
         yield Releases(
             address, image, v1, v2,
             f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", slow,
         )  # fmt: skip
-    finally:
-        service.stop()
-        local.stop()
 
 
 def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> str:

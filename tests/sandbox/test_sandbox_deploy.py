@@ -25,8 +25,8 @@ import pytest
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.orchestrator import DeployError
 from imdb_deploy.sandbox import __main__ as sandbox_cli
-
-from .conftest import SECRET_VARIABLE, Sandbox
+from tests.sandbox.conftest import SECRET_VARIABLE, Sandbox
+from tests.support import serving
 
 pytestmark = pytest.mark.sandbox
 
@@ -392,14 +392,11 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 def test_nox_cli_and_fab_drive_the_same_deploys_and_notify(sandbox: Sandbox) -> None:
     ensure_live(sandbox, sandbox.releases.v1)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    webhook = f"http://127.0.0.1:{server.server_address[1]}/hooks/secret-path"
-    environ = {**os.environ, "MLOPS_SLACK_WEBHOOK_URL": webhook}
     fab = Path(sys.executable).parent / "fab"
     toml = str(sandbox.toml)
-    try:
+    with serving(_Receiver) as receiver:
+        webhook = f"http://{receiver}/hooks/secret-path"
+        environ = {**os.environ, "MLOPS_SLACK_WEBHOOK_URL": webhook}
         deploy = subprocess.run(
             [sys.executable, "-m", "imdb_deploy.bluegreen", "deploy", "--version",
              sandbox.releases.v2, toml],
@@ -419,9 +416,6 @@ def test_nox_cli_and_fab_drive_the_same_deploys_and_notify(sandbox: Sandbox) -> 
             capture_output=True, text=True, env=environ, timeout=300, check=False,
         )  # fmt: skip
         assert rollback.returncode == 0, rollback.stdout + rollback.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
     texts = [str(message["text"]) for message in _Receiver.received]
     assert len(texts) == 2, texts
     assert f"deploy of {sandbox.releases.v2} to e2e: ok" in texts[0]
