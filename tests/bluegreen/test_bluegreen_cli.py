@@ -8,11 +8,9 @@ import io
 import json
 import os
 import shlex
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,6 +29,7 @@ from imdb_deploy.bluegreen.orchestrator import (
 )
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result
 from imdb_deploy.bluegreen.state import HostState
+from tests.support import free_port, serving
 
 LOCAL_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
@@ -450,13 +449,6 @@ class LocalRunner(HostRunner):
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def ready_server() -> Iterator[str]:
     """An nginx stand-in that answers every GET with 200; yields host:port."""
@@ -471,15 +463,8 @@ def ready_server() -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as address:
+        yield address
 
 
 def local_orchestrator(

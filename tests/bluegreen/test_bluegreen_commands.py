@@ -8,14 +8,13 @@ import json
 import os
 import pwd
 import shlex
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.layout import HostLayout
+from tests.support import free_port, serving
 
 # Subprocesses must not send loopback requests through a proxy of the machine running the tests.
 LOCAL_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -454,13 +454,6 @@ def test_site_conf_proxies_the_public_port_to_the_upstream(tmp_path: Path) -> No
     assert f"include {layout.upstream_conf};" in text
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def write_nginx_files(env: Environment, colour: str) -> HostLayout:
     host = env.hosts[0]
     layout = env.layout(host)
@@ -539,15 +532,8 @@ def serve(status_for: Callable[[int], int]) -> Iterator[tuple[str, list[dict[str
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as address:
+        yield f"http://{address}", seen
 
 
 def test_wait_ready_waits_for_consecutive_passes(require_tool: Callable[[str], str]) -> None:
