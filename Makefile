@@ -13,7 +13,7 @@ export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --
 export OSV_OFFLINE_DIR ?= $(abspath $(wildcard $(CURDIR)/../shared/data/pypa-advisory-db/vulns))
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 
-.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy rollback status sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy rollback status report prune sessions clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -82,6 +82,12 @@ rollback: $(UV) ## Roll back: make rollback ENV=sandbox-staging [VERSION=v]
 
 status: $(UV) ## Colour, version and health per host: make status ENV=sandbox-staging
 	$(UV) run --locked fab status --env $(or $(ENV),sandbox-staging)
+
+report: $(UV) ## Deployment report (Markdown, HTML, JSON) of the newest deploy per environment
+	$(NOX) -s report
+
+prune: $(UV) ## Releases beyond retention on the sandbox hosts, in the local engine and registry
+	$(NOX) -s prune
 
 sessions: $(UV) ## List the nox sessions (the pipeline's table of contents)
 	$(NOX) -l

@@ -79,7 +79,12 @@ def own_basetemp(session: nox.Session) -> list[str]:
     checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
     parent = Path(tempfile.gettempdir()) / f"mlops-imdb-{checkout}"
     parent.mkdir(exist_ok=True)  # pytest creates only the last level
-    return [f"--basetemp={parent / session.name.replace('.', '')}"]
+    basetemp = parent / session.name.replace(".", "")
+    if basetemp.exists():
+        # pytest empties it first: container storage an earlier run left mounted there (conmon
+        # mounts a stopped engine's store again) would make that fail.
+        session.run("python", "-m", "imdb_deploy.engine", "unmount", str(basetemp), silent=True)
+    return [f"--basetemp={basetemp}"]
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "quality", "pipeline"])

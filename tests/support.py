@@ -12,6 +12,8 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import pytest
@@ -44,12 +46,19 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
         thread.join()
 
 
+@dataclass(frozen=True)
+class IsolatedEngine:
+    """An engine and a registry of a test session's own."""
+
+    client: docker.DockerClient
+    registry: str  # host:port
+    registry_storage: Path  # the registry's blobs, for tests that tamper with them
+
+
 @contextlib.contextmanager
-def isolated_engine(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[docker.DockerClient, str]]:
+def isolated_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedEngine]:
     """A Podman engine with its own storage and a registry on a free loopback port, for the
-    block: yields a Docker API client and the registry's address; both are stopped after."""
+    block; both are stopped after."""
     local = registry.LocalRegistry(tmp_path_factory.mktemp("registry"), f"127.0.0.1:{free_port()}")
     address = local.start()
     state = tmp_path_factory.mktemp("engine")
@@ -58,7 +67,7 @@ def isolated_engine(
         service.start(insecure_registries=[address])
         client = docker.DockerClient(base_url=service.docker_host, timeout=900)
         try:
-            yield client, address
+            yield IsolatedEngine(client, address, local.state_dir / "storage")
         finally:
             client.close()
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imdb_deploy.engine import base_image, local
+from imdb_deploy.engine import base_image, local, podman
 from imdb_deploy.engine.__main__ import main
 
 
@@ -54,3 +54,18 @@ def test_up_status_down(
     assert json.loads(capsys.readouterr().out)["up"] is False
     assert main(["down"]) == 0
     assert "nothing was running" in capsys.readouterr().out
+
+
+def test_unmount_releases_what_is_mounted_below_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["unmount"])
+    assert "unmount needs a directory" in capsys.readouterr().err
+    unmounted: list[Path] = []
+    mounted = [tmp_path / "storage" / "overlay"]
+    monkeypatch.setattr(podman, "mount_points_below", lambda directory: list(mounted))
+    monkeypatch.setattr(podman, "unmount_below", unmounted.append)
+    assert main(["unmount", str(tmp_path)]) == 0
+    assert unmounted == [tmp_path]
+    assert f"unmounted 1 mount point(s) below {tmp_path}" in capsys.readouterr().out

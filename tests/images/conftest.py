@@ -58,9 +58,12 @@ def image_engine(
         require_tool(tool)
     if not (base_image.default_cache_dir() / base_image.RootfsRecipe().tarball_name()).exists():
         require_tool("debootstrap")
-    with isolated_engine(tmp_path_factory) as (client, address):
+    with isolated_engine(tmp_path_factory) as engine:
         yield ImageEngine(
-            client, address, base_image.default_cache_dir(), metadata.git_revision(repo_root)
+            engine.client,
+            engine.registry,
+            base_image.default_cache_dir(),
+            metadata.git_revision(repo_root),
         )
 
 

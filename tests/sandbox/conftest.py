@@ -47,6 +47,7 @@ class Releases:
     never_ready: str  # its process hangs: /ready never answers
     tampered: str  # a model file changed after the build: verification fails, never ready
     mislabelled: str  # ready, but serves another version than its tag: the smoke test fails
+    corrupt: str  # a layer's bytes changed in the registry after the push: the pull refuses it
     slow: str  # a good release whose every prediction takes 150 ms: the benchmark gate fails
 
 
@@ -62,6 +63,25 @@ def _derived_image(client: docker.DockerClient, base: str, tag: str, dockerfile:
     client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
 
 
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])  # fmt: skip
+
+
+def corrupt_top_layer(address: str, storage: Path, tag: str) -> None:
+    """Flip bytes of the tag's newest layer in the registry's own files, as an attacker with
+    access to its storage would: the registry still serves it, the digest no longer matches."""
+    url = f"http://{address}/v2/{services.SERVICES['api'].repository}/manifests/{tag}"
+    request = urllib.request.Request(url, headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
+        digest = json.loads(reply.read())["layers"][-1]["digest"].removeprefix("sha256:")
+    blob = storage / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="session")
 def releases(
     tmp_path_factory: pytest.TempPathFactory,
@@ -70,7 +90,8 @@ def releases(
 ) -> Iterator[Releases]:
     for tool in ("podman", "runc", "docker-registry", "sshd", "nginx", "curl", "flock"):
         require_tool(tool)
-    with isolated_engine(tmp_path_factory) as (client, address):
+    with isolated_engine(tmp_path_factory) as engine:
+        client, address = engine.client, engine.registry
         cache = base_image.default_cache_dir()
         amd64 = PLATFORMS["linux/amd64"]
         base = engine_client.ensure_platform_base(client, amd64, "debootstrap", cache)
@@ -99,9 +120,14 @@ def releases(
             tag = f"{image}:{v1}-{name}"
             _derived_image(client, f"{image}:{v1}", tag, dockerfile)
             build.push(client, [tag])
+        corrupt = f"{v1}-corrupt"
+        own_layer = "USER 0\nRUN echo a layer of its own > /opt/.corrupt-me\nUSER 10001"
+        _derived_image(client, f"{image}:{v1}", f"{image}:{corrupt}", own_layer)
+        build.push(client, [f"{image}:{corrupt}"])
+        corrupt_top_layer(engine.registry, engine.registry_storage, corrupt)
         yield Releases(
             address, image, v1, v2,
-            f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", slow,
+            f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", corrupt, slow,
         )  # fmt: skip
 
 

@@ -117,6 +117,7 @@ def test_deploy_redeploy_and_rollback(sandbox: Sandbox) -> None:
         ("never_ready", "not ready within"),
         ("tampered", "model.onnx"),
         ("mislabelled", "serves model"),
+        ("corrupt", "Digest did not match"),
     ],
 )
 def test_a_broken_release_leaves_the_previous_one_serving(

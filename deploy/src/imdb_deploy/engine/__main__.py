@@ -1,4 +1,9 @@
-"""`python -m imdb_deploy.engine up|down|status`: the local container engine for builds, tests."""
+"""`python -m imdb_deploy.engine up|down|status`: the local container engine for builds, tests.
+
+`unmount DIR` releases container storage still mounted below DIR (conmon's clean-up can mount
+a stopped engine's store again), so that DIR can be deleted: nox runs it on each session's pytest
+directory before pytest empties it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-from imdb_deploy.engine import local, registry
+from imdb_deploy.engine import local, podman, registry
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imdb_deploy.engine", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "unmount"])
+    parser.add_argument("directory", nargs="?", type=Path, help="for unmount: the directory")
     parser.add_argument(
         "--registry",
         default=os.environ.get(local.REGISTRY_VAR, registry.DEFAULT_REGISTRY_ADDRESS),
@@ -39,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         "default: the machine's)",
     )
     args = parser.parse_args(argv)
+    if args.action == "unmount":
+        if args.directory is None:
+            parser.error("unmount needs a directory")
+        left = podman.mount_points_below(args.directory)
+        podman.unmount_below(args.directory)
+        print(f"unmounted {len(left)} mount point(s) below {args.directory}")
+        return 0
     directory = local.state_dir()
     if args.action == "up":
         info = local.up(directory, args.registry, args.base_source, not args.podman, args.storage)
