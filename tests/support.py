@@ -8,6 +8,7 @@ before the first conftest.py or test module below it, so no sys.path change is n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import socket
 import threading
@@ -19,6 +20,15 @@ import docker
 import pytest
 
 from imdb_deploy.engine import podman, registry
+
+
+def loopback(host: int) -> str:
+    """A loopback address of this checkout's own /24 (127.0.N.host, N from the checkout's path):
+    two checkouts on one machine run their fleets' fixed ports side by side, and neither meets
+    the sandbox environments on 127.0.0.x."""
+    checkout = Path(__file__).resolve().parents[1]
+    network = 1 + int(hashlib.sha256(str(checkout).encode()).hexdigest()[:6], 16) % 250
+    return f"127.0.{network}.{host}"
 
 
 def free_port(address: str = "127.0.0.1") -> int:

@@ -25,10 +25,10 @@ from imdb_deploy.images import artifact, build, engine_client, metadata, service
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
-from tests.support import isolated_engine
+from tests.support import isolated_engine, loopback
 
 # Addresses of the test fleet: apart from the sandbox environments' (127.0.0.1x, 127.0.0.2x).
-TEST_HOSTS = (("e2e-1", "127.0.0.161"), ("e2e-2", "127.0.0.162"))
+TEST_HOSTS = (("e2e-1", loopback(161)), ("e2e-2", loopback(162)))
 SSH_PORT = 2261
 HTTP_PORT = 8261
 APP_PORTS = {"blue": 8271, "green": 8272}

@@ -107,6 +107,15 @@ def test_deploy_redeploy_and_rollback(sandbox: Sandbox) -> None:
         assert runner.run(f"stat -c %a {env_file}").stdout.strip() == "600"
         assert secret not in "\n".join(sandbox.lines)
         assert secret not in json.dumps(deployer.audit_log(50))
+
+        # Nothing to do when the version is live... unless a live container is gone (a host
+        # restart): then it is deployed again.
+        first = sandbox.environment.hosts[0]
+        live = sandbox.environment.container_name(str(deployer.status()[0]["colour"]))
+        deployer.runners[first.name].run(f"podman rm --force {live}")
+        healed = deployer.deploy(releases.v2)
+        assert [e for e in healed.events if e.step == "switched" and e.host == first.name]
+        assert sandbox.served_versions() == [releases.v2] * 2
     finally:
         deployer.close()
 

@@ -1,8 +1,9 @@
 """The sandbox fleet for real: sshd per host, Podman over SSH, host key checks, faults.
 
-Its own fleet on 127.0.0.150+ port 2299 and its own registry on a free port, all state under
-pytest's temporary directory; the fixtures always tear down with `down()`. The image pulled over
-SSH is made here (a `sleep` binary and its libraries), so nothing depends on a base image.
+Its own fleet on 127.0.N.150+ (this checkout's loopback /24) port 2299 and its own registry on a
+free port, all state under pytest's temporary directory; the fixtures always tear down with
+`down()`. The image pulled over SSH is made here (a `sleep` binary and its libraries), so
+nothing depends on a base image.
 
 Measured on the project's machine (2 cores): SSH connect + `true` about 0.25-0.3 s, `true` on
 an open connection about 0.16 s, of which about 0.15 s is root's ~/.bashrc there (Debian's bash
@@ -30,7 +31,7 @@ from imdb_deploy.engine import podman
 from imdb_deploy.engine.registry import LocalRegistry
 from imdb_deploy.sandbox import Fleet, SandboxHost
 from imdb_deploy.sandbox import fleet as fleet_module
-from tests.support import free_port
+from tests.support import free_port, loopback
 
 pytestmark = pytest.mark.sandbox
 
@@ -119,8 +120,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, registry_address: str) -> It
     fleet = make_fleet(
         tmp_path_factory.mktemp("sandbox"),
         registry_address,
-        ("itest-a", "127.0.0.150"),
-        ("itest-b", "127.0.0.151"),
+        ("itest-a", loopback(150)),
+        ("itest-b", loopback(151)),
     )
     try:
         fleet.up()
@@ -156,7 +157,7 @@ def image(fleet: Fleet, registry_address: str, tmp_path_factory: pytest.TempPath
 def test_fleet_is_up_and_up_again_is_a_no_op(fleet: Fleet) -> None:
     before = fleet.status()
     assert [entry["sshd_running"] for entry in before] == [True, True]
-    assert [entry["ssh"] for entry in before] == ["127.0.0.150:2299", "127.0.0.151:2299"]
+    assert [entry["ssh"] for entry in before] == [f"{loopback(150)}:2299", f"{loopback(151)}:2299"]
     known_hosts = fleet.known_hosts.read_text()
     fleet.up()
     assert fleet.status() == before
@@ -276,7 +277,7 @@ def test_down_stops_containers_nginx_and_sshd_and_keeps_the_keys(
     tmp_path: Path, registry_address: str, image: str, require_tool: Callable[[str], str]
 ) -> None:
     require_tool("nginx")
-    fleet = make_fleet(tmp_path / "sandbox", registry_address, ("itest-down", "127.0.0.160"))
+    fleet = make_fleet(tmp_path / "sandbox", registry_address, ("itest-down", loopback(160)))
     host = fleet.hosts[0]
     try:
         fleet.up()

@@ -632,6 +632,17 @@ class Orchestrator:
             f"benchmark regression ({text}); rolled back to {target}", "rolled_back"
         )
 
+    def _all_serving(self) -> bool:
+        """Every host's nginx answers /ready: state.json alone cannot tell whether the live
+        container survived (a host restart, a manual clean-up)."""
+
+        def ready(host: Host) -> bool:
+            url = commands.public_url(self.environment, host, "/ready")
+            return bool(self.runners[host.name].run(commands.http_get(url), check=False).ok)
+
+        results, failures = self._parallel(self.environment.hosts, ready)
+        return not failures and all(results.values())
+
     def _plan(
         self,
         outcome: Outcome,
@@ -650,7 +661,7 @@ class Orchestrator:
         version, reuse = version_for(states)
         outcome.to_version = version
         already = all(state.live_version == version for state in states.values())
-        if outcome.action == "deploy" and already and not force:
+        if outcome.action == "deploy" and already and not force and self._all_serving():
             return None
         how = self.check_approval(version, states, approve, confirm)
         self.step("*", outcome.action, f"{version} to {self.environment.name} (approval: {how})")
@@ -752,8 +763,10 @@ class Orchestrator:
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
             kept = {state.kept_version for state in states.values()}
+            live = {state.live_version for state in states.values()}
             if version is None:
-                if len(kept) == 1 and None not in kept:
+                # The kept release, unless it is the live one (a redeploy of the same version).
+                if len(kept) == 1 and None not in kept and not kept & live:
                     return str(kept.pop()), True
                 histories = [state.releases for state in states.values()]
                 previous = _previous_common_release(histories, states)
