@@ -12,7 +12,7 @@ from imdb_deploy.bluegreen.config import BenchmarkSettings
 from imdb_deploy.bluegreen.loadcheck import Measurement, judge, measure, percentile
 from tests.support import serving
 
-SETTINGS = BenchmarkSettings(p95_tolerance=0.2, min_requests=10)
+SETTINGS = BenchmarkSettings(p95_tolerance=0.2, p95_slack_ms=0, min_requests=10)
 
 
 def figures(p95: float, requests: int = 100, errors: int = 0) -> Measurement:
@@ -50,6 +50,14 @@ def test_judge(now: Measurement, baseline: Measurement | None, verdict: str, rea
     got, why = judge(now, baseline, SETTINGS)
     assert got == verdict
     assert reason in why
+
+
+def test_the_slack_absorbs_a_few_milliseconds_of_noise_on_a_fast_service() -> None:
+    settings = BenchmarkSettings(p95_tolerance=0.2, p95_slack_ms=5, min_requests=10)
+    assert judge(figures(16.9), figures(10.0), settings)[0] == "pass"  # limit 10 * 1.2 + 5
+    verdict, reason = judge(figures(17.1), figures(10.0), settings)
+    assert verdict == "regression"
+    assert "+ 5 ms" in reason
 
 
 class _Api(http.server.BaseHTTPRequestHandler):

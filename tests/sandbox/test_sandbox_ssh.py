@@ -28,6 +28,7 @@ from fabric import Config, Connection
 from invoke.exceptions import UnexpectedExit
 
 from imdb_deploy.engine import podman
+from imdb_deploy.engine.processes import wait_until
 from imdb_deploy.engine.registry import LocalRegistry
 from imdb_deploy.sandbox import Fleet, SandboxHost
 from imdb_deploy.sandbox import fleet as fleet_module
@@ -236,7 +237,9 @@ def test_dropped_connections_and_a_stopped_listener(fleet: Fleet) -> None:
         connection.run("true", hide=True)
         # At least ours; earlier tests' closed connections may still be winding down.
         assert fleet.drop_connections(host) >= 1
-        # Fabric reopens a connection whose transport died between commands.
+        # Fabric reopens a connection whose transport died between commands (once paramiko has
+        # noticed: on a busy machine that takes a moment).
+        assert wait_until(lambda: not connection.is_connected, timeout=10)
         assert connection.run("echo again", hide=True).stdout.strip() == "again"
 
         # Dropped in the middle of a command: no exception from paramiko, the command's

@@ -135,6 +135,12 @@ class BenchmarkSettings(_Strict):
     p95_tolerance: float = Field(
         default=0.2, ge=0, description="allowed p95 increase over the previous release (0.2: +20%)"
     )
+    p95_slack_ms: float = Field(
+        default=5,
+        ge=0,
+        description="and allowed on top in milliseconds: a few ms of noise on a fast service "
+        "is no regression",
+    )
     max_error_rate: float = Field(default=0.0, ge=0, le=1, description="0: any error fails")
     min_requests: int = Field(default=50, ge=1, description="fewer answered requests fail")
     rollback: bool = Field(default=True, description="roll back automatically on a regression")

@@ -127,11 +127,11 @@ def judge(
         return "regression", f"error rate {now.error_rate:.2%} ({now.errors} of {now.requests})"
     if baseline is None:
         return "first", "no baseline yet: these figures become it"
-    limit = baseline.p95_ms * (1 + settings.p95_tolerance)
+    limit = baseline.p95_ms * (1 + settings.p95_tolerance) + settings.p95_slack_ms
     change = now.p95_ms / baseline.p95_ms - 1 if baseline.p95_ms else 0.0
     if now.p95_ms > limit:
         return "regression", (
             f"p95 {now.p95_ms:.1f} ms vs {baseline.p95_ms:.1f} ms before ({change:+.0%}, "
-            f"tolerance +{settings.p95_tolerance:.0%})"
+            f"tolerance +{settings.p95_tolerance:.0%} + {settings.p95_slack_ms:g} ms)"
         )
     return "pass", f"p95 {now.p95_ms:.1f} ms vs {baseline.p95_ms:.1f} ms before ({change:+.0%})"
