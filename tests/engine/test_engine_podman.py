@@ -49,20 +49,27 @@ def start_engine(state: Path, registry_address: str) -> podman.PodmanService:
 
 
 @pytest.fixture(scope="module")
-def engine(
+def service(
     tmp_path_factory: pytest.TempPathFactory,
     require_tool: Callable[[str], str],
     registry_address: str,
-) -> Iterator[docker.DockerClient]:
+) -> Iterator[podman.PodmanService]:
     require_tool("podman")
     require_tool("runc")
     service = start_engine(tmp_path_factory.mktemp("engine"), registry_address)
-    client = docker.DockerClient(base_url=service.docker_host, timeout=300)
-    yield client
-    client.close()
+    yield service
     assert service.stop()
     assert service.storage_dir is not None
     assert podman.mount_points_below(service.storage_dir) == []
+    # The copies Podman keeps of loaded images go with the service.
+    assert not service.tmp_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def engine(service: podman.PodmanService) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=service.docker_host, timeout=300)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,12 @@ def test_engine_answers_and_reuses_a_running_service(
     assert engine.version()["Components"][0]["Name"] == "Podman Engine"
 
 
-def test_base_image_is_there_under_its_usual_name(engine: docker.DockerClient, base: str) -> None:
+def test_base_image_is_there_under_its_usual_name(
+    engine: docker.DockerClient, base: str, service: podman.PodmanService
+) -> None:
+    # Podman keeps a copy of each image loaded through its Docker API in its TMPDIR: the
+    # service's own directory, removed when it stops, not the machine's /var/tmp.
+    assert list(service.tmp_dir.glob("api_load.tar*"))
     image = engine.images.get(base_image.DEFAULT_BASE_IMAGE)
     assert image.id == base
     assert image.tags == [base_image.DEFAULT_BASE_IMAGE]

@@ -116,11 +116,19 @@ class PodmanService:
             argv += [f"--root={self.storage_dir / 'root'}", f"--runroot={self.runroot}"]
         return [*argv, "system", "service", "--time=0", self.docker_host]
 
+    @property
+    def tmp_dir(self) -> Path:
+        """The service's own TMPDIR: Podman leaves a copy of every image loaded through its
+        Docker API there (`api_load.tar*`, `digest.txt`), which would otherwise pile up in
+        /var/tmp; `stop()` removes it."""
+        return self.state_dir / "tmp"
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "CONTAINERS_CONF": str(self.state_dir / "containers.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(self.state_dir / "registries.conf"),
+            "TMPDIR": str(self.tmp_dir),
         }
 
     def start(self, insecure_registries: Sequence[str] = (), timeout: float = 30.0) -> Engine:
@@ -134,7 +142,7 @@ class PodmanService:
                 "no container engine: no Docker API answers and `podman` is not installed "
                 "(Debian: apt-get install podman runc)"
             )
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "containers.conf").write_text(CONTAINERS_CONF)
         (self.state_dir / "registries.conf").write_text(registries_conf(insecure_registries))
         self.socket.unlink(missing_ok=True)
@@ -150,6 +158,7 @@ class PodmanService:
     def stop(self) -> bool:
         stopped = self.process.stop()
         self.socket.unlink(missing_ok=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if self.storage_dir is not None and self.runroot is not None:
             # Podman leaves its overlay mounts behind, and the `podman container cleanup` that
             # conmon starts when a container exits can mount the store again a moment later: an
