@@ -26,6 +26,8 @@ bootstrap: $(UV) ## Install the pinned uv into .tools/ (the other targets do it 
 system-packages: ## Install the Debian packages behind the real parts (podman, registry, debootstrap)
 	bash deploy/system-packages.sh
 
+# A warm pipeline reuses each stage that already passed on exactly the same inputs (MLOPS_STAGE_CACHE=0 reruns all).
+pipeline: export MLOPS_STAGE_CACHE ?= 1
 pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
 	$(NOX) -t pipeline
 

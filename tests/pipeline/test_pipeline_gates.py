@@ -45,14 +45,16 @@ def repo_copy(repo_root: Path, tmp_path: Path, require_tool: Callable[[str], str
     return copy
 
 
-def run_session(copy: Path, session: str, *posargs: str) -> subprocess.CompletedProcess[str]:
+def run_session(
+    copy: Path, session: str, *posargs: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "nox", "--non-interactive", "-s", session]
     if posargs:
         command += ["--", *posargs]
     return subprocess.run(
         command,
         cwd=copy,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=SESSION_TIMEOUT_S,
@@ -63,6 +65,12 @@ def run_session(copy: Path, session: str, *posargs: str) -> subprocess.Completed
 def append(path: Path, text: str) -> None:
     with path.open("a", encoding="utf-8") as file:
         file.write(text)
+
+
+def passed(result: subprocess.CompletedProcess[str]) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"session failed:\n{output[-4000:]}"
+    return output
 
 
 def assert_failed_because(result: subprocess.CompletedProcess[str], *evidence: str) -> None:
@@ -117,3 +125,20 @@ def test_failing_test_fails_tests(repo_copy: Path) -> None:
     )
     result = run_session(repo_copy, "tests-3.11", "tests/test_injected_failure.py")
     assert_failed_because(result, "1 failed", "Session tests-3.11 failed")
+
+
+def test_the_stage_cache_never_hides_a_failure(repo_copy: Path) -> None:
+    """A warm pipeline reuses a stage only on the very content it passed on."""
+    subprocess.run(["git", "init", "-q", str(repo_copy)], check=True)
+    subprocess.run(["git", "-C", str(repo_copy), "add", "-A"], check=True)
+    cached = {"MLOPS_STAGE_CACHE": "1"}
+    clean = (repo_copy / API_INIT).read_text()
+
+    assert "reused:" not in passed(run_session(repo_copy, "lint", env=cached))
+    assert "reused: lint passed at" in passed(run_session(repo_copy, "lint", env=cached))
+
+    append(repo_copy / API_INIT, "\nimport os\n")  # not even staged: the working tree counts
+    assert_failed_because(run_session(repo_copy, "lint", env=cached), "F401", "lint failed")
+
+    (repo_copy / API_INIT).write_text(clean)  # back to content that passed
+    assert "reused: lint passed at" in passed(run_session(repo_copy, "lint", env=cached))
