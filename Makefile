@@ -29,7 +29,7 @@ system-packages: ## Install the Debian packages behind the real parts (podman, r
 # A warm pipeline reuses each stage that already passed on exactly the same inputs (MLOPS_STAGE_CACHE=0 reruns all).
 pipeline: export MLOPS_STAGE_CACHE ?= 1
 pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
-	$(NOX) -t pipeline
+	$(NOX) -t pipeline --stop-on-first-error
 
 ci: $(UV) system-packages ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom, images
 	$(NOX) -t ci

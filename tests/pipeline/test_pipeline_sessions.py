@@ -126,3 +126,13 @@ def test_readme_quick_start_has_the_two_commands(repo_root: Path, command: str) 
 def test_ci_script_runs_the_readme_test_command(repo_root: Path) -> None:
     script = (repo_root / ".ci" / "run").read_text()
     assert re.search(r"^make test$", script, re.MULTILINE)
+
+
+def test_pipeline_stops_before_deploying_anything_a_gate_refused(repo_root: Path) -> None:
+    """nox runs every selected session by default; the pipeline must not deploy after a failure,
+    and only the pipeline reuses stages that passed (`make test` and `make ci` always run)."""
+    makefile = (repo_root / "Makefile").read_text()
+    assert "\t$(NOX) -t pipeline --stop-on-first-error\n" in makefile
+    assert re.findall(r"^(\S+): export MLOPS_STAGE_CACHE", makefile, re.MULTILINE) == ["pipeline"]
+    order = [session["session"] for session in nox_list(repo_root, "-t", "pipeline")]
+    assert order[-1] == "deliver"
