@@ -255,7 +255,7 @@ def test_a_failing_webhook_is_logged_not_raised(
 
     assert not delivery.ok
     assert delivery.error is not None
-    assert delivery.error.startswith("HTTP 500: Internal Server Error (no_service for ***")
+    assert delivery.error.startswith("HTTP 500 Internal Server Error: no_service for ***")
     assert_no_secret(delivery.error, repr(delivery), caplog.text)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.name for r in warnings] == ["imdb_deploy.notify"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, get_args
 
-from imdb_deploy.outbound import MASK, Delivery, DeliveryError, Job, Secret, deliver
+from imdb_deploy.outbound import MASK, Delivery, Job, Secret, deliver, http_send
 
 log = logging.getLogger("imdb_deploy.notify")
 
@@ -320,25 +320,8 @@ def email_message(event: DeployEvent, settings: SmtpSettings) -> EmailMessage:
 
 
 def _send_slack(slack: SlackSettings, payload: dict[str, Any], timeout: float) -> None:
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked in _slack_settings
-        slack.webhook_url.reveal(),
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json; charset=utf-8"},
-        method="POST",
-    )
-    # The timeout bounds the connect and every read, not DNS: the caller's deadline covers that.
-    try:
-        # The scheme is checked in _slack_settings: only http(s), never file: or ftp:.
-        opened = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 # nosec B310
-        with opened as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        # The error holds the open response: close it (else a ResourceWarning), keep its start,
-        # which says what Slack disliked (`invalid_payload`, `no_service`, ...).
-        with exc:
-            body = exc.read(200).decode("utf-8", "replace").strip()
-        suffix = f" ({body})" if body else ""
-        raise DeliveryError(f"HTTP {exc.code}: {exc.reason}{suffix}") from None
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    http_send("POST", slack.webhook_url.reveal(), json.dumps(payload).encode(), headers, timeout)
 
 
 def _send_email(smtp: SmtpSettings, message: EmailMessage, timeout: float) -> None:

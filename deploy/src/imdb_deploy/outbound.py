@@ -14,9 +14,11 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
-from collections.abc import Callable, Iterable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 MASK: Final[str] = "***"
 # An error text is one short line; a receiver's long refusal is cut to this many characters.
@@ -81,6 +83,35 @@ class Job:
 
     name: str
     send: Callable[[], None]
+
+
+def http_send(
+    method: str, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+) -> None:
+    """One HTTP(S) request; a refusal raises DeliveryError("HTTP 404 Not Found: <its body>").
+
+    The timeout bounds the connect and every read, not DNS: `deliver`'s deadline covers that.
+    """
+    # urllib would also open file:// and ftp:// URLs; these messages only ever speak HTTP.
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise DeliveryError(f"not an http(s) URL: {url}")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked just above
+        url, data=body, headers=dict(headers), method=method
+    )
+    try:
+        # Only http(s) got through the check above: never file:// or ftp://.
+        opened = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 # nosec B310
+        with opened as response:
+            response.read(4096)
+    except urllib.error.HTTPError as exc:
+        # The error holds the open response: close it (else a ResourceWarning), keep the start of
+        # what the receiver said (Slack's `invalid_payload`, the Pushgateway's reason, ...).
+        with exc:
+            said = exc.read(200).decode("utf-8", "replace").strip()
+        raise DeliveryError(
+            f"HTTP {exc.code} {exc.reason}" + (f": {said}" if said else "")
+        ) from None
 
 
 def describe(exc: BaseException) -> str:

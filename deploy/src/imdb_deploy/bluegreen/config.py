@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Literal, TypeVar
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,7 +29,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 ENVIRONMENTS_DIR = REPO_ROOT / "deploy" / "environments"
@@ -310,15 +309,24 @@ class Redactor:
             text = text.replace(secret, self.MASK)
         return text
 
-    def values(self, data: T) -> T:
+    @overload
+    def values(self, data: str) -> str: ...
+    @overload
+    def values(self, data: Mapping[str, Any]) -> dict[str, Any]: ...
+    @overload
+    def values(self, data: list[Any] | tuple[Any, ...]) -> list[Any]: ...
+    @overload
+    def values(self, data: object) -> object: ...
+
+    def values(self, data: object) -> object:
         """`data` (JSON-like: dicts, lists, strings) with every string redacted; redacting the
         dumped JSON instead would miss secrets that JSON escapes (quotes, non-ASCII)."""
         if isinstance(data, str):
-            return self(data)  # type: ignore[return-value]
-        if isinstance(data, dict):
-            return {key: self.values(value) for key, value in data.items()}  # type: ignore[return-value]
+            return self(data)
+        if isinstance(data, Mapping):
+            return {key: self.values(value) for key, value in data.items()}
         if isinstance(data, list | tuple):
-            return [self.values(value) for value in data]  # type: ignore[return-value]
+            return [self.values(value) for value in data]
         return data
 
 

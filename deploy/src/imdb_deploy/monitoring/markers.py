@@ -39,14 +39,11 @@ import math
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
-from urllib.parse import urlsplit
 
-from imdb_deploy.outbound import Delivery, DeliveryError, Job, Secret, deliver
+from imdb_deploy.outbound import Delivery, DeliveryError, Job, Secret, deliver, http_send
 
 log = logging.getLogger("imdb_deploy.monitoring")
 
@@ -278,36 +275,9 @@ def grafana_annotation(marker: DeployMarker) -> dict[str, Any]:
 # ---------------------------------------------------------------- delivery
 
 
-def _check_url(url: str) -> None:
-    # urllib would also open file:// and ftp:// URLs; a marker only ever speaks HTTP.
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise DeliveryError(f"not an http(s) URL: {url}")
-
-
-def _http(method: str, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> None:
-    _check_url(url)
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked just above
-        url, data=body, headers=dict(headers), method=method
-    )
-    try:
-        # _check_url let only http(s) through: never file:// or ftp://.
-        opened = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 # nosec B310
-        with opened as response:
-            response.read(4096)
-    except urllib.error.HTTPError as exc:
-        # The error holds the open response: close it, keep the start of what the receiver said
-        # (the Pushgateway explains a rejected push in its body).
-        with exc:
-            said = exc.read(200).decode("utf-8", "replace").strip()
-        raise DeliveryError(
-            f"HTTP {exc.code} {exc.reason}" + (f": {said}" if said else "")
-        ) from None
-
-
 def _exposition_push(url: str, text: str, timeout: float) -> None:
     headers = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    _http("PUT", url, text.encode(), headers, timeout)
+    http_send("PUT", url, text.encode(), headers, timeout)
 
 
 def _grafana_post(base: str, token: Secret | None, payload: dict[str, Any], timeout: float) -> None:
@@ -319,7 +289,7 @@ def _grafana_post(base: str, token: Secret | None, payload: dict[str, Any], time
         "Authorization": f"Bearer {token.reveal()}",
     }
     url = base.rstrip("/") + "/api/annotations"
-    _http("POST", url, json.dumps(payload).encode(), headers, timeout)
+    http_send("POST", url, json.dumps(payload).encode(), headers, timeout)
 
 
 def record_deploy(

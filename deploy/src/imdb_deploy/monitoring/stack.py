@@ -56,7 +56,6 @@ _PACKAGES: Final[dict[str, str]] = {
     PROMETHEUS: "prometheus",
     PUSHGATEWAY: "prometheus-pushgateway",
 }
-_LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
 # Local HTTP only: an http_proxy in the environment must not see these requests.
 _LOCAL_HTTP: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -72,7 +71,7 @@ def listen_address(address: str) -> tuple[str, int]:
         if not colon or not port_text.isdigit():
             raise ValueError
         port = int(port_text)
-        loopback = ipaddress.IPv4Address(host) in _LOOPBACK
+        loopback = ipaddress.IPv4Address(host).is_loopback
     except ValueError:
         raise ValueError(f"not an IPv4 host:port: {address!r} (e.g. 127.0.0.1:9090)") from None
     if not loopback:

@@ -54,7 +54,6 @@ PROC = Path("/proc")
 # The listener's own environment (sessions get theirs from sshd, plus SetEnv).
 SSHD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
 class SandboxError(RuntimeError):
@@ -77,7 +76,7 @@ class SandboxHost:
             address = ipaddress.IPv4Address(self.address)
         except ValueError as error:
             raise ValueError(f"{self.name}: address {self.address!r} is not IPv4") from error
-        if address not in _LOOPBACK:
+        if not address.is_loopback:
             raise ValueError(f"{self.name}: {self.address} is not in 127.0.0.0/8 (loopback only)")
         if not 0 < self.ssh_port < 65536:
             raise ValueError(f"{self.name}: port {self.ssh_port} out of range")
