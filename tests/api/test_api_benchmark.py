@@ -89,3 +89,13 @@ def test_mlflow_model_predicts_like_the_api(artifact: Path, tmp_path: Path) -> N
     frame = pandas.DataFrame([benchmark.mlflow_record(m) for m in movies])
     expected = verify_artifact(artifact).predictor().predict_records(movies)
     assert list(model.predict(frame)) == list(expected)
+
+
+def test_figures_are_medians_over_the_rounds() -> None:
+    rounds = [measurement("api /predict", rps) for rps in (9_000, 1_000, 8_000)]
+    rounds[1].errors = 2
+    middle = benchmark.median_of(rounds)
+    assert middle.requests_per_s == 8_000
+    assert middle.rows_per_s == 8_000
+    assert middle.p99_ms == 3.0
+    assert middle.errors == 2

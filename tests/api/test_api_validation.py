@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,85 @@ def test_column_wise_validation_falls_back_to_the_per_movie_checks(
     assert columns["primaryTitle"] == expected["primaryTitle"]
     assert columns["startYear"] == [1994, None]
     assert columns["genres"] == expected["genres"]
+
+
+def same_columns(left: dict[str, Any], right: dict[str, Any]) -> bool:
+    """Equal columns, numeric ones compared as float arrays with NaN equal to NaN."""
+    if list(left) != list(right):
+        return False
+    for name in FIELDS:
+        if name in ("startYear", "runtimeMinutes", "isAdult"):
+            a = np.asarray(left[name], dtype=np.float64)
+            b = np.asarray(right[name], dtype=np.float64)
+            if not np.array_equal(a, b, equal_nan=True):
+                return False
+        elif left[name] != right[name]:
+            return False
+    return True
+
+
+def encoded(body: Any) -> bytes:
+    # The standard library writes NaN, Infinity and huge integers, as a careless client might.
+    return json.dumps(body, allow_nan=True).encode()
+
+
+@pytest.mark.parametrize("change", [{}, *BATCH_CHANGES])
+def test_decoded_batches_are_accepted_only_when_the_checks_accept_them(
+    change: dict[str, Any],
+) -> None:
+    """The fast road (msgspec) never accepts what the checks refuse, and gives the same columns
+    when it accepts."""
+    validator = MovieValidator(FeatureSchema(), 40)
+    body = {"movies": [MOVIE, MOVIE | change, {"primaryTitle": "B"}]}
+    decoded = validator.decode_columns(encoded(body), 1000)
+    try:
+        expected = validator.validate_columns(body, 1000)
+    except InvalidRequestError:
+        assert decoded is None
+    else:
+        assert decoded is not None
+        assert same_columns(decoded, expected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"movies": []},
+        {"movies": [{"primaryTitle": "A"}, {"primaryTitle": "\\N", "genres": None}]},
+        {"movies": [{"primaryTitle": "C", "genres": [], "isAdult": True, "originalTitle": None}]},
+        {"movies": [MOVIE | {"isAdult": False, "titleType": "movie", "runtimeMinutes": 90}]},
+    ],
+)
+def test_plain_valid_batches_take_the_fast_road(body: dict[str, Any]) -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    decoded = validator.decode_columns(encoded(body), 1000)
+    assert decoded is not None
+    assert same_columns(decoded, validator.validate_columns(body, 1000))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"movies": [{"primaryTitle": "A", "startYear": 1994.0}]}',  # valid, but unusual
+        b'[{"primaryTitle": "A"}]',
+        b'{"movies": [{"primaryTitle": "A"}, {"primaryTitle": "B"}]',  # truncated
+        b'{"movies": [{"primaryTitle": "\\ud800"}]}',  # a lone surrogate
+        b'{"movies": [{"primaryTitle": "A"}, {"primaryTitle": "B"}, {"primaryTitle": "C"}]}',
+    ],
+)
+def test_anything_unusual_leaves_the_fast_road(raw: bytes) -> None:
+    """None sends the body the ordinary way (a 3-movie batch is over this limit of 2)."""
+    assert MovieValidator(FeatureSchema(), 40).decode_columns(raw, 2) is None
+
+
+def test_duplicate_fields_mean_the_same_on_both_roads() -> None:
+    validator = MovieValidator(FeatureSchema(), 40)
+    raw = b'{"movies": [{"primaryTitle": "first", "primaryTitle": "last"}]}'
+    decoded = validator.decode_columns(raw, 1000)
+    assert decoded is not None
+    assert decoded["primaryTitle"] == ["last"]
+    assert validator.validate_columns(orjson.loads(raw), 1000)["primaryTitle"] == ["last"]
+    raw = b'{"movies": [{"primaryTitle": "A"}], "movies": []}'
+    decoded = validator.decode_columns(raw, 1000)
+    assert decoded is not None
+    assert same_columns(decoded, validator.validate_columns(orjson.loads(raw), 1000))

@@ -254,6 +254,10 @@ class Api:
 
     async def _read_json(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> Any:
         """The request's JSON body, after the content type and size checks."""
+        return _parse_json(await self._read_body(receive, headers))
+
+    async def _read_body(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The request's body, after the content type and size checks."""
         content_type: bytes | None = None
         length: bytes | None = None
         for name, value in headers:
@@ -287,12 +291,7 @@ class Api:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            hint = " (NaN and Infinity are not valid JSON)" if b"N" in body or b"I" in body else ""
-            raise ApiError("invalid_json", f"the body is not valid JSON: {exc}{hint}") from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _validator_now(self) -> MovieValidator:
         # The validator follows the served artifact's schema, which is known once it is loaded.
@@ -329,16 +328,20 @@ class Api:
     async def predict_batch(self, receive: Receive, headers: list[tuple[bytes, bytes]]) -> Reply:
         """POST /predict/batch: up to `max_batch` movies in, their ratings out, in order."""
         self._require_ready()
-        body = await self._read_json(receive, headers)
-        movies = body.get("movies") if type(body) is dict else None
+        raw = await self._read_body(receive, headers)
         limit = self.settings.max_batch
-        if type(movies) is list and len(movies) > limit:
-            raise ApiError(
-                "payload_too_large", f"{len(movies)} movies in one batch; the limit is {limit}"
-            )
         validator = self._validator_now()
+        columns = validator.decode_columns(raw, limit)
         try:
-            columns = validator.validate_columns(body, limit)
+            if columns is None:  # not a plain valid batch: parse and check it to say why
+                body = _parse_json(raw)
+                movies = body.get("movies") if type(body) is dict else None
+                if type(movies) is list and len(movies) > limit:
+                    raise ApiError(
+                        "payload_too_large",
+                        f"{len(movies)} movies in one batch; the limit is {limit}",
+                    )
+                columns = validator.validate_columns(body, limit)
             ratings = self._predict_columns(columns)
         except InvalidRequestError as exc:
             raise ApiError("validation_error", str(exc), exc.errors) from None
@@ -526,6 +529,14 @@ def _request_body(schema_name: str) -> dict[str, Any]:
             "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
         },
     }
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        hint = " (NaN and Infinity are not valid JSON)" if b"N" in body or b"I" in body else ""
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}{hint}") from None
 
 
 def _feature_error(exc: FeatureError) -> list[dict[str, Any]]:

@@ -6,9 +6,10 @@ Starts `imdb-api` (with the benchmark-only no-op route) and `mlflow models serve
 artifact, drives each with wrk (Lua scripts rotate over realistic movies) and reports throughput
 and p50/p95/p99 latency for: the no-op route (the ceiling of the same server stack), single
 `/predict` at 32 connections, `/predict/batch` (rows/s), and mlflow single and batch. Rounds
-alternate between the scenarios so that noise on a shared machine hits them alike; the best
-round of each is reported. Without --artifact a small model is trained first. mlflow comes from
-the `benchmark` dependency group; without it (or with --skip-mlflow) that column is left out.
+alternate between the scenarios so that noise on a shared machine hits them alike; each figure
+is the median over the rounds (every round is kept in the JSON). Without --artifact a small
+model is trained first. mlflow comes from the `benchmark` dependency group; without it (or with
+--skip-mlflow) that column is left out.
 
 Targets (2 cores, load generator on the same machine): single /predict >= 80% of the no-op
 throughput with p99 <= 10 ms, >= 5x mlflow; batch >= 500,000 rows/s.
@@ -24,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +67,7 @@ end
 
 @dataclass
 class Measurement:
-    """One scenario's best round."""
+    """One scenario: one round, or the medians over the rounds."""
 
     name: str
     connections: int
@@ -205,6 +207,26 @@ def measure(name: str, result: dict[str, Any], connections: int, rows: int) -> M
     )
 
 
+def median_of(rounds: Sequence[Measurement]) -> Measurement:
+    """Each figure's median over the rounds (errors: their sum)."""
+    first = rounds[0]
+
+    def middle(field: str) -> float:
+        return round(float(statistics.median(getattr(m, field) for m in rounds)), 3)
+
+    return Measurement(
+        name=first.name,
+        connections=first.connections,
+        rows_per_request=first.rows_per_request,
+        requests_per_s=middle("requests_per_s"),
+        rows_per_s=middle("rows_per_s"),
+        p50_ms=middle("p50_ms"),
+        p95_ms=middle("p95_ms"),
+        p99_ms=middle("p99_ms"),
+        errors=sum(m.errors for m in rounds),
+    )
+
+
 def start_api(artifact: Path, port: int, workers: int, access_log: bool, log: Path) -> Any:
     """`imdb-api` with the no-op route, logging to `log`."""
     command = [sys.executable, "-m", "imdb_api.cli", "--artifact", str(artifact)]
@@ -280,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario")
     parser.add_argument("--connections", type=int, default=32, help="single-row connections")
     parser.add_argument("--batch-connections", type=int, default=4, help="batch connections")
     parser.add_argument("--batch-size", type=int, default=1000, help="movies per batch request")
@@ -355,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_until(api_port, "/ready", 120, servers["api"])
             if with_mlflow:
                 wait_until(mlflow_port, "/ping", 180, servers["mlflow"])
-            best: dict[str, Measurement] = {}
+            rounds: dict[str, list[Measurement]] = {name: [] for name in scripts}
             for _ in range(args.rounds):
                 for name, (script, connections, rows) in scripts.items():
                     url = urls[name.split(" ", 1)[0]]
@@ -367,21 +389,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         duration=args.duration,
                         threads=args.wrk_threads,
                     )
-                    current = measure(name, result, connections, rows)
-                    if name not in best or current.requests_per_s > best[name].requests_per_s:
-                        best[name] = current
+                    rounds[name].append(measure(name, result, connections, rows))
         finally:
             for process in servers.values():
                 stop(process)
-        summary = summarize(best)
-        print(render(best, summary))
+        medians = {name: median_of(measured) for name, measured in rounds.items()}
+        summary = summarize(medians)
+        print(render(medians, summary))
         if args.out is not None:
             report = {
                 "settings": {
                     k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                 },
                 "cpus": os.cpu_count(),
-                "results": [asdict(m) for m in best.values()],
+                "results": [asdict(m) for m in medians.values()],
+                "rounds": {
+                    name: [asdict(m) for m in measured] for name, measured in rounds.items()
+                },
                 "summary": summary,
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)

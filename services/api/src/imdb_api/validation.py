@@ -8,13 +8,20 @@ collect every problem of a request with its location instead of stopping at the 
 
 The API is stricter than the file format that `imdb_model.features` also reads: JSON types
 only (no "1994" strings, no 0/1 for isAdult, genres as an array), unknown fields refused.
+
+Batches take a faster road first: msgspec decodes the body straight into typed structs built
+from the same schema, so parsing and checking are one pass in C (`decode_columns`). It accepts
+only what `check` accepts; anything it refuses, including what is valid but unusual (1994.0 as
+a year), goes the ordinary way, which answers exactly as before.
 """
 
 from __future__ import annotations
 
 from itertools import chain, repeat
-from typing import Any, Final
+from operator import attrgetter
+from typing import Annotated, Any, Final, Literal, Optional
 
+import msgspec
 import numpy as np
 
 from imdb_model import INPUT_FIELDS, FeatureSchema
@@ -27,6 +34,7 @@ _NUMBER_TYPES: Final[frozenset[type]] = frozenset({int, float, _NONE})
 _TEXT_TYPES: Final[frozenset[type]] = frozenset({str, _NONE})
 _BOOL_TYPES: Final[frozenset[type]] = frozenset({bool, _NONE})
 _LIST_TYPES: Final[frozenset[type]] = frozenset({list, _NONE})
+_GETTERS: Final[dict[str, attrgetter[Any]]] = {name: attrgetter(name) for name in FIELDS}
 # Stop collecting after this many problems: a 1000-row batch of garbage needs no 7000-line answer.
 MAX_ERRORS: Final[int] = 20
 
@@ -72,6 +80,29 @@ def _whole_numbers(values: list[Any], bounds: tuple[int, int]) -> Any:
     return numbers
 
 
+# Type expressions for msgspec, built at run time from the served schema.
+
+
+def _nullable(kind: Any) -> Any:
+    return Optional[kind]  # noqa: UP045 - a run-time type expression, not an annotation
+
+
+def _text(min_length: int, max_length: int) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length)]
+
+
+def _integer(bounds: tuple[int, int]) -> Any:
+    return Annotated[int, msgspec.Meta(ge=bounds[0], le=bounds[1])]
+
+
+def _one_of(names: tuple[str, ...]) -> Any:
+    return Literal[names]  # msgspec checks membership while it decodes
+
+
+def _list_of(item: Any, max_length: int) -> Any:
+    return Annotated[list.__class_getitem__(item), msgspec.Meta(max_length=max_length)]
+
+
 class MovieValidator:
     """Checks movie objects against the served model's schema."""
 
@@ -85,6 +116,43 @@ class MovieValidator:
             "startYear": schema.start_year_range,
             "runtimeMinutes": schema.runtime_minutes_range,
         }
+        self._movie_struct = self._define_movie_struct()
+        self._batch_decoders: dict[int, msgspec.json.Decoder[Any]] = {}
+
+    # ------------------------------------------------------------------ the fast batch road
+
+    def _define_movie_struct(self) -> Any:
+        """A msgspec struct that accepts exactly the movies `check` accepts, in their usual
+        JSON form (a year written 1994.0 is valid but left to `check`)."""
+        limit = self.max_string_length
+        fields: list[tuple[str, Any, Any]] = [
+            ("originalTitle", _nullable(_text(0, limit)), None),
+            ("titleType", _nullable(_one_of(self.schema.title_types)), None),
+            ("isAdult", _nullable(bool), None),
+            ("startYear", _nullable(_integer(self.ranges["startYear"])), None),
+            ("runtimeMinutes", _nullable(_integer(self.ranges["runtimeMinutes"])), None),
+            ("genres", _nullable(_list_of(_one_of(self.schema.genres), self.max_genres)), None),
+        ]
+        title = ("primaryTitle", _text(1, limit))
+        return msgspec.defstruct("Movie", [title, *fields], forbid_unknown_fields=True)
+
+    def decode_columns(self, body: bytes, max_batch: int) -> dict[str, Any] | None:
+        """A batch body's movies as `validate_columns` gives them, decoded and checked in one
+        pass; None when the body is anything but a plain valid batch (the caller then parses
+        and validates it the ordinary way, which explains what is wrong)."""
+        decoder = self._batch_decoders.get(max_batch)
+        if decoder is None:
+            movies = ("movies", _list_of(self._movie_struct, max_batch))
+            batch = msgspec.defstruct("MovieBatch", [movies], forbid_unknown_fields=True)
+            decoder = self._batch_decoders[max_batch] = msgspec.json.Decoder(batch)
+        try:
+            movies = decoder.decode(body).movies
+        except msgspec.DecodeError:  # ValidationError included
+            return None
+        columns: dict[str, Any] = {name: list(map(_GETTERS[name], movies)) for name in FIELDS}
+        for name in ("startYear", "runtimeMinutes", "isAdult"):
+            columns[name] = np.array(columns[name], dtype=np.float64)  # None: NaN
+        return columns
 
     def check(self, movie: Any, loc: Loc, errors: list[ErrorItem]) -> None:
         """Append the problems of one movie (located under `loc`) to `errors`."""
