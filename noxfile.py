@@ -245,7 +245,7 @@ def tests(session: nox.Session) -> None:
         args = session.posargs or ["-m", f"not (gates or benchmark or {integration})"]
         session.run(
             "pytest", "--cov", "--cov-report=", "--cov-fail-under=0", *own_basetemp(session),
-            *args, env={"COVERAGE_FILE": str(data_dir / ".coverage")},
+            *args, env={"COVERAGE_FILE": str(data_dir / f".coverage.{session.name}")},
         )  # fmt: skip
 
 
@@ -294,7 +294,7 @@ def integration(session: nox.Session) -> None:
         session.run(
             "pytest", "-m", "sandbox or monitoring", "--cov", "--cov-report=",
             "--cov-fail-under=0", "-p", "no:cacheprovider", *own_basetemp(session),
-            *session.posargs, env={"COVERAGE_FILE": str(data_dir / ".coverage")},
+            *session.posargs, env={"COVERAGE_FILE": str(data_dir / f".coverage.{session.name}")},
         )  # fmt: skip
 
 
