@@ -26,10 +26,10 @@ def test_a_short_real_run_writes_the_table_and_json(
     assert benchmark.main([*args, "--workers", "1", "--batch-size", "50", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
-    assert names == ["api /noop", "api /predict", "api /predict/batch"]
+    assert names == ["api /noop", "api /noop/fastapi", "api /predict", "api /predict/batch"]
     assert all(r["errors"] == 0 and r["requests_per_s"] > 0 for r in report["results"])
-    assert report["results"][2]["rows_per_s"] == pytest.approx(
-        report["results"][2]["requests_per_s"] * 50, rel=1e-3
+    assert report["results"][3]["rows_per_s"] == pytest.approx(
+        report["results"][3]["requests_per_s"] * 50, rel=1e-3
     )
     assert "predict_vs_noop" in report["summary"]
     assert "api /predict/batch" in capsys.readouterr().out
@@ -44,6 +44,7 @@ def test_summary_and_table_with_mlflow() -> None:
         m.name: m
         for m in (
             measurement("api /noop", 10_000),
+            measurement("api /noop/fastapi", 4_000),
             measurement("api /predict", 9_000),
             measurement("api /predict/batch", 600, 1000),
             measurement("mlflow /invocations (1 row)", 1_000),
@@ -52,6 +53,7 @@ def test_summary_and_table_with_mlflow() -> None:
     }
     summary = benchmark.summarize(results)
     assert summary["predict_vs_noop"] == 0.9
+    assert summary["predict_vs_fastapi_noop"] == 2.25
     assert summary["predict_vs_mlflow"] == 9.0
     assert summary["batch_vs_mlflow"] == 10.0
     assert all(summary["targets_met"].values())

@@ -139,9 +139,10 @@ def test_openapi_documents_every_route_with_the_models_schema(
 
 
 def test_noop_is_there_only_when_enabled(client: TestClient, artifact: Path) -> None:
-    assert client.post("/noop", json=MOVIE).json() == {"ok": True}
-    with TestClient(make_api(artifact)) as plain:
-        assert plain.post("/noop", json=MOVIE).status_code == 404
+    for path in ("/noop", "/noop/fastapi"):
+        assert client.post(path, json=MOVIE).json() == {"ok": True}
+        with TestClient(make_api(artifact)) as plain:
+            assert plain.post(path, json=MOVIE).status_code == 404
 
 
 def metric(text: str, name: str, **labels: str) -> float:

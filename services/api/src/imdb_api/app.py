@@ -426,6 +426,14 @@ class Api:
             async def noop(request: Request) -> Response:
                 return await as_response(self.noop, request)
 
+            @app.post(
+                "/noop/fastapi",
+                summary="Benchmark only: does nothing, the FastAPI way (the framework's ceiling)",
+                response_model=dict[str, bool],
+            )
+            async def noop_fastapi() -> dict[str, bool]:
+                return {"ok": True}
+
         @app.get("/health", response_model=Health, summary="Liveness: the process answers")
         async def health() -> Response:
             return Response(b'{"status":"ok"}', media_type="application/json")
