@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from imdb_deploy.report.timeline import TIMELINES_VAR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,17 @@ def require_tool(require: Callable[[bool, str], None]) -> Callable[[str], str]:
         return path
 
     return find
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deploy_timelines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Deploys the tests run (in process, or as CLIs and fab tasks in children) leave their
+    timelines here, never in the repository's reports/deploys that `make report` reads."""
+    directory = tmp_path_factory.mktemp("deploy-timelines")
+    saved = os.environ.get(TIMELINES_VAR)
+    os.environ[TIMELINES_VAR] = str(directory)
+    yield directory
+    if saved is None:
+        del os.environ[TIMELINES_VAR]
+    else:
+        os.environ[TIMELINES_VAR] = saved

@@ -511,3 +511,15 @@ def test_a_broken_timeline_among_the_latest_is_named(tmp_path: Path) -> None:
     (tmp_path / "half-written.json").write_text("{")
     with pytest.raises(TimelineError, match=r"half-written\.json: not a deploy timeline"):
         timeline.latest(tmp_path)
+
+
+def test_timelines_live_where_the_variable_says(tmp_path: Path) -> None:
+    assert timeline.timelines_dir({timeline.TIMELINES_VAR: str(tmp_path)}) == tmp_path
+    assert timeline.timelines_dir({}).parts[-2:] == ("reports", "deploys")
+
+
+def test_the_tests_own_deploys_stay_out_of_the_repository(
+    deploy_timelines: Path, repo_root: Path
+) -> None:
+    assert timeline.timelines_dir() == deploy_timelines
+    assert repo_root not in deploy_timelines.parents

@@ -23,10 +23,10 @@ from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, lo
 from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, Outcome
 from imdb_deploy.images import __main__ as images_cli
 from imdb_deploy.monitoring import markers
+from imdb_deploy.report.timeline import timelines_dir
 
 # `nox -s images` records what it built here; the default release is the API image it built last.
 IMAGES_RECORD = REPO_ROOT / "reports" / "images-amd64.json"
-DEPLOY_REPORTS = REPO_ROOT / "reports" / "deploys"
 
 
 # Outcome results as notifications name them (anything unexpected counts as a failure).
@@ -53,8 +53,9 @@ def built_version(record: Path = IMAGES_RECORD) -> str:
         ) from None
 
 
-def save_outcome(outcome: Outcome, directory: Path = DEPLOY_REPORTS) -> Path:
+def save_outcome(outcome: Outcome, directory: Path | None = None) -> Path:
     """The deploy's timeline as JSON, for the deployment report."""
+    directory = directory or timelines_dir()
     directory.mkdir(parents=True, exist_ok=True)
     stamp = outcome.started.replace(":", "").replace("-", "").replace("+0000", "Z")
     path = directory / f"{outcome.environment}-{stamp}-{outcome.action}-{outcome.id}.json"
@@ -149,8 +150,9 @@ def _unlock(orchestrator: Orchestrator, reason: str) -> int:
     return 0
 
 
-def prune_timelines(environment: str, keep: int, directory: Path = DEPLOY_REPORTS) -> list[Path]:
+def prune_timelines(environment: str, keep: int, directory: Path | None = None) -> list[Path]:
     """Keep the newest `keep` timelines of an environment in reports/deploys."""
+    directory = directory or timelines_dir()
     timelines = sorted(directory.glob(f"{environment}-*.json"), key=lambda p: p.stat().st_mtime)
     doomed = timelines[: max(0, len(timelines) - keep)]
     for path in doomed:

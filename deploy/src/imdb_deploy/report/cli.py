@@ -21,12 +21,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from imdb_deploy.bluegreen.config import REPO_ROOT
-from imdb_deploy.report.timeline import Deploy, TimelineError, in_order, latest, load_all
+from imdb_deploy.report.timeline import (
+    TIMELINES_VAR,
+    Deploy,
+    TimelineError,
+    in_order,
+    latest,
+    load_all,
+    timelines_dir,
+)
 
 REPORTS = REPO_ROOT / "reports"
-# Where imdb_deploy.bluegreen.cli.save_outcome writes the timelines (not imported from there:
-# that would load the SSH stack just to name a folder).
-DEPLOY_REPORTS = REPORTS / "deploys"
 BASENAME = "deployment-report"
 SUMMARY_VAR = "GITHUB_STEP_SUMMARY"
 
@@ -73,8 +78,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         help="add the newest timeline per environment and action found in --deploys",
     )  # fmt: skip
     parser.add_argument(
-        "--deploys", type=Path, default=DEPLOY_REPORTS, metavar="DIR",
-        help=f"where --latest looks (default: {DEPLOY_REPORTS})",
+        "--deploys", type=Path, default=timelines_dir(), metavar="DIR",
+        help=f"where --latest looks (default: ${TIMELINES_VAR}, else reports/deploys)",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, default=REPORTS, metavar="DIR",

@@ -12,13 +12,26 @@ unchanged anyway (`Deploy.raw`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from imdb_deploy.bluegreen.config import REPO_ROOT
+
+# Where deploys leave their timelines and the report reads them; tests point it elsewhere, so
+# that their deploys never show up in the repository's deployment report.
+TIMELINES_VAR = "MLOPS_DEPLOY_TIMELINES"
+
+
+def timelines_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$MLOPS_DEPLOY_TIMELINES, else reports/deploys in the repository."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(TIMELINES_VAR) or REPO_ROOT / "reports" / "deploys")
 
 # The host of environment-wide events (lock, deploy start, result).
 ENVIRONMENT_HOST = "*"
