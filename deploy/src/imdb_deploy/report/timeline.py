@@ -33,6 +33,7 @@ def timelines_dir(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     return Path(environ.get(TIMELINES_VAR) or REPO_ROOT / "reports" / "deploys")
 
+
 # The host of environment-wide events (lock, deploy start, result).
 ENVIRONMENT_HOST = "*"
 # At most this many validation problems are named in an error; the first ones are the useful ones.
