@@ -128,11 +128,20 @@ def reusable(
     stage.record_pass()
 
 
-def empty_dir(directory: Path) -> Path:
-    """`directory`, created or emptied (a session's coverage data: `coverage` combines them)."""
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    return directory
+def measured_pytest(session: nox.Session, *args: str) -> None:
+    """pytest under coverage, its data in the session's own reports/coverage/<session>/ (emptied
+    first; `coverage` combines them all); reused by a warm pipeline when nothing changed."""
+    data_dir = COVERAGE_DIR / session.name
+    with reusable(session, data_dir) as reused:
+        if reused:
+            return
+        sync_locked(session, "test")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        session.run(
+            "pytest", "--cov", "--cov-report=", "--cov-fail-under=0", *own_basetemp(session),
+            *args, env={"COVERAGE_FILE": str(data_dir / f".coverage.{session.name}")},
+        )  # fmt: skip
 
 
 def own_basetemp(session: nox.Session) -> list[str]:
@@ -235,18 +244,10 @@ def security(session: nox.Session) -> None:
 @nox.session(python=PYTHON_VERSIONS, tags=["ci", "tests", "pipeline"])
 def tests(session: nox.Session) -> None:
     """Run the test suite under coverage on one Python version (posargs go to pytest)."""
-    data_dir = COVERAGE_DIR / session.name
-    with reusable(session, data_dir) as reused:
-        if reused:
-            return
-        sync_locked(session, "test")
-        empty_dir(data_dir)
-        integration = "images or sandbox or monitoring"  # their own sessions, on one Python
-        args = session.posargs or ["-m", f"not (gates or benchmark or {integration})"]
-        session.run(
-            "pytest", "--cov", "--cov-report=", "--cov-fail-under=0", *own_basetemp(session),
-            *args, env={"COVERAGE_FILE": str(data_dir / f".coverage.{session.name}")},
-        )  # fmt: skip
+    integration = "images or sandbox or monitoring"  # their own sessions, on one Python
+    measured_pytest(
+        session, *(session.posargs or ["-m", f"not (gates or benchmark or {integration})"])
+    )
 
 
 @nox.session(
@@ -285,17 +286,9 @@ def integration(session: nox.Session) -> None:
     """Integration tests of the delivery on one Python. Deploys: their own sandbox fleet (sshd,
     Podman, nginx per host), registry and releases; deploy, redeploy, rollback, the fault matrix,
     zero dropped requests. Monitoring: a real Prometheus and Pushgateway scraping a real API."""
-    data_dir = COVERAGE_DIR / session.name
-    with reusable(session, data_dir) as reused:
-        if reused:
-            return
-        sync_locked(session, "test")
-        empty_dir(data_dir)
-        session.run(
-            "pytest", "-m", "sandbox or monitoring", "--cov", "--cov-report=",
-            "--cov-fail-under=0", "-p", "no:cacheprovider", *own_basetemp(session),
-            *session.posargs, env={"COVERAGE_FILE": str(data_dir / f".coverage.{session.name}")},
-        )  # fmt: skip
+    measured_pytest(
+        session, "-m", "sandbox or monitoring", "-p", "no:cacheprovider", *session.posargs
+    )
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "tests"], default=False)
