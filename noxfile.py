@@ -105,13 +105,19 @@ def reusable(
         text=True,
         check=True,
     ).stdout.strip()
+    try:
+        sources = stagecache.source_digest(ROOT)
+    except stagecache.StageCacheError as error:  # a source archive, say: just run the stage
+        session.log(f"stage cache off: {error}")
+        yield False
+        return
     stage = stagecache.Stage(
         stamp=STAGE_STAMPS / f"{session.name}.json",
         inputs={
             "session": session.name,
             "posargs": json.dumps(session.posargs),
             "python": python,
-            "sources": stagecache.source_digest(ROOT),
+            "sources": sources,
             **inputs,
         },
         outputs=outputs,
