@@ -32,7 +32,15 @@ def test_a_short_real_run_writes_the_table_and_json(
         report["results"][3]["requests_per_s"] * 50, rel=1e-3
     )
     assert "predict_vs_noop" in report["summary"]
-    assert "api /predict/batch" in capsys.readouterr().out
+    # CPU per request of the server's processes and of wrk, read around each run.
+    assert all(r["server_cpu_us"] > 0 and r["loadgen_cpu_us"] > 0 for r in report["results"])
+    assert report["summary"]["batch_cpu_used_us_per_row"] > 0
+    in_process = report["summary"]["in_process_us"]
+    assert set(in_process) >= {"predict_us_per_request", "batch_model_us_per_row"}
+    assert all(figure > 0 for figure in in_process.values())
+    printed = capsys.readouterr().out
+    assert "api /predict/batch" in printed
+    assert "batch_transform_us_per_row" in printed
 
 
 def measurement(name: str, rps: float, rows: int = 1) -> benchmark.Measurement:
@@ -101,3 +109,42 @@ def test_figures_are_medians_over_the_rounds() -> None:
     assert middle.rows_per_s == 8_000
     assert middle.p99_ms == 3.0
     assert middle.errors == 2
+    assert middle.server_cpu_us is None  # not measured in any round
+
+
+def test_cpu_figures_are_per_request_and_their_medians_skip_gaps() -> None:
+    wrk = {"requests": 2_000, "duration_us": 1_000_000, "non2xx": 0, "socket_errors": 0}
+    wrk |= {"p50_us": 1_000, "p95_us": 2_000, "p99_us": 3_000}
+    rounds = [
+        benchmark.measure("api /predict", wrk, 32, 1, (0.2, 0.05)),
+        benchmark.measure("api /predict", wrk, 32, 1, (None, 0.07)),
+        benchmark.measure("api /predict", wrk, 32, 1, (0.4, 0.06)),
+    ]
+    assert (rounds[0].server_cpu_us, rounds[0].loadgen_cpu_us) == (100.0, 25.0)
+    middle = benchmark.median_of(rounds)
+    assert (middle.server_cpu_us, middle.loadgen_cpu_us) == (150.0, 30.0)
+    idle = benchmark.measure("api /predict", wrk | {"requests": 0}, 32, 1, (0.2, 0.05))
+    assert idle.server_cpu_us is None
+
+
+def test_the_batch_target_as_a_cpu_budget() -> None:
+    results = {
+        m.name: m
+        for m in (
+            measurement("api /noop", 10_000),
+            measurement("api /noop/fastapi", 4_000),
+            measurement("api /predict", 9_000),
+            measurement("api /predict/batch", 400, 1000),
+        )
+    }
+    assert "batch_cpu_budget_us_per_row" not in benchmark.summarize(results, cpus=2)
+    results["api /predict/batch"].server_cpu_us = 4_500.0
+    results["api /predict/batch"].loadgen_cpu_us = 500.0
+    summary = benchmark.summarize(results, cpus=2)
+    # 500k rows/s on 2 cores: 4 us of CPU per row, for the server and wrk together.
+    assert summary["batch_cpu_budget_us_per_row"] == 4.0
+    assert summary["batch_cpu_used_us_per_row"] == 5.0
+    summary["in_process_us"] = {"batch_model_us_per_row": 1.5}
+    text = benchmark.render(results, summary)
+    assert "  batch_model_us_per_row: 1.5" in text
+    assert " 4500      500" in text

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from imdb_api.cpu import handler_costs, process_tree_cpu, reaped_children_cpu
 from imdb_api.mlflow_model import save
 
 TARGET_RATIO_NOOP: Final[float] = 0.8
@@ -79,6 +80,9 @@ class Measurement:
     p95_ms: float
     p99_ms: float
     errors: int
+    # CPU per request (microseconds) of the server's process tree and of wrk; None without /proc.
+    server_cpu_us: float | None = None
+    loadgen_cpu_us: float | None = None
 
 
 def free_port() -> int:
@@ -191,10 +195,21 @@ def run_wrk(
     raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
-def measure(name: str, result: dict[str, Any], connections: int, rows: int) -> Measurement:
-    """Turn a wrk result into a Measurement."""
+def measure(
+    name: str,
+    result: dict[str, Any],
+    connections: int,
+    rows: int,
+    cpu_seconds: tuple[float | None, float | None] = (None, None),
+) -> Measurement:
+    """Turn a wrk result (and the server's and wrk's CPU seconds during it) into a Measurement."""
     seconds = result["duration_us"] / 1e6
     rps = result["requests"] / seconds
+    requests = result["requests"]
+    server, loadgen = (
+        None if used is None or not requests else round(used * 1e6 / requests, 1)
+        for used in cpu_seconds
+    )
     return Measurement(
         name=name,
         connections=connections,
@@ -205,6 +220,8 @@ def measure(name: str, result: dict[str, Any], connections: int, rows: int) -> M
         p95_ms=result["p95_us"] / 1000,
         p99_ms=result["p99_us"] / 1000,
         errors=result["non2xx"] + result["socket_errors"],
+        server_cpu_us=server,
+        loadgen_cpu_us=loadgen,
     )
 
 
@@ -214,6 +231,10 @@ def median_of(rounds: Sequence[Measurement]) -> Measurement:
 
     def middle(field: str) -> float:
         return round(float(statistics.median(getattr(m, field) for m in rounds)), 3)
+
+    def middle_known(field: str) -> float | None:
+        known = [value for m in rounds if (value := getattr(m, field)) is not None]
+        return round(float(statistics.median(known)), 1) if known else None
 
     return Measurement(
         name=first.name,
@@ -225,6 +246,8 @@ def median_of(rounds: Sequence[Measurement]) -> Measurement:
         p95_ms=middle("p95_ms"),
         p99_ms=middle("p99_ms"),
         errors=sum(m.errors for m in rounds),
+        server_cpu_us=middle_known("server_cpu_us"),
+        loadgen_cpu_us=middle_known("loadgen_cpu_us"),
     )
 
 
@@ -247,8 +270,8 @@ def start_mlflow(artifact: Path, workdir: Path, port: int, workers: int, log: Pa
         return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)  # noqa: S603
 
 
-def summarize(results: dict[str, Measurement]) -> dict[str, Any]:
-    """Ratios against the targets."""
+def summarize(results: dict[str, Measurement], cpus: int | None = None) -> dict[str, Any]:
+    """Ratios against the targets; with `cpus`, the batch target as a CPU budget per row."""
     single, noop = results["api /predict"], results["api /noop"]
     framework = results["api /noop/fastapi"]
     batch = results["api /predict/batch"]
@@ -258,6 +281,11 @@ def summarize(results: dict[str, Measurement]) -> dict[str, Any]:
         "predict_p99_ms": single.p99_ms,
         "batch_rows_per_s": batch.rows_per_s,
     }
+    if cpus and batch.server_cpu_us is not None and batch.loadgen_cpu_us is not None:
+        # Saturated, throughput is cores over CPU per row: the target fixes the budget.
+        summary["batch_cpu_budget_us_per_row"] = round(cpus * 1e6 / TARGET_BATCH_ROWS_S, 2)
+        used = (batch.server_cpu_us + batch.loadgen_cpu_us) / batch.rows_per_request
+        summary["batch_cpu_used_us_per_row"] = round(used, 2)
     checks = {
         "predict >= 80% of the raw ASGI no-op": summary["predict_vs_noop"] >= TARGET_RATIO_NOOP,
         "predict >= 80% of the FastAPI no-op": (
@@ -279,20 +307,29 @@ def summarize(results: dict[str, Measurement]) -> dict[str, Any]:
 def render(results: dict[str, Measurement], summary: dict[str, Any]) -> str:
     """A plain-text table plus the ratios."""
     head = f"{'scenario':32} {'conns':>5} {'req/s':>10} {'rows/s':>11} {'p50 ms':>8} "
-    head += f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    head += f"{'p95 ms':>8} {'p99 ms':>8} {'errors':>6} {'server us':>10} {'wrk us':>8}"
     lines = [head, "-" * len(head)]
     for m in results.values():
         lines.append(
             f"{m.name:32} {m.connections:>5} {m.requests_per_s:>10.0f} {m.rows_per_s:>11.0f} "
-            f"{m.p50_ms:>8.2f} {m.p95_ms:>8.2f} {m.p99_ms:>8.2f} {m.errors:>6}"
+            f"{m.p50_ms:>8.2f} {m.p95_ms:>8.2f} {m.p99_ms:>8.2f} {m.errors:>6} "
+            f"{_cpu(m.server_cpu_us):>10} {_cpu(m.loadgen_cpu_us):>8}"
         )
+    lines.append("(server us, wrk us: CPU microseconds per request, server processes and wrk)")
     lines.append("")
     for key, value in summary.items():
-        if key != "targets_met":
+        if key == "in_process_us":
+            lines.append("in process, medians (us per request; batch steps us per row):")
+            lines.extend(f"  {name}: {figure}" for name, figure in value.items())
+        elif key != "targets_met":
             lines.append(f"{key}: {value}")
     for check, met in summary["targets_met"].items():
         lines.append(f"target {check}: {'met' if met else 'MISSED'}")
     return "\n".join(lines)
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds: dict[str, list[Measurement]] = {name: [] for name in scripts}
             for _ in range(args.rounds):
                 for name, (script, connections, rows) in scripts.items():
-                    url = urls[name.split(" ", 1)[0]]
+                    server = name.split(" ", 1)[0]
+                    url = urls[server]
+                    server_before = process_tree_cpu(servers[server].pid)
+                    wrk_before = reaped_children_cpu()
                     result = run_wrk(
                         wrk,
                         url,
@@ -400,12 +440,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         duration=args.duration,
                         threads=args.wrk_threads,
                     )
-                    rounds[name].append(measure(name, result, connections, rows))
+                    server_after = process_tree_cpu(servers[server].pid)
+                    cpu = (
+                        (
+                            None
+                            if server_after is None or server_before is None
+                            else server_after - server_before
+                        ),
+                        reaped_children_cpu() - wrk_before,
+                    )
+                    rounds[name].append(measure(name, result, connections, rows, cpu))
         finally:
             for process in servers.values():
                 stop(process)
         medians = {name: median_of(measured) for name, measured in rounds.items()}
-        summary = summarize(medians)
+        summary = summarize(medians, os.cpu_count())
+        # Once the servers are gone, so that they and this do not compete for the cores.
+        summary["in_process_us"] = handler_costs(artifact, singles[0], batch[0], args.batch_size)
         print(render(medians, summary))
         if args.out is not None:
             report = {
