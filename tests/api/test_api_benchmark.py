@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from imdb_api import benchmark
+from imdb_api.benchmark_report import html_page
 from imdb_api.mlflow_model import save
 from imdb_model import verify_artifact
 
@@ -41,6 +43,10 @@ def test_a_short_real_run_writes_the_table_and_json(
     printed = capsys.readouterr().out
     assert "api /predict/batch" in printed
     assert "batch_transform_us_per_row" in printed
+    page = out.with_suffix(".html").read_text()
+    assert f"report: {out.with_suffix('.html')}" in printed
+    assert page.count('<img src="data:image/png;base64,') == 2  # throughput and latency; CPU
+    assert "<td>api /predict/batch</td>" in page
 
 
 def measurement(name: str, rps: float, rows: int = 1) -> benchmark.Measurement:
@@ -148,3 +154,22 @@ def test_the_batch_target_as_a_cpu_budget() -> None:
     text = benchmark.render(results, summary)
     assert "  batch_model_us_per_row: 1.5" in text
     assert " 4500      500" in text
+
+
+def test_the_html_page_escapes_and_does_without_cpu_figures() -> None:
+    results = [
+        measurement("api /noop", 10_000),
+        measurement("api /noop/fastapi", 4_000),
+        measurement("api /predict", 9_000),
+        measurement("api /predict/batch", 400, 1000),
+        measurement("<b>odd</b>", 10),
+    ]
+    summary = benchmark.summarize({m.name: m for m in results[:4]})
+    report = {"cpus": 2, "settings": {"workers": 2}, "summary": summary}
+    report["results"] = [dataclasses.asdict(m) for m in results]
+    page = html_page(report)
+    assert "&lt;b&gt;odd&lt;/b&gt;" in page
+    assert "<b>odd" not in page
+    assert page.count("<img ") == 1  # no CPU figures measured: no CPU plot
+    assert '<li class="missed">batch &gt;= 500k rows/s: MISSED</li>' in page
+    assert '<li class="met">predict p99 &lt;= 10 ms: met</li>' in page

@@ -343,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rows", type=int, default=50_000, help="rows to train on without --artifact"
     )
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="write the results as JSON here, and an HTML page beside it"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario")
     parser.add_argument("--connections", type=int, default=32, help="single-row connections")
@@ -354,6 +356,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true", help="keep the API's access log on")
     parser.add_argument("--skip-mlflow", action="store_true", help="leave mlflow out")
     return parser
+
+
+def write_reports(
+    args: argparse.Namespace,
+    rounds: dict[str, list[Measurement]],
+    medians: dict[str, Measurement],
+    summary: dict[str, Any],
+) -> None:
+    """The JSON report at `args.out` and the HTML page beside it."""
+    report = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "cpus": os.cpu_count(),
+        "results": [asdict(m) for m in medians.values()],
+        "rounds": {name: [asdict(m) for m in measured] for name, measured in rounds.items()},
+        "summary": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    # matplotlib (the benchmark group) loads only here: the table needs none of it.
+    from imdb_api.benchmark_report import html_page  # noqa: PLC0415
+
+    page = args.out.with_suffix(".html")
+    page.write_text(html_page(report))
+    print(f"report: {page}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -459,19 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["in_process_us"] = handler_costs(artifact, singles[0], batch[0], args.batch_size)
         print(render(medians, summary))
         if args.out is not None:
-            report = {
-                "settings": {
-                    k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                },
-                "cpus": os.cpu_count(),
-                "results": [asdict(m) for m in medians.values()],
-                "rounds": {
-                    name: [asdict(m) for m in measured] for name, measured in rounds.items()
-                },
-                "summary": summary,
-            }
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            write_reports(args, rounds, medians, summary)
     return 0
 
 
