@@ -350,8 +350,7 @@ class Api:
         if self.settings.debug_delay_s:
             await asyncio.sleep(self.settings.debug_delay_s)
         self.metrics.observe_batch(ratings)
-        payload = {"averageRatings": ratings.astype(np.float64), "modelVersion": self.state.version}
-        return Reply(200, orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+        return Reply(200, ratings_body(ratings, self.state.version))
 
     def _predict_columns(self, columns: dict[str, list[Any]]) -> Any:
         """Validated columns -> ratings through the trainer's columnar transform.
@@ -545,6 +544,12 @@ def _parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         hint = " (NaN and Infinity are not valid JSON)" if b"N" in body or b"I" in body else ""
         raise ApiError("invalid_json", f"the body is not valid JSON: {exc}{hint}") from None
+
+
+def ratings_body(ratings: Any, version: str) -> bytes:
+    """The JSON body of a batch answer: the ratings in order, and the model version."""
+    payload = {"averageRatings": ratings.astype(np.float64), "modelVersion": version}
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _feature_error(exc: FeatureError) -> list[dict[str, Any]]:

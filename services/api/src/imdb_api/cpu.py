@@ -22,16 +22,15 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-
-from imdb_api.app import Api, ApiError
+from imdb_api.app import Api, ApiError, ratings_body
 from imdb_api.model_state import ModelState
 from imdb_api.settings import Settings
 from imdb_api.validation import MovieValidator
 from imdb_model.features import transform_columns
 
 PROC: Path = Path("/proc")
+# Single-row handlers are timed in blocks of this many calls (a batch: one call per sample).
+SINGLE_BLOCK = 100
 
 
 def _ticks_per_second() -> int:
@@ -124,8 +123,7 @@ def handler_costs(
 
     def encode() -> bytes:
         api.metrics.observe_batch(ratings)
-        payload = {"averageRatings": ratings.astype(np.float64), "modelVersion": state.version}
-        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return ratings_body(ratings, state.version)
 
     figures = {
         "noop_us_per_request": lambda: request(api.noop, single),
@@ -141,10 +139,9 @@ def handler_costs(
     # Blocks of calls, interleaved, so that a slow spell of the machine hits every figure alike;
     # a block of one kind of call keeps the caches warm for it, as a stream of such requests does.
     samples: dict[str, list[float]] = {name: [] for name in [*figures, *steps]}
-    single_block = max(1, rows // 10)
     for _ in range(repeats):
         for name, work in figures.items():
-            calls = 1 if name.startswith("batch") else single_block
+            calls = 1 if name.startswith("batch") else SINGLE_BLOCK
             samples[name].append(elapsed_us(work, calls) / calls)
         for name, work in steps.items():
             samples[name].append(elapsed_us(work) / rows)
