@@ -53,14 +53,21 @@ def measurement(name: str, rps: float, rows: int = 1) -> benchmark.Measurement:
     return benchmark.Measurement(name, 32, rows, rps, rps * rows, 1.0, 2.0, 3.0, 0)
 
 
+def api_results(batch_rps: float) -> list[benchmark.Measurement]:
+    """The API's four scenarios: no-ops at 10k and 4k req/s, /predict at 9k, 1000-row batches."""
+    return [
+        measurement("api /noop", 10_000),
+        measurement("api /noop/fastapi", 4_000),
+        measurement("api /predict", 9_000),
+        measurement("api /predict/batch", batch_rps, 1000),
+    ]
+
+
 def test_summary_and_table_with_mlflow() -> None:
     results = {
         m.name: m
         for m in (
-            measurement("api /noop", 10_000),
-            measurement("api /noop/fastapi", 4_000),
-            measurement("api /predict", 9_000),
-            measurement("api /predict/batch", 600, 1000),
+            *api_results(600),
             measurement("mlflow /invocations (1 row)", 1_000),
             measurement("mlflow /invocations (batch)", 60, 1000),
         )
@@ -134,15 +141,7 @@ def test_cpu_figures_are_per_request_and_their_medians_skip_gaps() -> None:
 
 
 def test_the_batch_target_as_a_cpu_budget() -> None:
-    results = {
-        m.name: m
-        for m in (
-            measurement("api /noop", 10_000),
-            measurement("api /noop/fastapi", 4_000),
-            measurement("api /predict", 9_000),
-            measurement("api /predict/batch", 400, 1000),
-        )
-    }
+    results = {m.name: m for m in api_results(400)}
     assert "batch_cpu_budget_us_per_row" not in benchmark.summarize(results, cpus=2)
     results["api /predict/batch"].server_cpu_us = 4_500.0
     results["api /predict/batch"].loadgen_cpu_us = 500.0
@@ -157,13 +156,7 @@ def test_the_batch_target_as_a_cpu_budget() -> None:
 
 
 def test_the_html_page_escapes_and_does_without_cpu_figures() -> None:
-    results = [
-        measurement("api /noop", 10_000),
-        measurement("api /noop/fastapi", 4_000),
-        measurement("api /predict", 9_000),
-        measurement("api /predict/batch", 400, 1000),
-        measurement("<b>odd</b>", 10),
-    ]
+    results = [*api_results(400), measurement("<b>odd</b>", 10)]
     summary = benchmark.summarize({m.name: m for m in results[:4]})
     report = {"cpus": 2, "settings": {"workers": 2}, "summary": summary}
     report["results"] = [dataclasses.asdict(m) for m in results]
