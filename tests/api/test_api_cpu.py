@@ -112,3 +112,24 @@ def test_handler_costs_refuse_a_body_the_api_refuses(artifact: Path, tmp_path: P
         cpu.handler_costs(artifact, b"{}", json.dumps({"movies": []}).encode(), 1, repeats=1)
     with pytest.raises(RuntimeError, match="did not load"):
         cpu.handler_costs(tmp_path, good, good, 1, repeats=1)
+
+
+def test_cpu_during_counts_the_tree_and_the_reaped_load_generator() -> None:
+    burner = subprocess.Popen([sys.executable, "-c", BURN])
+    try:
+
+        def load() -> str:
+            subprocess.run([sys.executable, "-c", "sum(range(3_000_000))"], check=True)
+            time.sleep(0.5)
+            return "done"
+
+        result, (tree, reaped) = cpu.cpu_during(burner.pid, load)
+        assert result == "done"
+        assert tree is not None
+        assert tree > 0.2  # the burner ran all along
+        assert reaped > 0.01  # the child `load` ran and waited for
+        _, (gone, _) = cpu.cpu_during(424242424, lambda: None)
+        assert gone is None  # no such process: no figure, not a zero
+    finally:
+        burner.kill()
+        burner.wait()

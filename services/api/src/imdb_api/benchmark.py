@@ -33,10 +33,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from imdb_api.cpu import handler_costs, process_tree_cpu, reaped_children_cpu
+from imdb_api.cpu import cpu_during, handler_costs
 from imdb_api.mlflow_model import save
 
 TARGET_RATIO_NOOP: Final[float] = 0.8
@@ -455,26 +456,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for name, (script, connections, rows) in scripts.items():
                     server = name.split(" ", 1)[0]
-                    url = urls[server]
-                    server_before = process_tree_cpu(servers[server].pid)
-                    wrk_before = reaped_children_cpu()
-                    result = run_wrk(
+                    load = partial(
+                        run_wrk,
                         wrk,
-                        url,
+                        urls[server],
                         script,
                         connections=connections,
                         duration=args.duration,
                         threads=args.wrk_threads,
                     )
-                    server_after = process_tree_cpu(servers[server].pid)
-                    cpu = (
-                        (
-                            None
-                            if server_after is None or server_before is None
-                            else server_after - server_before
-                        ),
-                        reaped_children_cpu() - wrk_before,
-                    )
+                    result, cpu = cpu_during(servers[server].pid, load)
                     rounds[name].append(measure(name, result, connections, rows, cpu))
         finally:
             for process in servers.values():

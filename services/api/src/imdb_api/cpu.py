@@ -20,7 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imdb_api.app import Api, ApiError, ratings_body
 from imdb_api.model_state import ModelState
@@ -29,12 +29,13 @@ from imdb_api.validation import MovieValidator
 from imdb_model.features import transform_columns
 
 PROC: Path = Path("/proc")
+T = TypeVar("T")
 # Single-row handlers are timed in blocks of this many calls (a batch: one call per sample).
 SINGLE_BLOCK = 100
 
 
 def _ticks_per_second() -> int:
-    return os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return os.sysconf("SC_CLK_TCK")
 
 
 def process_tree_cpu(root: int, proc: Path = PROC) -> float | None:
@@ -68,6 +69,16 @@ def reaped_children_cpu() -> float:
     """CPU seconds of this process's children that have ended and been waited for (wrk)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def cpu_during(pid: int, work: Callable[[], T]) -> tuple[T, tuple[float | None, float]]:
+    """`work()`'s result, and the CPU seconds that `pid`'s process tree and this process's reaped
+    children (the load generator `work` ran and waited for) used meanwhile."""
+    tree_before, reaped_before = process_tree_cpu(pid), reaped_children_cpu()
+    result = work()
+    tree_after = process_tree_cpu(pid)
+    tree = None if tree_before is None or tree_after is None else tree_after - tree_before
+    return result, (tree, reaped_children_cpu() - reaped_before)
 
 
 def run_now(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -125,30 +136,28 @@ def handler_costs(
         api.metrics.observe_batch(ratings)
         return ratings_body(ratings, state.version)
 
-    figures = {
-        "noop_us_per_request": lambda: request(api.noop, single),
-        "predict_us_per_request": lambda: request(api.predict_one, single),
-        "batch_us_per_request": lambda: request(api.predict_batch, batch),
-    }
-    steps = {
-        "decode_and_check": lambda: validator.decode_columns(batch, settings.max_batch),
-        "transform": lambda: transform_columns(columns, predictor.schema),
-        "model": lambda: predictor.predict_matrix(features),
-        "encode_and_metrics": encode,
-    }
+    # name: (work, calls per sample, what one sample is divided by)
+    timed: dict[str, tuple[Callable[[], object], int, int]] = {
+        "noop_us_per_request": (lambda: request(api.noop, single), SINGLE_BLOCK, SINGLE_BLOCK),
+        "predict_us_per_request": (
+            lambda: request(api.predict_one, single), SINGLE_BLOCK, SINGLE_BLOCK,
+        ),
+        "batch_us_per_request": (lambda: request(api.predict_batch, batch), 1, 1),
+        "batch_decode_and_check_us_per_row": (
+            lambda: validator.decode_columns(batch, settings.max_batch), 1, rows,
+        ),
+        "batch_transform_us_per_row": (
+            lambda: transform_columns(columns, predictor.schema), 1, rows,
+        ),
+        "batch_model_us_per_row": (lambda: predictor.predict_matrix(features), 1, rows),
+        "batch_encode_and_metrics_us_per_row": (encode, 1, rows),
+    }  # fmt: skip
     # Blocks of calls, interleaved, so that a slow spell of the machine hits every figure alike;
     # a block of one kind of call keeps the caches warm for it, as a stream of such requests does.
-    samples: dict[str, list[float]] = {name: [] for name in [*figures, *steps]}
+    samples: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeats):
-        for name, work in figures.items():
-            calls = 1 if name.startswith("batch") else SINGLE_BLOCK
-            samples[name].append(elapsed_us(work, calls) / calls)
-        for name, work in steps.items():
-            samples[name].append(elapsed_us(work) / rows)
+        for name, (work, calls, per) in timed.items():
+            samples[name].append(elapsed_us(work, calls) / per)
     result = {name: round(statistics.median(values), 3) for name, values in samples.items()}
     result["batch_us_per_row"] = round(result["batch_us_per_request"] / rows, 3)
-    return {
-        **{name: result[name] for name in figures},
-        "batch_us_per_row": result["batch_us_per_row"],
-        **{f"batch_{name}_us_per_row": result[name] for name in steps},
-    }
+    return result
