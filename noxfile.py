@@ -34,6 +34,10 @@ nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).resolve().parent
+# Sessions write bytecode (into their virtualenvs and the gitignored __pycache__ folders) even
+# where the machine sets PYTHONDONTWRITEBYTECODE, as ours do: without it every process a test
+# starts compiles all it imports anew, and pytest's collection alone takes twice as long.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.path.insert(0, str(ROOT / "deploy" / "src"))  # the stage cache: stdlib only, tested there
 from imdb_deploy import stagecache  # noqa: E402
 
@@ -134,14 +138,20 @@ def reusable(
     stage.record_pass()
 
 
-def measured_pytest(session: nox.Session, *args: str) -> None:
+def measured_pytest(session: nox.Session, *args: str, engine: bool = False) -> None:
     """pytest under coverage, its data in the session's own reports/coverage/<session>/ (emptied
-    first; `coverage` combines them all); reused by a warm pipeline when nothing changed."""
+    first; `coverage` combines them all); reused by a warm pipeline when nothing changed.
+
+    `engine=True` first starts (or finds) the checkout's local engine and registry, which the
+    integration and images sessions of a run share.
+    """
     data_dir = COVERAGE_DIR / session.name
     with reusable(session, data_dir) as reused:
         if reused:
             return
         sync_locked(session, "test")
+        if engine:
+            session.run("python", "-m", "imdb_deploy.engine", "up")
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)
         session.run(
@@ -249,11 +259,9 @@ def security(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON_VERSIONS, tags=["ci", "tests", "pipeline"])
 def tests(session: nox.Session) -> None:
-    """Run the test suite under coverage on one Python version (posargs go to pytest)."""
-    integration = "images or sandbox or monitoring"  # their own sessions, on one Python
-    measured_pytest(
-        session, *(session.posargs or ["-m", f"not (gates or benchmark or {integration})"])
-    )
+    """The unit layer (tests/layers.py) under coverage on one Python, one worker per CPU
+    (posargs go to pytest: `-- -k features -x`, `-- -n 0` for one process)."""
+    measured_pytest(session, "--layer=unit", "--numprocesses=auto", *session.posargs)
 
 
 @nox.session(
@@ -292,9 +300,12 @@ def integration(session: nox.Session) -> None:
     """Integration tests of the delivery on one Python. Deploys: their own sandbox fleet (sshd,
     Podman, nginx per host), registry and releases; deploy, redeploy, rollback, the fault matrix,
     zero dropped requests. Monitoring: a real Prometheus and Pushgateway scraping a real API."""
+    # Two workers, each with a fleet of its own (tests/sandbox/conftest.py), modules kept whole:
+    # the deploys mostly wait (readiness, drains), so two fleets fit on two cores.
     measured_pytest(
-        session, "-m", "sandbox or monitoring", "-p", "no:cacheprovider", *session.posargs
-    )
+        session, "--layer=integration", "--numprocesses=2", "--dist=loadscope",
+        "-p", "no:cacheprovider", *session.posargs, engine=True,
+    )  # fmt: skip
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "tests"], default=False)
@@ -302,8 +313,9 @@ def gates(session: nox.Session) -> None:
     """Prove the gates can fail: inject faults into throw-away copies and run the sessions."""
     sync_locked(session, "test")
     session.run(
-        "pytest", "-m", "gates", "-p", "no:cacheprovider", *own_basetemp(session), *session.posargs
-    )
+        "pytest", "--layer=gates", "-p", "no:cacheprovider", *own_basetemp(session),
+        *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
@@ -378,7 +390,7 @@ def images(session: nox.Session) -> None:
         if baked and "MLOPS_ARTIFACT" not in os.environ:
             build.append(f"--artifact={baked}")
         session.run(*build, *session.posargs)
-        session.run("pytest", "-m", "images", "-p", "no:cacheprovider", *own_basetemp(session))
+        session.run("pytest", "--layer=images", "-p", "no:cacheprovider", *own_basetemp(session))
 
 
 def pushed_images_present(summary: Path) -> bool:
@@ -419,7 +431,7 @@ def benchmark(session: nox.Session) -> None:
         session.run("python", "-m", "imdb_trainer.benchmark", out, *args)
         return
     sync_locked(session, "test", "benchmark")
-    session.run("pytest", "-m", "benchmark", "-p", "no:cacheprovider", "tests/api")
+    session.run("pytest", "--layer=benchmark", "-p", "no:cacheprovider", "tests/api")
     session.run("python", "-m", "imdb_api.benchmark", out, *args)
 
 

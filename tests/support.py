@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,9 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import psutil
 import pytest
+import yaml
 
-from imdb_deploy.engine import podman, registry
+from imdb_deploy.engine import base_image, local, podman, registry
+from imdb_deploy.images import retention
+
+# Images the tests build and push live under this namespace of the shared registry, apart from
+# the releases of `make pipeline` (`<registry>/mlops-imdb-api`).
+TEST_NAMESPACE = "tests"
 
 
 def loopback(host: int) -> str:
@@ -83,3 +91,85 @@ def isolated_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolat
     finally:
         service.stop()
         local.stop()
+
+
+@dataclass(frozen=True)
+class SharedEngine:
+    """The checkout's local engine and registry (`nox -s engine -- up`), which the integration
+    and images sessions of a run share: one layer cache, one registry, one base image. What the
+    tests push goes under `<registry>/tests/<namespace>/`, apart from the pipeline's releases."""
+
+    client: docker.DockerClient
+    registry: str  # host:port
+    registry_storage: Path  # the registry's blobs, for tests that tamper with them
+    base_image: str
+    cache_dir: Path  # wheels and root file systems the builds keep
+
+    def namespace(self, name: str) -> str:
+        """`<registry>/tests/<name>`: what to give builds as their registry."""
+        return f"{self.registry}/{TEST_NAMESPACE}/{name}"
+
+    def clear(self, name: str, repositories: list[str]) -> None:
+        """Remove what earlier runs left in a namespace: the repositories' tags in the registry
+        (their blobs wait for its garbage collection) and their images in the engine (layers
+        that other images use stay). At the start of a run, never at its end: another test
+        worker may still deploy from them."""
+        remote = retention.RegistryClient(self.registry)
+        for repository in repositories:
+            name_in_registry = f"{TEST_NAMESPACE}/{name}/{repository}"
+            for tag in remote.tags(name_in_registry):
+                with contextlib.suppress(retention.RetentionError):
+                    remote.delete(name_in_registry, remote.manifest(name_in_registry, tag)[0])
+            local = f"{self.namespace(name)}/{repository}"
+            for image in self.client.images.list(name=local):
+                for tag in image.tags:
+                    if tag.startswith(local + ":"):
+                        with contextlib.suppress(docker.errors.DockerException):
+                            self.client.images.remove(tag)
+
+
+@contextlib.contextmanager
+def shared_engine() -> Iterator[SharedEngine]:
+    """Start or reuse the checkout's engine (the integration and images sessions start it
+    first; a plain pytest run starts it here), with the settings `engine up` reads."""
+    state = local.state_dir()
+    info = local.up(
+        state,
+        os.environ.get(local.REGISTRY_VAR, registry.DEFAULT_REGISTRY_ADDRESS),
+        os.environ.get(local.BASE_SOURCE_VAR),
+        storage_dir=(
+            Path(os.environ[local.STORAGE_DIR_VAR])
+            if os.environ.get(local.STORAGE_DIR_VAR)
+            else None
+        ),
+    )
+    client = docker.DockerClient(base_url=info.docker_host, timeout=900)
+    try:
+        yield SharedEngine(
+            client,
+            info.registry,
+            registry_storage(info.registry),
+            info.base_image,
+            base_image.default_cache_dir(),
+        )
+    finally:
+        client.close()
+
+
+def registry_storage(address: str) -> Path:
+    """Where the registry listening on `address` keeps its blobs, read from the configuration
+    its process serves (`docker-registry serve CONFIG`): another checkout's `engine up` may have
+    started the one that answers."""
+    host, _, port = address.rpartition(":")
+    for connection in psutil.net_connections(kind="tcp"):
+        local_address = connection.laddr
+        if (
+            connection.status == psutil.CONN_LISTEN
+            and connection.pid is not None
+            and local_address
+            and (local_address.ip, local_address.port) == (host, int(port))
+        ):
+            config = Path(psutil.Process(connection.pid).cmdline()[-1])
+            settings = yaml.safe_load(config.read_text())
+            return Path(settings["storage"]["filesystem"]["rootdirectory"])
+    raise AssertionError(f"no registry process listens on {address}")

@@ -16,6 +16,7 @@ from imdb_api.mlflow_model import save
 from imdb_model import verify_artifact
 
 
+@pytest.mark.integration
 def test_a_short_real_run_writes_the_table_and_json(
     artifact: Path,
     tmp_path: Path,

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import MOVIE, Reply, ServerProcess, http
+
+pytestmark = pytest.mark.integration
 
 StartServer = Callable[..., ServerProcess]
 

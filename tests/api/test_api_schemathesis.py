@@ -22,6 +22,10 @@ from imdb_api.app import Api
 
 from .conftest import make_api
 
+# A property-based sweep of the whole app (hundreds of generated requests, seconds per
+# operation): the contract does not depend on the Python version, so it runs once.
+pytestmark = pytest.mark.integration
+
 # Invalid input must get a 4xx; 413 included, the documented answer to a batch over maxItems.
 CONFIG = SchemathesisConfig.from_dict(
     {

@@ -144,12 +144,13 @@ def test_read_pins_missing_and_undecodable_files(tmp_path: Path) -> None:
 
 
 def test_empty_requirements_pass_and_say_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], pip_audit: None
+    tmp_path: Path, osv_dir: Path, capsys: pytest.CaptureFixture[str], pip_audit: None
 ) -> None:
     path = tmp_path / "r.txt"
     path.write_text("# no third-party dependency\n")
     report = tmp_path / "report.json"
-    assert audit.main(["--requirements", str(path), "--report", str(report)]) == 0
+    args = ["--requirements", str(path), "--report", str(report), "--osv-dir", str(osv_dir)]
+    assert audit.main(args) == 0
     assert "nothing to audit" in capsys.readouterr().out
     assert json.loads(report.read_text())["dependencies"] == []
 
@@ -205,6 +206,7 @@ def test_offline_audit_passes_clean_pins_in_several_passes(
     assert written["audit"]["passes"] == 2
 
 
+@pytest.mark.integration  # the real PyPA snapshot: seconds to load
 def test_the_real_advisory_database_flags_jinja2_2_10(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], require: Require, pip_audit: None
 ) -> None:

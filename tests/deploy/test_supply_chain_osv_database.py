@@ -320,6 +320,7 @@ def test_pure_python_yaml_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 # ---------------------------------------------------------------- the real advisory database
+# The PyPA snapshot (2,662 records, seconds to load) is a real part: these run in integration.
 
 
 @pytest.fixture(scope="module")
@@ -329,16 +330,19 @@ def advisory_db(require: Callable[[bool, str], None]) -> osv_database.OsvDatabas
     return load_database(directory)
 
 
+@pytest.mark.integration
 def test_real_database_loads_cleanly(advisory_db: osv_database.OsvDatabase) -> None:
     assert len(advisory_db.records) > 2000
     assert advisory_db.malformed == []
 
 
+@pytest.mark.integration
 def test_real_database_jinja2(advisory_db: osv_database.OsvDatabase) -> None:
     assert "PYSEC-2019-217" in ids(advisory_db.query("Jinja2", "2.10"))
     assert "PYSEC-2019-217" not in ids(advisory_db.query("jinja2", "2.10.1"))
 
 
+@pytest.mark.integration
 def test_real_database_skips_withdrawn(advisory_db: osv_database.OsvDatabase) -> None:
     withdrawn = advisory_db.get("PYSEC-2023-73")  # redis, withdrawn, "introduced: 0"
     assert withdrawn is not None

@@ -19,6 +19,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.integration
 def test_up_status_down(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

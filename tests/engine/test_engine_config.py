@@ -96,6 +96,7 @@ def test_a_cached_tarball_is_reused(tmp_path: Path) -> None:
     assert base_image.rootfs_tarball(recipe, tmp_path) == cached
 
 
+@pytest.mark.integration  # the real debootstrap, failing on a missing mirror
 def test_failing_debootstrap_is_reported_and_leaves_no_tarball(
     tmp_path: Path, require_tool: Callable[[str], str]
 ) -> None:

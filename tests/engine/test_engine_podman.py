@@ -17,6 +17,8 @@ import pytest
 
 from imdb_deploy.engine import base_image, podman, registry
 
+pytestmark = pytest.mark.integration
+
 DOCKERFILE = """\
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}

@@ -41,7 +41,7 @@ from tests.support import free_port
 
 from .conftest import load_rules, monitoring_stack, stack_on_free_ports, write_environment
 
-pytestmark = pytest.mark.monitoring
+pytestmark = pytest.mark.integration
 
 ENVIRONMENT = "monitoring-itest"
 # Bounded waits: the whole module stays well under a minute.

@@ -238,10 +238,10 @@ def test_a_process_that_never_gets_ready_is_stopped_after_the_timeout(
     make_stack: StackFactory, environments: list[Environment]
 ) -> None:
     # Long enough for the healthy stand-in to start on a busy machine (a fake Python process).
-    stack = make_stack(prometheus_mode="unready", timeout=4)
+    stack = make_stack(prometheus_mode="unready", timeout=2)
     started = time.monotonic()
     with pytest.raises(
-        MonitoringError, match=r"prometheus did not answer .*/-/ready within 4 s \(HTTP 503"
+        MonitoringError, match=r"prometheus did not answer .*/-/ready within 2 s \(HTTP 503"
     ):
         stack.up(environments)
     assert time.monotonic() - started < 15

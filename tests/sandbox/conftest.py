@@ -4,6 +4,7 @@ hosts (sshd, Podman storage and nginx each) with an environment file pointing at
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -12,7 +13,8 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import docker
@@ -20,20 +22,22 @@ import pytest
 
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import Orchestrator
-from imdb_deploy.engine import base_image
-from imdb_deploy.images import artifact, build, engine_client, metadata, services
+from imdb_deploy.images import artifact, build, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
-from tests.support import isolated_engine, loopback
+from imdb_model import verify_artifact
+from tests.support import SharedEngine, loopback, shared_engine
 
-# Addresses of the test fleet: apart from the sandbox environments' (127.0.0.1x, 127.0.0.2x).
-TEST_HOSTS = (("e2e-1", loopback(161)), ("e2e-2", loopback(162)))
+# Ports of the test fleets, on addresses apart from the sandbox environments' (test_hosts()).
 SSH_PORT = 2261
 HTTP_PORT = 8261
 APP_PORTS = {"blue": 8271, "green": 8272}
 # The environment passes this deployer variable to its containers as a secret.
 SECRET_VARIABLE = "MLOPS_E2E_TOKEN"
+# The test releases live under <registry>/tests/e2e/; the models of v1, v2 and the slow one.
+NAMESPACE = "e2e"
+SEEDS = (7, 8, 10)
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,40 @@ class Releases:
     slow: str  # a good release whose every prediction takes 150 ms: the benchmark gate fails
 
 
-def _derived_image(client: docker.DockerClient, base: str, tag: str, dockerfile: str) -> None:
-    """Build a one-layer image FROM `base` (the fault matrix's broken releases)."""
+def derived_image(
+    client: docker.DockerClient,
+    base: str,
+    tag: str,
+    dockerfile: str,
+    model: Path | None = None,
+) -> None:
+    """Build a thin image FROM `base`: `dockerfile`'s lines, with `model/` in the context."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         data = f"FROM {base}\n{dockerfile}".encode()
         info = tarfile.TarInfo("Dockerfile")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
+        if model is not None:
+            tar.add(model, arcname="model")
     context.seek(0)
     client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+
+
+def model_release(
+    client: docker.DockerClient, base: str, image: str, model: Path, extra: str = ""
+) -> str:
+    """Another release of `base`'s code: `model` as its own top layer, labelled with its
+    version, which is also its tag. Returns the version."""
+    version = metadata.api_version(verify_artifact(model).version)
+    labels = f'org.opencontainers.image.version="{version}" io.mlops-imdb.model.version="{version}"'
+    derived_image(
+        client, base, f"{image}:{version}",
+        f"USER 0\nRUN rm -rf /opt/model\nCOPY model/ /opt/model/\nUSER 10001:10001\n"
+        f"LABEL {labels}\n{extra}",
+        model=model,
+    )  # fmt: skip
+    return version
 
 
 MANIFEST_TYPES = ", ".join([
@@ -69,10 +97,10 @@ MANIFEST_TYPES = ", ".join([
 ])  # fmt: skip
 
 
-def corrupt_top_layer(address: str, storage: Path, tag: str) -> None:
+def corrupt_top_layer(address: str, storage: Path, repository: str, tag: str) -> None:
     """Flip bytes of the tag's newest layer in the registry's own files, as an attacker with
     access to its storage would: the registry still serves it, the digest no longer matches."""
-    url = f"http://{address}/v2/{services.SERVICES['api'].repository}/manifests/{tag}"
+    url = f"http://{address}/v2/{repository}/manifests/{tag}"
     request = urllib.request.Request(url, headers={"Accept": MANIFEST_TYPES})
     with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
         digest = json.loads(reply.read())["layers"][-1]["digest"].removeprefix("sha256:")
@@ -82,68 +110,97 @@ def corrupt_top_layer(address: str, storage: Path, tag: str) -> None:
     blob.write_bytes(bytes(data))
 
 
+def build_releases(engine: SharedEngine, repo_root: Path, work: Path) -> Releases:
+    """The releases of the fault matrix, in the shared engine and registry: one API image built
+    as `nox -s images` builds it (its layers cached there), the others thin layers over it
+    (another model, a setting, a fault), as a release that differs only by those would be."""
+    client, namespace = engine.client, engine.namespace(NAMESPACE)
+    engine.clear(NAMESPACE, ["mlops-imdb-api"])  # what earlier runs left
+    with ThreadPoolExecutor(max_workers=3) as pool:  # seed 9 trains a model its gate rejects
+        trained = dict(zip(SEEDS, pool.map(lambda seed: demo(work, seed), SEEDS), strict=True))
+    built = build.build_service(
+        client, repo_root, services.SERVICES["api"], PLATFORMS["linux/amd64"],
+        base_image=engine.base_image, revision=metadata.git_revision(repo_root),
+        cache_dir=engine.cache_dir, registry=namespace, artifact=trained[7],
+    )  # fmt: skip
+    image, v1 = built.reference.rpartition(":")[0], built.version
+    base = f"{image}:{v1}"
+    v2 = model_release(client, base, image, trained[8])
+    # A good model, slowed down, under its own version (it passes the smoke test).
+    slow = model_release(client, base, image, trained[10], "ENV IMDB_API_DEBUG_DELAY_S=0.15")
+    faults = {
+        "never-ready": 'ENTRYPOINT ["sleep", "infinity"]',
+        "tampered": "USER 0\nRUN echo tampered >> /opt/model/model.onnx\nUSER 10001",
+        "mislabelled": "LABEL io.mlops-imdb.note=mislabelled",
+        # A layer of its own, unlike any earlier run's: the registry keeps blobs by digest.
+        "corrupt": "USER 0\nRUN echo " + secrets.token_hex(8) + " > /opt/.corrupt-me\nUSER 10001",
+    }
+    for name, dockerfile in faults.items():
+        derived_image(client, base, f"{image}:{v1}-{name}", dockerfile)
+    build.push(client, [f"{image}:{tag}" for tag in (v1, v2, slow, *(f"{v1}-{n}" for n in faults))])
+    repository = image.partition("/")[2]
+    corrupt_top_layer(engine.registry, engine.registry_storage, repository, f"{v1}-corrupt")
+    return Releases(
+        engine.registry, image, v1, v2,
+        f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", f"{v1}-corrupt", slow,
+    )  # fmt: skip
+
+
+def demo(work: Path, seed: int) -> Path:
+    return artifact.demo_artifact(work / f"artifact-{seed}", seed=seed)
+
+
+def worker_index() -> int:
+    """0, 1, ... for pytest-xdist's workers gw0, gw1, ...; 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
+def test_hosts() -> tuple[tuple[str, str], ...]:
+    """This worker's two hosts: each test worker deploys to a fleet of its own."""
+    first = 161 + 2 * worker_index()
+    return (("e2e-1", loopback(first)), ("e2e-2", loopback(first + 1)))
+
+
 @pytest.fixture(scope="session")
 def releases(
     tmp_path_factory: pytest.TempPathFactory,
     require_tool: Callable[[str], str],
     repo_root: Path,
-) -> Iterator[Releases]:
+) -> Releases:
+    """Built once per run: the first test worker to ask builds them, the others read what it
+    recorded (under the run's temporary directory, which the workers share)."""
     for tool in ("podman", "runc", "docker-registry", "sshd", "nginx", "curl", "flock"):
         require_tool(tool)
-    with isolated_engine(tmp_path_factory) as engine:
-        client, address = engine.client, engine.registry
-        cache = base_image.default_cache_dir()
-        amd64 = PLATFORMS["linux/amd64"]
-        base = engine_client.ensure_platform_base(client, amd64, "debootstrap", cache)
-        revision = metadata.git_revision(repo_root)
-        versions = []
-        for seed in (7, 8, 10):  # seed 9 trains a model its own gate rejects
-            trained = artifact.demo_artifact(tmp_path_factory.mktemp(f"artifact{seed}"), seed=seed)
-            built = build.build_service(
-                client, repo_root, services.SERVICES["api"], amd64, base_image=base,
-                revision=revision, cache_dir=cache, registry=address, artifact=trained,
-            )  # fmt: skip
-            build.push(client, built.tags[:1])
-            versions.append(built.version)
-        image = metadata.repository(address, services.SERVICES["api"].repository)
-        v1, v2, slow = versions
-        # The third model, slowed down, under its own version tag (it passes the smoke test).
-        _derived_image(client, f"{image}:{slow}", f"{image}:{slow}",
-                       "ENV IMDB_API_DEBUG_DELAY_S=0.15")  # fmt: skip
-        build.push(client, [f"{image}:{slow}"])
-        broken = {
-            "never-ready": 'ENTRYPOINT ["sleep", "infinity"]',
-            "tampered": "USER 0\nRUN echo tampered >> /opt/model/model.onnx\nUSER 10001",
-            "mislabelled": "LABEL io.mlops-imdb.note=mislabelled",
-        }
-        for name, dockerfile in broken.items():
-            tag = f"{image}:{v1}-{name}"
-            _derived_image(client, f"{image}:{v1}", tag, dockerfile)
-            build.push(client, [tag])
-        corrupt = f"{v1}-corrupt"
-        own_layer = "USER 0\nRUN echo a layer of its own > /opt/.corrupt-me\nUSER 10001"
-        _derived_image(client, f"{image}:{v1}", f"{image}:{corrupt}", own_layer)
-        build.push(client, [f"{image}:{corrupt}"])
-        corrupt_top_layer(engine.registry, engine.registry_storage, corrupt)
-        yield Releases(
-            address, image, v1, v2,
-            f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", corrupt, slow,
-        )  # fmt: skip
+    run = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        run = run.parent
+    record = run / "releases.json"
+    with (run / "releases.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.is_file():
+            return Releases(**json.loads(record.read_text()))
+        with shared_engine() as engine:
+            built = build_releases(engine, repo_root, run / "releases")
+        record.write_text(json.dumps(asdict(built)))
+        return built
 
 
 def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> str:
     """A sandbox environment on the test fleet; `overrides` replace whole sections."""
     hosts = "".join(
         f'\n[[hosts]]\nname = "{name}"\naddress = "{address}"\napp_bind = "{address}"\n'
-        for name, address in TEST_HOSTS
+        for name, address in test_hosts()
     )
     settings = {
         "lock": "ttl_s = 8\nheartbeat_s = 2",
-        "readiness": "passes = 3\ninterval_s = 0.2\ntimeout_s = 15",
+        # A release that never gets ready costs the whole timeout: 10 s is still several times
+        # what a good one takes here (about 1.5 s from start to ready).
+        "readiness": "passes = 3\ninterval_s = 0.2\ntimeout_s = 10",
         "drain": "seconds = 1",
         # Loose p95 tolerance: the tests share two cores with everything else; the slow release
-        # is 150 ms per prediction, far beyond it.
-        "benchmark": "seconds = 2\nconnections = 2\np95_tolerance = 1.0\np95_slack_ms = 25\n"
+        # is 150 ms per prediction, far beyond it. One second per measurement (a deploy measures
+        # twice): hundreds of answers from a good release, a dozen from the slow one.
+        "benchmark": "seconds = 1\nconnections = 2\np95_tolerance = 1.0\np95_slack_ms = 25\n"
         "min_requests = 10",
     }
     settings.update(overrides)
@@ -207,6 +264,46 @@ class Sandbox:
             with reply:
                 versions.append(json.loads(reply.read())["version"])
         return versions
+
+    def ensure_live(self, version: str) -> None:
+        """Start a case from a known state: `version` live on every host."""
+        if self.served_versions() != [version] * len(self.environment.hosts):
+            deployer = self.orchestrator()
+            try:
+                deployer.deploy(version)
+            finally:
+                deployer.close()
+        assert self.served_versions() == [version] * len(self.environment.hosts)
+
+    def live_and_other(self) -> tuple[str, str]:
+        """The good version every host serves and the other one. A case that only needs a
+        change to deploy starts from whichever is live, instead of paying a deploy (about
+        10 s) to reach v1 first."""
+        v1, v2 = self.releases.v1, self.releases.v2
+        served = set(self.served_versions())
+        if served not in ({v1}, {v2}):
+            self.ensure_live(v1)
+            served = {v1}
+        live = v1 if served == {v1} else v2
+        return live, v2 if live == v1 else v1
+
+    def last_audit(self) -> dict[str, object]:
+        deployer = self.orchestrator()
+        try:
+            return deployer.audit_log(1)[-1]
+        finally:
+            deployer.close()
+
+    def assert_settled(self, version: str, result: str) -> None:
+        """One version served everywhere, no lock held, and the audit says how it ended."""
+        assert self.served_versions() == [version] * len(self.environment.hosts)
+        deployer = self.orchestrator()
+        try:
+            assert deployer.lock_info() is None
+            entry = deployer.audit_log(1)[-1]
+        finally:
+            deployer.close()
+        assert entry["result"] == result, entry
 
 
 @pytest.fixture(scope="session")

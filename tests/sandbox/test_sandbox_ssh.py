@@ -34,7 +34,7 @@ from imdb_deploy.sandbox import Fleet, SandboxHost
 from imdb_deploy.sandbox import fleet as fleet_module
 from tests.support import free_port, loopback
 
-pytestmark = pytest.mark.sandbox
+pytestmark = pytest.mark.integration
 
 PORT = 2299
 

@@ -10,6 +10,7 @@ import pytest
 from imdb_trainer.benchmark import main
 
 
+@pytest.mark.integration
 def test_benchmark_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.json"
     argv = ["--rows", "6000", "--out", str(out), "--threads", "1", "--enforce"]

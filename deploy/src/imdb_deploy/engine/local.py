@@ -6,8 +6,11 @@ State (sockets, PID files, logs, the registry's storage) lives under one directo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,8 +48,28 @@ def up(
 ) -> EngineInfo:
     """Find or start the engine, start the registry, make sure the base image is there.
 
-    `storage_dir` gives a started Podman its own image storage instead of the machine's.
+    `storage_dir` gives a started Podman its own image storage instead of the machine's. Calls
+    for one directory take turns (two sessions, or two test workers, may ask at once).
     """
+    with _exclusive(directory):
+        return _up(directory, registry_address, base_source, use_existing_docker, storage_dir)
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "up.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _up(
+    directory: Path,
+    registry_address: str,
+    base_source: str | None,
+    use_existing_docker: bool,
+    storage_dir: Path | None,
+) -> EngineInfo:
     engine = podman.find_docker_engine() if use_existing_docker else None
     if engine is None:
         service = podman.PodmanService(directory, storage_dir=storage_dir)

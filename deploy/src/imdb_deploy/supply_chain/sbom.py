@@ -18,10 +18,12 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
+
+if TYPE_CHECKING:
+    from cyclonedx.validation.json import JsonStrictValidator
 
 MAX_SCHEMA_ERRORS = 20
 # CycloneDX has a JSON schema from 1.2 on.
@@ -34,6 +36,10 @@ JSON_SPEC_VERSIONS = sorted(
 
 @cache
 def _validator(version: SchemaVersion) -> JsonStrictValidator:
+    # Imported on first use: its jsonschema import builds dozens of grammars (about 3 s), which
+    # every command importing this module (the deploy CLI and fab among them) would pay.
+    from cyclonedx.validation.json import JsonStrictValidator  # noqa: PLC0415
+
     return JsonStrictValidator(version)
 
 
