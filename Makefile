@@ -12,6 +12,8 @@ export PYENV_VERSION ?= $(shell command -v pyenv >/dev/null && pyenv versions --
 # advisory snapshot beside the clone. Set OSV_OFFLINE_DIR= (empty) to audit online instead.
 export OSV_OFFLINE_DIR ?= $(abspath $(wildcard $(CURDIR)/../shared/data/pypa-advisory-db/vulns))
 NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
+# The long runs end with a table of each session's wall time (from nox's report); nox's exit status stays.
+TIMED = PYTHONPATH=deploy/src $(TOOLS)/bin/python -m imdb_deploy.session_times --report=reports/sessions-$@.json --
 
 .PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy rollback status report prune sessions clean
 
@@ -29,16 +31,16 @@ system-packages: ## Install the Debian packages behind the real parts (podman, r
 # A warm pipeline reuses each stage that already passed on exactly the same inputs (MLOPS_STAGE_CACHE=0 reruns all).
 pipeline: export MLOPS_STAGE_CACHE ?= 1
 pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
-	$(NOX) -t pipeline --stop-on-first-error
+	$(TIMED) $(NOX) -t pipeline --stop-on-first-error
 
 ci: $(UV) system-packages ## Everything GitHub CI runs: quality, tests on all Pythons, coverage, gates, sbom, images
-	$(NOX) -t ci
+	$(TIMED) $(NOX) -t ci
 
 check: $(UV) system-packages ## The CI steps that are not tests: lint, typecheck, security, sbom, images
-	$(NOX) -t quality build
+	$(TIMED) $(NOX) -t quality build
 
 test: $(UV) system-packages ## Tests on Python 3.10-3.13, combined coverage gate, fault-injection gates
-	$(NOX) -t tests
+	$(TIMED) $(NOX) -t tests
 
 lint: $(UV) ## ruff, black, hadolint, workflow checks
 	$(NOX) -s lint

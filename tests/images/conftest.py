@@ -1,6 +1,7 @@
-"""Session fixtures for the image integration tests: one isolated Podman engine (own storage), a
-registry on a free loopback port, a demo model artifact, and one built pair of images (API +
-trainer) per session."""
+"""Session fixtures for the image tests: the engine and registry that `nox -s images` has just
+built the release images in (the run's shared engine), a demo model artifact, and one pair of
+images (API + trainer) built there again with a secret in the build's environment: the layers
+the release build made are cached, so only what differs (the model) is built anew."""
 
 from __future__ import annotations
 
@@ -15,21 +16,28 @@ import docker
 import pytest
 
 from imdb_deploy.engine import base_image
-from imdb_deploy.images import artifact, build, engine_client, metadata, services
+from imdb_deploy.images import artifact, build, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
-from tests.support import isolated_engine
+from tests.support import shared_engine
 
 SECRET_VARIABLE = "MLOPS_RELEASE_TOKEN"
 
 
+# What these tests push goes under <registry>/tests/images/.
+NAMESPACE = "images"
+REPOSITORIES = ["mlops-imdb-api", "mlops-imdb-trainer", "mlops-imdb-retention"]
+
+
 @dataclass(frozen=True)
 class ImageEngine:
-    """An isolated engine and registry for this session."""
+    """The shared engine, and the registry namespace of these tests."""
 
     client: docker.DockerClient
-    registry: str
+    registry: str  # host:port
+    namespace: str  # <registry>/tests/images: what builds get as their registry
     cache_dir: Path
     revision: metadata.Revision
+    base: str
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,15 @@ def image_engine(
         require_tool(tool)
     if not (base_image.default_cache_dir() / base_image.RootfsRecipe().tarball_name()).exists():
         require_tool("debootstrap")
-    with isolated_engine(tmp_path_factory) as engine:
+    with shared_engine() as engine:
+        engine.clear(NAMESPACE, REPOSITORIES)  # what earlier runs left
         yield ImageEngine(
             engine.client,
             engine.registry,
-            base_image.default_cache_dir(),
+            engine.namespace(NAMESPACE),
+            engine.cache_dir,
             metadata.git_revision(repo_root),
+            engine.base_image,
         )
 
 
@@ -86,17 +97,15 @@ def image_session(
     os.environ[SECRET_VARIABLE] = secret
     try:
         amd64 = PLATFORMS["linux/amd64"]
-        base = engine_client.ensure_platform_base(
-            client, amd64, "debootstrap", image_engine.cache_dir
-        )
+        base = image_engine.base
         built = {}
         for name in ("api", "trainer"):
             built[name] = build.build_service(
                 client, repo_root, services.SERVICES[name], amd64, base_image=base,
                 revision=image_engine.revision, cache_dir=image_engine.cache_dir,
-                registry=image_engine.registry, artifact=demo_artifact,
+                registry=image_engine.namespace, artifact=demo_artifact,
             )  # fmt: skip
-            print(f"\nbuilt {name} in {built[name].seconds:.1f} s (own storage, no layer cache)")
+            print(f"\nbuilt {name} in {built[name].seconds:.1f} s (the release build's cache)")
         yield ImageSession(
             image_engine, demo_artifact, built["api"], built["trainer"], secret, base
         )

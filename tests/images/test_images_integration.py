@@ -1,4 +1,4 @@
-"""The real images on an isolated Podman engine: healthy, same predictions as the in-process
+"""The real images in the run's shared engine: healthy, same predictions as the in-process
 model, non-root on a read-only root file system, no secret in any layer, pushed, pruned, and a
 code change that rebuilds only the project layers.
 
@@ -207,7 +207,7 @@ def test_code_change_rebuilds_only_the_project_layers(
     rebuilt = build.build_service(
         image_session.client, copy, services.SERVICES["api"], PLATFORMS["linux/amd64"],
         base_image=image_session.base, revision=image_session.engine.revision,
-        cache_dir=image_session.engine.cache_dir, registry=image_session.engine.registry,
+        cache_dir=image_session.engine.cache_dir, registry=image_session.engine.namespace,
         artifact=image_session.artifact,
     )  # fmt: skip
     print(f"\nrebuild after a one-line change: {rebuilt.seconds:.1f} s")
@@ -231,10 +231,12 @@ def test_push_and_retention_in_engine_and_registry(
     digests = build.push(client, image_session.api.tags)
     assert set(digests) == set(image_session.api.tags)
     remote = retention.RegistryClient(image_session.engine.registry)
-    assert set(remote.tags("mlops-imdb-api")) >= {t.rpartition(":")[2] for t in digests}
+    prefix = image_session.engine.namespace.partition("/")[2]  # tests/images
+    api, throwaway = f"{prefix}/mlops-imdb-api", f"{prefix}/mlops-imdb-retention"
+    assert set(remote.tags(api)) >= {t.rpartition(":")[2] for t in digests}
 
     # Four tiny releases of a throw-away repository, one a day.
-    repo = f"{image_session.engine.registry}/mlops-imdb-retention"
+    repo = f"{image_session.engine.namespace}/mlops-imdb-retention"
     for day in range(1, 5):
         (tmp_path / "Dockerfile").write_text(
             f"FROM {image_session.base}\n"
@@ -250,8 +252,8 @@ def test_push_and_retention_in_engine_and_registry(
     left = {t.rpartition(":")[2] for i in client.images.list(name=repo) for t in i.tags}
     assert left == {"v1", "sha1", "v3", "sha3", "v4", "sha4"}
 
-    gone = retention.prune_registry(remote, "mlops-imdb-retention", keep=2, protected={"v1"})
+    gone = retention.prune_registry(remote, throwaway, keep=2, protected={"v1"})
     assert [r.version for r in gone] == ["v2"]
-    assert set(remote.tags("mlops-imdb-retention")) == {"v1", "sha1", "v3", "sha3", "v4", "sha4"}
+    assert set(remote.tags(throwaway)) == {"v1", "sha1", "v3", "sha3", "v4", "sha4"}
     # The API release is untouched by pruning another repository.
-    assert remote.tags("mlops-imdb-api")
+    assert remote.tags(api)

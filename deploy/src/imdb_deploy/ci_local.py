@@ -1,0 +1,355 @@
+"""Run the CI workflow's jobs on this machine as GitHub's runners run them.
+
+    python -m imdb_deploy.ci_local --user runner [--session NAME ...] [--set NAME=VALUE ...]
+
+GitHub runs each job of `.github/workflows/ci.yml` on a fresh machine, as a non-root user with
+passwordless sudo, from a fresh checkout. This does the same here, job by job, in the order of
+their `needs`: as the given user, in a new clone of the repository's committed HEAD, with the
+workflow's, job's and step's environment (expressions evaluated), `CI=true`, `GITHUB_OUTPUT`
+and `GITHUB_STEP_SUMMARY` files. The actions the workflow uses become their local equivalents:
+
+    actions/checkout               git clone of HEAD into the job's workspace
+    actions/setup-python           /opt/hostedtoolcache/Python/<version>*/x64/bin on PATH
+                                   (where GitHub's tool cache keeps them; --tool-cache elsewhere)
+    astral-sh/setup-uv             the pinned uv installed into the user's home, on PATH
+    actions/upload-artifact        the files copied into the run's artifact store
+    actions/download-artifact      copied back (by name or pattern, merged)
+
+`--set NAME=VALUE` overrides a variable for every step, for what this machine cannot do that
+GitHub's can (reach Docker Hub or the OSV service): each override is printed. The exit status
+is 0 when every job passed. Must run as root (it clones as, and runs steps as, `--user`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+WORKFLOW = Path(".github/workflows/ci.yml")
+TOOL_CACHE = Path("/opt/hostedtoolcache/Python")
+EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
+
+
+class WorkflowError(RuntimeError):
+    """The workflow uses something this runner does not emulate, or a job cannot start."""
+
+
+@dataclass
+class Context:
+    """What expressions can see: env, matrix, the finished jobs' outputs and results."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    matrix: dict[str, str] = field(default_factory=dict)
+    needs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def value(self, expression: str) -> Any:
+        """The value of one `${{ }}` expression, for the forms this workflow uses."""
+        expression = expression.strip()
+        if match := re.fullmatch(r"fromJSON\((.+)\)", expression):
+            return json.loads(str(self.value(match.group(1))))
+        if match := re.fullmatch(r"contains\((.+),\s*([\w.]+)\)", expression):
+            return self.value(match.group(2)) in self.value(match.group(1))
+        if match := re.fullmatch(r"join\(needs\.\*\.result,\s*'(.*)'\)", expression):
+            return match.group(1).join(str(job["result"]) for job in self.needs.values())
+        if match := re.fullmatch(r"(env|matrix)\.(\w+)", expression):
+            scope = self.env if match.group(1) == "env" else self.matrix
+            return scope[match.group(2)]
+        if match := re.fullmatch(r"needs\.([\w-]+)\.outputs\.(\w+)", expression):
+            return self.needs[match.group(1)]["outputs"][match.group(2)]
+        if expression in {"always()", "github.workflow", "github.ref"}:
+            return True if expression == "always()" else expression
+        raise WorkflowError(f"expression not emulated here: ${{{{ {expression} }}}}")
+
+    def render(self, text: Any) -> Any:
+        """A string with its expressions replaced (a whole-string expression keeps its type)."""
+        if not isinstance(text, str):
+            return text
+        whole = EXPRESSION.fullmatch(text.strip())
+        if whole:
+            found = self.value(whole.group(1))
+            return found if not isinstance(found, bool) else str(found).lower()
+        return EXPRESSION.sub(lambda m: _text(self.value(m.group(1))), text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def job_order(jobs: Mapping[str, Any]) -> list[str]:
+    """The jobs in an order that respects `needs`."""
+    done: list[str] = []
+    waiting = dict(jobs)
+    while waiting:
+        ready = [name for name, job in waiting.items() if all(need in done for need in _needs(job))]
+        if not ready:
+            raise WorkflowError(f"jobs whose needs never finish: {sorted(waiting)}")
+        for name in ready:
+            done.append(name)
+            del waiting[name]
+    return done
+
+
+def _needs(job: Mapping[str, Any]) -> list[str]:
+    needs = job.get("needs") or []
+    return [needs] if isinstance(needs, str) else list(needs)
+
+
+@dataclass
+class Runner:
+    """Runs jobs as `user` under `root` (workspaces, home, artifacts)."""
+
+    repo: Path
+    user: str
+    root: Path
+    overrides: dict[str, str]
+    tool_cache: Path = TOOL_CACHE
+    echo: Callable[[str], None] = print
+    artifacts: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.artifacts = self.root / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+
+    def as_user(self, command: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
+        """Run `command` as the runner's user with exactly `env`; its exit status."""
+        sudo = ["sudo", "--user", self.user, "--set-home", "--", "env", "-i"]
+        pairs = [f"{name}={value}" for name, value in env.items()]
+        return subprocess.call([*sudo, *pairs, *command], cwd=cwd)  # noqa: S603
+
+    def give(self, path: Path) -> bool:
+        """Make `path` (and what is below it) the runner's user's."""
+        chown = ["chown", "-R", self.user, str(path)]
+        return subprocess.run(chown, check=False).returncode == 0  # noqa: S603
+
+    def home(self) -> Path:
+        return Path(f"~{self.user}").expanduser()
+
+    def run_job(self, name: str, job: Mapping[str, Any], context: Context) -> dict[str, Any]:
+        """Every step of one job (one matrix entry); its result and outputs."""
+        workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        output = workspace.parent / f"{workspace.name}.output"
+        summary = workspace.parent / f"{workspace.name}.summary"
+        for path in (workspace, output, summary):
+            path.touch()
+            if not self.give(path):
+                raise WorkflowError(f"cannot give {path} to {self.user}")
+        paths: list[str] = []
+        base = {
+            "CI": "true",
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_WORKSPACE": str(workspace),
+            "GITHUB_OUTPUT": str(output),
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "HOME": str(self.home()),
+            "LANG": "C.UTF-8",
+            "RUNNER_TEMP": str(self.root),
+            "USER": self.user,
+        }
+        failed = False
+        for index, step in enumerate(job.get("steps", []), start=1):
+            label = step.get("name") or step.get("uses") or step.get("run", "").splitlines()[0]
+            condition = step.get("if")
+            if failed and not (condition and context.value(condition) is True):
+                self.echo(f"  [{name}] skipped: {label}")
+                continue
+            env = {**base, **context.env}
+            env.update({k: str(context.render(v)) for k, v in (step.get("env") or {}).items()})
+            env.update(self.overrides)
+            env["PATH"] = os.pathsep.join([*paths, "/usr/local/bin", "/usr/bin", "/bin"])
+            started = time.monotonic()
+            if "uses" in step:
+                ok = self.action(step, context, workspace, paths, env)
+            else:
+                script = str(context.render(step["run"]))
+                command = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+                ok = self.as_user(command, env, workspace) == 0
+            seconds = time.monotonic() - started
+            self.echo(f"  [{name}] {'ok' if ok else 'FAILED'} ({seconds:.0f} s) {index}: {label}")
+            failed = failed or not ok
+        outputs = {key: _step_output(v, output) for key, v in (job.get("outputs") or {}).items()}
+        return {"result": "failure" if failed else "success", "outputs": outputs}
+
+    def action(
+        self,
+        step: Mapping[str, Any],
+        context: Context,
+        workspace: Path,
+        paths: list[str],
+        env: Mapping[str, str],
+    ) -> bool:
+        """The local equivalent of one `uses:` step."""
+        action = str(step["uses"]).split("@", 1)[0]
+        given = {k: context.render(v) for k, v in (step.get("with") or {}).items()}
+        emulated = {
+            "actions/checkout": self.checkout,
+            "actions/setup-python": self.setup_python,
+            "astral-sh/setup-uv": self.setup_uv,
+            "actions/upload-artifact": self.upload,
+            "actions/download-artifact": self.download,
+        }
+        if action not in emulated:
+            raise WorkflowError(f"action not emulated here: {action}")
+        return emulated[action](given, workspace, paths, env)
+
+    def checkout(
+        self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
+    ) -> bool:
+        clone = ["git", "clone", "--quiet", "--no-local", str(self.repo), str(workspace)]
+        return self.as_user(clone, env, self.root) == 0
+
+    def setup_python(
+        self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
+    ) -> bool:
+        for version in str(given["python-version"]).split():
+            found = sorted(self.tool_cache.glob(f"{version}*/x64/bin"))
+            if not found:
+                raise WorkflowError(f"no Python {version} in {self.tool_cache}")
+            paths.insert(0, str(found[-1]))
+        return True
+
+    def setup_uv(
+        self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
+    ) -> bool:
+        venv = self.home() / f".ci-local/uv-{given['version']}"
+        if not (venv / "bin" / "uv").exists():
+            python = shutil.which("python3", path=os.pathsep.join(paths)) or "python3"
+            make = [python, "-m", "venv", str(venv)]
+            install = [str(venv / "bin/pip"), "install", "-q", f"uv=={given['version']}"]
+            if self.as_user(make, env, self.root) or self.as_user(install, env, self.root):
+                return False
+        paths.insert(0, str(venv / "bin"))
+        return True
+
+    def upload(
+        self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
+    ) -> bool:
+        # As GitHub keeps them: a directory's contents, or the one file by its name.
+        source = workspace / str(given["path"])
+        if not source.exists():
+            return bool(given.get("if-no-files-found") == "ignore")
+        target = self.artifacts / str(given["name"])
+        shutil.rmtree(target, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.mkdir(parents=True)
+            shutil.copy2(source, target / source.name)
+        return True
+
+    def download(
+        self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
+    ) -> bool:
+        pattern = str(given.get("pattern") or given.get("name"))
+        destination = workspace / str(given["path"])
+        names = [p.name for p in self.artifacts.iterdir() if fnmatch.fnmatch(p.name, pattern)]
+        if not names:
+            self.echo(f"    no artifact matches {pattern}")
+            return False
+        for artifact in names:
+            shutil.copytree(self.artifacts / artifact, destination, dirs_exist_ok=True)
+        return self.give(destination)
+
+
+def _step_output(value: str, output: Path) -> str:
+    """A job output `${{ steps.ID.outputs.NAME }}`: the NAME line the steps wrote."""
+    match = re.fullmatch(r"\$\{\{\s*steps\.[\w-]+\.outputs\.(\w+)\s*\}\}", value.strip())
+    if match is None:
+        raise WorkflowError(f"job output not emulated here: {value}")
+    for line in output.read_text().splitlines():
+        key, _, found = line.partition("=")
+        if key == match.group(1):
+            return found
+    return ""
+
+
+def run_workflow(
+    runner: Runner, workflow: Mapping[str, Any], sessions: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every job in `needs` order, each matrix entry on its own; the jobs' results."""
+    jobs = workflow["jobs"]
+    results: dict[str, dict[str, Any]] = {}
+    for name in job_order(jobs):
+        job = jobs[name]
+        context = Context(
+            env={k: str(v) for k, v in {**workflow.get("env", {}), **job.get("env", {})}.items()},
+            needs={need: results[need] for need in _needs(job)},
+        )
+        needs_passed = all(r["result"] == "success" for r in context.needs.values())
+        runs = context.value(job["if"]) is True if "if" in job else needs_passed
+        if not runs:
+            results[name] = {"result": "skipped", "outputs": {}}
+            runner.echo(f"job {name}: skipped (a job it needs did not pass)")
+            continue
+        matrix = (job.get("strategy") or {}).get("matrix") or {}
+        entries: list[dict[str, str]] = [{}]
+        for key, values in matrix.items():
+            listed = context.render(values)
+            entries = [{**entry, key: item} for entry in entries for item in listed]
+        ran = []
+        for entry in entries:
+            if sessions is not None and entry.get("session") not in (sessions | {None}):
+                runner.echo(f"{name} {entry}: not asked for, skipped")
+                continue
+            context.matrix = entry
+            runner.echo(f"job {name} {json.dumps(entry) if entry else ''}".rstrip())
+            ran.append(runner.run_job(name, job, context))
+        failed = [r for r in ran if r["result"] != "success"]
+        results[name] = {
+            "result": "failure" if failed else "success",
+            "outputs": ran[0]["outputs"] if ran else {},
+        }
+        runner.echo(f"job {name}: {results[name]['result']}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m imdb_deploy.ci_local", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--user", required=True, help="the non-root user with passwordless sudo")
+    parser.add_argument("--session", action="append", help="only these matrix sessions")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--tool-cache", type=Path, default=TOOL_CACHE)
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    parser.add_argument("--repo", type=Path, default=Path.cwd())
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root: jobs run as --user, workspaces are made and cleaned as root")
+    overrides = dict(item.split("=", 1) for item in args.set)
+    for name, value in overrides.items():
+        print(f"override for this machine: {name}={value}")
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="ci-local-"))
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    runner = Runner(args.repo.resolve(), args.user, root, overrides, args.tool_cache)
+    workflow = yaml.safe_load((args.repo / WORKFLOW).read_text())
+    started = time.monotonic()
+    try:
+        results = run_workflow(runner, workflow, set(args.session) if args.session else None)
+    except WorkflowError as error:
+        print(f"ci-local: {error}", file=sys.stderr)
+        return 2
+    print(f"\nworkflow {WORKFLOW} in {time.monotonic() - started:.0f} s (work in {root}):")
+    for name, result in results.items():
+        print(f"  {name}: {result['result']}")
+    return 0 if all(r["result"] == "success" for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The CI workflow run locally as GitHub's runners run it (imdb_deploy.ci_local)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imdb_deploy.ci_local import Context, Runner, WorkflowError, job_order, main, run_workflow
+
+# A small workflow of the same shape as ci.yml: a job lists the sessions, a matrix runs each
+# (one fails), artifacts go from the matrix to a later job, and `ok` runs whatever happened.
+WORKFLOW = """
+env:
+  GREETING: hello
+  ROOT_SESSIONS: '["two"]'
+jobs:
+  list:
+    outputs:
+      sessions: ${{ steps.list.outputs.sessions }}
+    steps:
+      - uses: actions/checkout@0000000000000000000000000000000000000000
+      - id: list
+        run: echo 'sessions=["one", "two", "bad"]' >> "$GITHUB_OUTPUT"
+  session:
+    needs: list
+    strategy:
+      matrix:
+        session: ${{ fromJSON(needs.list.outputs.sessions) }}
+    steps:
+      - uses: actions/checkout@0000000000000000000000000000000000000000
+      - env:
+          SESSION: ${{ matrix.session }}
+          AS_ROOT: ${{ contains(fromJSON(env.ROOT_SESSIONS), matrix.session) }}
+        run: |
+          test "$CI" = true
+          mkdir -p reports
+          echo "$GREETING $SESSION root=$AS_ROOT" > "reports/$SESSION.txt"
+          test "$SESSION" != bad
+      - uses: actions/upload-artifact@0000000000000000000000000000000000000000
+        if: always()
+        with:
+          name: reports-${{ matrix.session }}
+          path: reports/
+  after:
+    needs: session
+    steps:
+      - run: echo never
+  ok:
+    if: always()
+    needs: [list, session, after]
+    steps:
+      - uses: actions/checkout@0000000000000000000000000000000000000000
+      - uses: actions/download-artifact@0000000000000000000000000000000000000000
+        with:
+          pattern: reports-*
+          path: reports/
+      - env:
+          RESULTS: ${{ join(needs.*.result, ' ') }}
+        run: |
+          cat reports/one.txt reports/two.txt reports/bad.txt > reports/all.txt
+          echo "$RESULTS" > reports/results.txt
+      - uses: actions/upload-artifact@0000000000000000000000000000000000000000
+        with:
+          name: all
+          path: reports/all.txt
+"""
+
+
+class SameUserRunner(Runner):
+    """Runs the steps as this test's own user: what differs from GitHub is only sudo."""
+
+    def as_user(self, command: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
+        return subprocess.call(
+            ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command], cwd=cwd
+        )
+
+    def give(self, path: Path) -> bool:
+        return True
+
+    def home(self) -> Path:
+        return self.root / "home"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / ".github" / "workflows" / "ci.yml").write_text(WORKFLOW)
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "ci"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True
+        )
+    return repo
+
+
+def test_the_jobs_run_in_order_with_matrix_outputs_and_artifacts(
+    repo: Path, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, echo=lines.append)
+    results = run_workflow(runner, yaml.safe_load(WORKFLOW))
+    assert {name: r["result"] for name, r in results.items()} == {
+        "list": "success",
+        "session": "failure",
+        "after": "skipped",
+        "ok": "success",
+    }
+    stored = runner.artifacts
+    assert (stored / "all" / "all.txt").read_text().splitlines() == [
+        "hello one root=false",
+        "hello two root=true",
+        "hello bad root=false",
+    ]
+    assert any("FAILED" in line and "[session]" in line for line in lines)
+    assert any("skipped (a job it needs did not pass)" in line for line in lines)
+
+
+def test_only_the_sessions_asked_for_run(repo: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {"GREETING": "hi"}, echo=lines.append)
+    results = run_workflow(runner, yaml.safe_load(WORKFLOW), sessions={"one"})
+    assert results["session"]["result"] == "success"
+    assert (runner.artifacts / "reports-one" / "one.txt").read_text() == "hi one root=false\n"
+    assert not (runner.artifacts / "reports-two").exists()
+
+
+def test_expressions_this_runner_does_not_know_are_refused() -> None:
+    context = Context(env={"A": "1"}, matrix={"session": "x"})
+    assert context.render("${{ env.A }}-${{ matrix.session }}") == "1-x"
+    with pytest.raises(WorkflowError, match="not emulated here"):
+        context.value("github.event.pull_request.title")
+
+
+def test_jobs_whose_needs_never_finish_are_refused() -> None:
+    jobs: dict[str, Any] = {"a": {"needs": "b"}, "b": {"needs": ["a"]}}
+    with pytest.raises(WorkflowError, match="never finish"):
+        job_order(jobs)
+
+
+def test_an_action_it_does_not_emulate_is_refused(repo: Path, tmp_path: Path) -> None:
+    workflow = {"jobs": {"x": {"steps": [{"uses": "docker/login-action@v3"}]}}}
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, echo=lambda line: None)
+    with pytest.raises(WorkflowError, match="action not emulated here: docker/login-action"):
+        run_workflow(runner, workflow)
+
+
+def test_the_command_needs_root(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(SystemExit):
+        main(["--user", "runner"])
+    assert "run as root" in capsys.readouterr().err
