@@ -8,7 +8,7 @@ their `needs`: as the given user, in a new clone of the repository's committed H
 workflow's, job's and step's environment (expressions evaluated), `CI=true`, `GITHUB_OUTPUT`
 and `GITHUB_STEP_SUMMARY` files. The actions the workflow uses become their local equivalents:
 
-    actions/checkout               git clone of HEAD into the job's workspace
+    actions/checkout               a clone of the committed HEAD into the job's workspace
     actions/setup-python           /opt/hostedtoolcache/Python/<version>*/x64/bin on PATH
                                    (where GitHub's tool cache keeps them; --tool-cache elsewhere)
     astral-sh/setup-uv             the pinned uv installed into the user's home, on PATH
@@ -121,10 +121,17 @@ class Runner:
     tool_cache: Path = TOOL_CACHE
     echo: Callable[[str], None] = print
     artifacts: Path = field(init=False)
+    source: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.artifacts = self.root / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
+        # What jobs check out: the committed HEAD, in a copy the runner's user may read.
+        self.source = self.root / "source.git"
+        if not self.source.exists():
+            clone = ["git", "clone", "--quiet", "--bare", "--no-local", str(self.repo)]
+            subprocess.run([*clone, str(self.source)], check=True)  # noqa: S603, S607
+            self.give(self.source)
 
     def as_user(self, command: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
         """Run `command` as the runner's user with exactly `env`; its exit status."""
@@ -210,7 +217,7 @@ class Runner:
     def checkout(
         self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
     ) -> bool:
-        clone = ["git", "clone", "--quiet", "--no-local", str(self.repo), str(workspace)]
+        clone = ["git", "clone", "--quiet", "--no-local", str(self.source), str(workspace)]
         return self.as_user(clone, env, self.root) == 0
 
     def setup_python(
