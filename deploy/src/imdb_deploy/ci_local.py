@@ -41,6 +41,11 @@ import yaml
 
 WORKFLOW = Path(".github/workflows/ci.yml")
 TOOL_CACHE = Path("/opt/hostedtoolcache/Python")
+# This machine's network settings (proxies, CA bundles) reach the steps, as a runner's own do.
+NETWORK_VARIABLES = (
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
+)  # fmt: skip
 EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
 
 
@@ -167,6 +172,7 @@ class Runner:
             "LANG": "C.UTF-8",
             "RUNNER_TEMP": str(self.root),
             "USER": self.user,
+            **{name: os.environ[name] for name in NETWORK_VARIABLES if name in os.environ},
         }
         failed = False
         for index, step in enumerate(job.get("steps", []), start=1):
