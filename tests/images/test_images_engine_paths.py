@@ -287,8 +287,13 @@ def test_trainer_failure_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         artifact.verify_artifact(tmp_path)
 
 
-def run_cli(argv: Sequence[str], monkeypatch: pytest.MonkeyPatch, client: FakeClient) -> int:
+def run_cli(
+    argv: Sequence[str], monkeypatch: pytest.MonkeyPatch, client: FakeClient, cache: Path
+) -> int:
+    """The images CLI against a fake engine, with its cache (wheels, contexts) under `cache`:
+    a test never writes into the user's own ~/.cache."""
     monkeypatch.setattr(engine_client, "connect", lambda *a, **k: client)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     return cli.main(list(argv))
 
 
@@ -304,7 +309,7 @@ def test_cli_build_push_export_and_summary(
     monkeypatch.setattr(artifact, "demo_artifact", lambda state: tmp_path / "demo")
     argv = ["build", "--registry=127.0.0.1:5000", "--push", f"--export={tmp_path / 'tars'}",
             f"--reports={tmp_path / 'reports'}"]  # fmt: skip
-    assert run_cli(argv, monkeypatch, client) == 0
+    assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 0
     out = capsys.readouterr().out
     assert "using the demo artifact" in out
     assert fake_context == [tmp_path / "demo", tmp_path / "demo"]
@@ -325,18 +330,23 @@ def test_cli_build_scan_failure_fails(
     monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
     monkeypatch.setattr(scan, "scan_all", lambda *a: ["finding"])
     argv = ["build", "--service=trainer", "--scan", f"--reports={tmp_path}"]
-    assert run_cli(argv, monkeypatch, FakeClient()) == 1
+    assert run_cli(argv, monkeypatch, FakeClient(), tmp_path / "cache") == 1
 
 
 def test_cli_prune_and_errors(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     client = FakeClient()
     argv = ["prune", "--registry=127.0.0.1:5000", "--local-only", "--keep=1", "--dry-run"]
-    assert run_cli(argv, monkeypatch, client) == 0
+    assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 0
     assert "would remove nothing" in capsys.readouterr().out
     monkeypatch.setattr(retention, "prune_registry", lambda *a: [])
-    assert run_cli(["prune", "--service=api", "--protect=v1"], monkeypatch, client) == 0
+    assert (
+        run_cli(["prune", "--service=api", "--protect=v1"], monkeypatch, client, tmp_path / "cache")
+        == 0
+    )
     assert "(registry): removed nothing" in capsys.readouterr().out
-    assert run_cli(["build", "--platform=linux/s390x"], monkeypatch, client) == 2
+    assert (
+        run_cli(["build", "--platform=linux/s390x"], monkeypatch, client, tmp_path / "cache") == 2
+    )
     assert "unsupported platform" in capsys.readouterr().err

@@ -63,8 +63,13 @@ def test_trained_artifact_layout(trained: Path) -> None:
 
 
 def test_verify_and_evaluate(
-    trained: Path, generated: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path,
+    generated: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # CI sets FORCE_COLOR for readable logs: the JSON for scripts must stay plain all the same.
+    monkeypatch.setenv("FORCE_COLOR", "1")
     code, out, _ = run(capsys, "verify", str(trained))
     assert code == EXIT_OK
     assert json.loads(out)["ok"] is True

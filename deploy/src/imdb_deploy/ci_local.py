@@ -41,6 +41,8 @@ import yaml
 
 WORKFLOW = Path(".github/workflows/ci.yml")
 TOOL_CACHE = Path("/opt/hostedtoolcache/Python")
+# After the tools the actions add: the system part of an Ubuntu runner's PATH (sbin included).
+RUNNER_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # This machine's network settings (proxies, CA bundles) reach the steps, as a runner's own do.
 NETWORK_VARIABLES = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -176,7 +178,9 @@ class Runner:
         }
         failed = False
         for index, step in enumerate(job.get("steps", []), start=1):
-            label = step.get("name") or step.get("uses") or step.get("run", "").splitlines()[0]
+            label = context.render(
+                step.get("name") or step.get("uses") or step.get("run", "").splitlines()[0]
+            )
             condition = step.get("if")
             if failed and not (condition and context.value(condition) is True):
                 self.echo(f"  [{name}] skipped: {label}")
@@ -184,7 +188,7 @@ class Runner:
             env = {**base, **context.env}
             env.update({k: str(context.render(v)) for k, v in (step.get("env") or {}).items()})
             env.update(self.overrides)
-            env["PATH"] = os.pathsep.join([*paths, "/usr/local/bin", "/usr/bin", "/bin"])
+            env["PATH"] = os.pathsep.join([*paths, *RUNNER_PATH])
             started = time.monotonic()
             if "uses" in step:
                 ok = self.action(step, context, workspace, paths, env)

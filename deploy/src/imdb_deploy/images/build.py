@@ -113,8 +113,8 @@ def build_service(
 ) -> BuiltImage:
     """Assemble the context in a temporary directory, build, and tag the image."""
     started = time.monotonic()
+    cache_dir.mkdir(parents=True, exist_ok=True)  # a new machine's (or user's) first build
     with tempfile.TemporaryDirectory(prefix=f"mlops-image-{service.name}-", dir=cache_dir) as tmp:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         ctx = build_context.assemble(
             root, service, platform, Path(tmp) / "context", cache_dir=cache_dir, artifact=artifact
         )

@@ -295,16 +295,22 @@ def _train(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def _evaluate(args: argparse.Namespace, out: Console, err: Console) -> int:
+def _evaluate(args: argparse.Namespace, err: Console) -> int:
     from imdb_trainer.train import evaluate  # noqa: PLC0415
 
     with _bars(err, args.quiet) as bars:
         result = evaluate(args.artifact, args.data, args.split, args.max_bad_share, bars)
-    out.print_json(json.dumps(result))
+    _print_data(result)
     return EXIT_OK
 
 
-def _verify(args: argparse.Namespace, out: Console) -> int:
+def _print_data(document: object) -> None:
+    """JSON on stdout for scripts: plain, whatever colours the console would use (FORCE_COLOR
+    in CI makes rich colour even a pipe)."""
+    print(json.dumps(document, indent=2))
+
+
+def _verify(args: argparse.Namespace) -> int:
     artifact = verify_artifact(args.artifact)
     summary = {
         "ok": True,
@@ -312,7 +318,7 @@ def _verify(args: argparse.Namespace, out: Console) -> int:
         "version": artifact.version,
         "files": len(artifact.manifest["files"]),
     }
-    out.print_json(json.dumps(summary))
+    _print_data(summary)
     return EXIT_OK
 
 
@@ -324,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[], int]] = {
         "generate": lambda: _generate(args, err),
         "train": lambda: _train(args, out, err),
-        "evaluate": lambda: _evaluate(args, out, err),
-        "verify": lambda: _verify(args, out),
+        "evaluate": lambda: _evaluate(args, err),
+        "verify": lambda: _verify(args),
     }
     try:
         return commands[args.command]()
