@@ -51,10 +51,12 @@ def run_session(
     command = [sys.executable, "-m", "nox", "--non-interactive", "-s", session]
     if posargs:
         command += ["--", *posargs]
+    # Plain output to search; nox refuses NO_COLOR beside FORCE_COLOR (which CI jobs set).
+    plain = {name: value for name, value in os.environ.items() if name != "FORCE_COLOR"}
     return subprocess.run(
         command,
         cwd=copy,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        env={**plain, "NO_COLOR": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=SESSION_TIMEOUT_S,
