@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from imdb_deploy.ci_local import Context, Runner, WorkflowError, job_order, main, run_workflow
+from imdb_deploy.ci_local import (
+    Context,
+    Runner,
+    WorkflowError,
+    job_order,
+    main,
+    processes_in,
+    run_workflow,
+)
 
 # A small workflow of the same shape as ci.yml: a job lists the sessions, a matrix runs each
 # (one fails), artifacts go from the matrix to a later job, and `ok` runs whatever happened.
@@ -156,3 +164,20 @@ def test_the_command_needs_root(
     with pytest.raises(SystemExit):
         main(["--user", "runner"])
     assert "run as root" in capsys.readouterr().err
+
+
+def test_processes_left_in_a_workspace_are_found_by_cwd_or_command_line(tmp_path: Path) -> None:
+    workspace = tmp_path / "work" / "repo"
+    workspace.mkdir(parents=True)
+    proc = tmp_path / "proc"
+    for pid, cwd, argv in (
+        ("101", workspace / "sub", ["podman", "system", "service"]),
+        ("102", tmp_path, ["docker-registry", "serve", f"{workspace}/.state/registry.yml"]),
+        ("103", tmp_path, ["sleep", "1"]),
+        ("self", tmp_path, ["bash"]),
+    ):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+        cwd.mkdir(exist_ok=True)
+        (proc / pid / "cwd").symlink_to(cwd)
+    assert sorted(processes_in(workspace, proc)) == [101, 102]

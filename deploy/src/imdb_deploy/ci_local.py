@@ -23,11 +23,13 @@ is 0 when every job passed. Must run as root (it clones as, and runs steps as, `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,10 +158,15 @@ class Runner:
 
     def run_job(self, name: str, job: Mapping[str, Any], context: Context) -> dict[str, Any]:
         """Every step of one job (one matrix entry); its result and outputs."""
-        workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
-        output = workspace.parent / f"{workspace.name}.output"
-        summary = workspace.parent / f"{workspace.name}.summary"
-        for path in (workspace, output, summary):
+        # One path for every job, as on GitHub (coverage data from several jobs names the
+        # same files), emptied in between as a new runner would be.
+        workspace = self.root / "work" / self.repo.name
+        self.end_leftovers(workspace)
+        shutil.rmtree(workspace, ignore_errors=True)
+        workspace.mkdir(parents=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        output, summary = scratch / "output", scratch / "summary"
+        for path in (workspace, scratch, output, summary):
             path.touch()
             if not self.give(path):
                 raise WorkflowError(f"cannot give {path} to {self.user}")
@@ -199,8 +206,17 @@ class Runner:
             seconds = time.monotonic() - started
             self.echo(f"  [{name}] {'ok' if ok else 'FAILED'} ({seconds:.0f} s) {index}: {label}")
             failed = failed or not ok
+        self.end_leftovers(workspace)  # what the job left running goes with its machine
         outputs = {key: _step_output(v, output) for key, v in (job.get("outputs") or {}).items()}
         return {"result": "failure" if failed else "success", "outputs": outputs}
+
+    def end_leftovers(self, workspace: Path) -> None:
+        """End, by PID, the processes a job left running in its workspace (a registry, an
+        engine): GitHub discards the runner, here the next job gets the same path."""
+        for pid in processes_in(workspace):
+            with contextlib.suppress(ProcessLookupError):
+                self.echo(f"    ending {pid}, left running in {workspace}")
+                os.kill(pid, signal.SIGKILL)
 
     def action(
         self,
@@ -281,6 +297,25 @@ class Runner:
         for artifact in names:
             shutil.copytree(self.artifacts / artifact, destination, dirs_exist_ok=True)
         return self.give(destination)
+
+
+def processes_in(directory: Path, proc: Path = Path("/proc")) -> list[int]:
+    """PIDs of the processes whose working directory or command line is inside `directory`."""
+    found = []
+    inside = str(directory.resolve())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = str((entry / "cwd").readlink())
+            if (
+                cwd == inside
+                or cwd.startswith(inside + "/")
+                or any(word.startswith(inside) for word in words)
+            ):
+                found.append(int(entry.name))
+    return found
 
 
 def _step_output(value: str, output: Path) -> str:
