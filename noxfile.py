@@ -297,9 +297,10 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, tags=["ci", "tests", "pipeline"])
 def integration(session: nox.Session) -> None:
-    """Integration tests of the delivery on one Python. Deploys: their own sandbox fleet (sshd,
-    Podman, nginx per host), registry and releases; deploy, redeploy, rollback, the fault matrix,
-    zero dropped requests. Monitoring: a real Prometheus and Pushgateway scraping a real API."""
+    """The integration layer (real parts) on one Python, in the engine `images` shares. Deploys:
+    their own sandbox fleets (sshd, Podman, nginx per host) and releases; deploy, redeploy,
+    rollback, the fault matrix, zero dropped requests. Monitoring: a real Prometheus and
+    Pushgateway scraping a real API. The API's server process, Podman, the advisory snapshot."""
     # Two workers, each with a fleet of its own (tests/sandbox/conftest.py), modules kept whole:
     # the deploys mostly wait (readiness, drains), so two fleets fit on two cores.
     measured_pytest(
@@ -367,7 +368,8 @@ def train(session: nox.Session) -> None:
 def images(session: nox.Session) -> None:
     """Container images: build both through the Docker API, push, SBOM and scan, then test them.
 
-    Starts (or reuses) the local engine and registry first; posargs go to the build
+    Starts (or reuses) the local engine and registry first (`integration` shares them: one
+    layer cache, one base image, one registry); the tests build there too. Posargs go to the build
     (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...). The API image carries
     artifacts/model when `nox -s train` made one (the pipeline trains first), else a demo model.
     """
