@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from tests import layers
+from tests.conftest import SETTRACE_RACE
 
 # One run of a small suite in a child pytest: a good unit test, one of each kind that belongs
 # in another layer, and an integration test that may do what unit tests may not.
@@ -128,3 +130,17 @@ def test_a_stand_in_the_test_wrote_is_not_the_real_part(tmp_path: Path) -> None:
     fake.chmod(0o755)
     assert layers.real_part(["debootstrap", "x"], env={"PATH": str(fake.parent)}) is None
     assert layers.real_part([str(fake), "x"]) is None
+
+
+def test_only_cpythons_settrace_race_is_passed_over(capsys: pytest.CaptureFixture[str]) -> None:
+    """tests/conftest.py: a thread that dies of the race is said, not failed; see SETTRACE_RACE."""
+    race = RuntimeError(SETTRACE_RACE)
+    unraisable = types.SimpleNamespace(
+        exc_type=RuntimeError,
+        exc_value=race,
+        exc_traceback=None,
+        err_msg=None,
+        object="handle_stderr",
+    )
+    sys.unraisablehook(unraisable)  # type: ignore[arg-type]
+    assert "passed over CPython's settrace race in 'handle_stderr'" in capsys.readouterr().out
