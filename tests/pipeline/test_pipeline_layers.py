@@ -142,5 +142,5 @@ def test_only_cpythons_settrace_race_is_passed_over(capsys: pytest.CaptureFixtur
         err_msg=None,
         object="handle_stderr",
     )
-    sys.unraisablehook(unraisable)  # type: ignore[arg-type]
+    sys.unraisablehook(unraisable)
     assert "passed over CPython's settrace race in 'handle_stderr'" in capsys.readouterr().out
