@@ -70,12 +70,12 @@ jobs:
       - env:
           RESULTS: ${{ join(needs.*.result, ' ') }}
         run: |
-          cat reports/one.txt reports/two.txt reports/bad.txt > reports/all.txt
-          echo "$RESULTS" > reports/results.txt
+          cat reports/*.txt > all.txt
+          echo "$RESULTS" > results.txt
       - uses: actions/upload-artifact@0000000000000000000000000000000000000000
         with:
           name: all
-          path: reports/all.txt
+          path: all.txt
 """
 
 
@@ -120,9 +120,9 @@ def test_the_jobs_run_in_order_with_matrix_outputs_and_artifacts(
     }
     stored = runner.artifacts
     assert (stored / "all" / "all.txt").read_text().splitlines() == [
+        "hello bad root=false",
         "hello one root=false",
         "hello two root=true",
-        "hello bad root=false",
     ]
     assert any("FAILED" in line and "[session]" in line for line in lines)
     assert any("skipped (a job it needs did not pass)" in line for line in lines)
@@ -181,3 +181,54 @@ def test_processes_left_in_a_workspace_are_found_by_cwd_or_command_line(tmp_path
         cwd.mkdir(exist_ok=True)
         (proc / pid / "cwd").symlink_to(cwd)
     assert sorted(processes_in(workspace, proc)) == [101, 102]
+
+
+# Jobs that set up Python and uv: the tool cache and an installed uv are laid out beforehand.
+SETUP = """
+jobs:
+  tools:
+    steps:
+      - uses: actions/setup-python@0000000000000000000000000000000000000000
+        with:
+          python-version: |
+            3.42
+      - uses: astral-sh/setup-uv@0000000000000000000000000000000000000000
+        with:
+          version: 9.9.9
+      - run: python3.42 --version && uv --version
+"""
+
+
+def test_setup_python_and_uv_put_their_tools_on_path(repo: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "toolcache"
+    tools = {cache / "3.42.1" / "x64" / "bin" / "python3.42": "Python 3.42.1"}
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, cache, echo=lambda line: None)
+    tools[runner.home() / ".ci-local" / "uv-9.9.9" / "bin" / "uv"] = "uv 9.9.9"
+    for path, answer in tools.items():
+        path.parent.mkdir(parents=True)
+        path.write_text(f"#!/bin/sh\necho '{answer}'\n")
+        path.chmod(0o755)
+    assert run_workflow(runner, yaml.safe_load(SETUP))["tools"]["result"] == "success"
+    missing = SameUserRunner(repo, "me", tmp_path / "run2", {}, tmp_path / "none")
+    with pytest.raises(WorkflowError, match=r"no Python 3\.42 in"):
+        run_workflow(missing, yaml.safe_load(SETUP))
+
+
+def test_main_runs_the_repository_workflow_and_says_how_each_job_ended(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr("imdb_deploy.ci_local.Runner", SameUserRunner)
+    argv = ["--user", "me", f"--repo={repo}", f"--workdir={tmp_path / 'run'}", "--set", "A=b"]
+    assert main([*argv, "--session", "one"]) == 0
+    out = capsys.readouterr().out
+    assert "override for this machine: A=b" in out
+    assert "  ok: success" in out
+    assert main(argv) == 1  # the session `bad` fails
+    (repo / ".github" / "workflows" / "ci.yml").write_text("jobs: {x: {steps: [{uses: a/b@v}]}}")
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "x"], check=True)
+    assert main([*argv[:4], f"--workdir={tmp_path / 'run3'}"]) == 2
+    assert "action not emulated here: a/b" in capsys.readouterr().err
