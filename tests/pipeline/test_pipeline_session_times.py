@@ -17,7 +17,7 @@ import json, sys
 report = sys.argv[-1].removeprefix("--report=")
 sessions = [
     {"name": "lint", "result": "success", "duration": 5.25},
-    {"name": "tests-3.12", "result": "failed", "duration": 41.0},
+    {"name": "tests", "signatures": ["tests-3.12"], "result": "failed", "duration": 41.0},
     {"name": "images", "result": "skipped"},
 ]
 json.dump({"result": 1, "sessions": sessions}, open(report, "w"))
@@ -43,6 +43,7 @@ def test_main_prints_the_table_and_keeps_the_exit_status(
     assert main([f"--report={report}", "--", *command, "3"]) == 3
     out = capsys.readouterr().out
     assert "lint" in out
+    assert "tests-3.12  failed" in out
     assert "41.0" in out
     assert "images" not in out  # nox gives no duration for a session it did not run
     assert json.loads(report.read_text())["result"] == 1

@@ -23,7 +23,7 @@ from typing import Any
 def table(sessions: Sequence[dict[str, Any]], wall_s: float) -> str:
     """A plain-text table: session, result, seconds, share of the whole run; then the total."""
     rows = [
-        (str(entry.get("name", "?")), str(entry.get("result", "?")), float(entry["duration"]))
+        (_name(entry), str(entry.get("result", "?")), float(entry["duration"]))
         for entry in sessions
         if isinstance(entry.get("duration"), (int, float))
     ]
@@ -38,6 +38,12 @@ def table(sessions: Sequence[dict[str, Any]], wall_s: float) -> str:
     total = f"{wall_s:.1f}  ({int(minutes)} min {seconds:02.0f} s)"
     lines.append(f"{'total':<{width}}  {'':<8}  {total}")
     return "\n".join(lines)
+
+
+def _name(entry: dict[str, Any]) -> str:
+    """`tests-3.12` rather than `tests`: the signature names a parametrized session in full."""
+    signatures = entry.get("signatures") or [entry.get("name", "?")]
+    return str(signatures[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
