@@ -22,7 +22,7 @@ import pytest
 
 
 def test_good():
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run(["true"], check=True)  # a short command, run to completion
 
 
 def test_starts_a_real_part():
