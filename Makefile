@@ -15,7 +15,7 @@ NOX := $(UV) run --locked --no-default-groups --only-group=nox nox
 # The long runs end with a table of each session's wall time (from nox's report); nox's exit status stays.
 TIMED = PYTHONPATH=deploy/src $(TOOLS)/bin/python -m imdb_deploy.session_times --report=reports/sessions-$@.json --
 
-.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy rollback status report prune sessions clean
+.PHONY: help bootstrap system-packages pipeline ci check test lint fmt typecheck security sbom images gates train serve benchmark engine sandbox deploy promote rollback status report prune sessions clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -57,13 +57,13 @@ security: $(UV) ## bandit and pip-audit (set OSV_OFFLINE_DIR for the offline dat
 sbom: $(UV) ## CycloneDX SBOM per service
 	$(NOX) -s sbom
 
-images: $(UV) system-packages ## Build, push, scan and test both container images (local engine)
+images: $(UV) system-packages ## One release: train (or reuse), build, push, scan and test both images
 	$(NOX) -s images
 
 gates: $(UV) ## Prove each gate fails on an injected fault
 	$(NOX) -s gates
 
-train: $(UV) ## Train the model on generated data into artifacts/model (gated against the current one)
+train: $(UV) ## Train the model on generated data into artifacts/model (gated against the live one)
 	$(NOX) -s train
 
 serve: $(UV) ## Train the default model, then serve it on http://127.0.0.1:8000
@@ -80,6 +80,9 @@ sandbox: $(UV) system-packages ## Start the sandbox fleet (2 x 2 hosts: sshd, Po
 
 deploy: $(UV) ## Blue-green deploy: make deploy ENV=sandbox-staging [VERSION=v] [APPROVE=1]
 	$(NOX) -s deploy -- $(or $(ENV),sandbox-staging) $(if $(VERSION),--version=$(VERSION)) $(if $(APPROVE),--approve)
+
+promote: $(UV) ## Promote what passed staging, by digest: make promote ENV=sandbox-production [APPROVE=1]
+	$(NOX) -s promote -- $(or $(ENV),sandbox-production) $(if $(APPROVE),--approve)
 
 rollback: $(UV) ## Roll back: make rollback ENV=sandbox-staging [VERSION=v]
 	$(NOX) -s rollback -- $(or $(ENV),sandbox-staging) $(if $(VERSION),--version=$(VERSION)) $(if $(APPROVE),--approve)

@@ -1,7 +1,8 @@
 """Fabric tasks for deploys, run from the repository root: `fab --list`.
 
     fab setup    --env E                      prepare the hosts (safe to repeat)
-    fab deploy   --env E [--version V] [--approve]
+    fab deploy   --env E [--version V] [--digest D] [--approve]
+    fab promote  --env E [--approve]           the release that passed E's promote_from
     fab rollback --env E [--version V] [--approve]
     fab status   --env E [--json]
     fab audit    --env E [--limit N]
@@ -28,11 +29,21 @@ def _run(action: str, env: str, **options: object) -> None:
         raise Exit(code=code)
 
 
-@task(help={"env": "environment name", "version": "image tag (default: last built)",
+@task(help={"env": "environment name", "version": "release tag (default: the last built)",
+            "digest": "image digest (default: the one its build recorded)",
             "approve": "approval for production (CI)"})  # fmt: skip
-def deploy(c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False) -> None:
-    """Blue-green deploy of a version to every host of an environment."""
-    _run("deploy", env, version=version, approve=approve)
+def deploy(
+    c: Context, env: str = DEFAULT_ENV, version: str = "", digest: str = "", approve: bool = False
+) -> None:
+    """Blue-green deploy of a release, by digest, to every host of an environment."""
+    _run("deploy", env, version=version, digest=digest, approve=approve)
+
+
+@task(help={"env": "environment name (it names the one it promotes from)",
+            "approve": "approval for production (CI)"})  # fmt: skip
+def promote(c: Context, env: str = "sandbox-production", approve: bool = False) -> None:
+    """Deploy exactly the release live and benchmark-passed on the environment E promotes from."""
+    _run("promote", env, approve=approve)
 
 
 @task(help={"env": "environment name", "version": "release to return to (default: previous)",

@@ -7,10 +7,11 @@ carries the logic and its tests. Tags group the sessions:
     quality   lint, typecheck, security
     tests     tests-3.10 ... tests-3.13, integration, coverage, gates
     build     sbom, images
-    deploy    deliver, sandbox, deploy, rollback, report, prune
+    deploy    deliver, sandbox, deploy, promote, rollback, report, prune
     ci        everything GitHub CI runs (`make ci`)
     pipeline  the main job on its built-in defaults (`make pipeline`): quality, tests, train,
-              build, deliver (sandbox staging, then sandbox production, benchmark-gated, report)
+              build, deliver (sandbox staging, then promoted to sandbox production by digest,
+              each benchmark-gated, report)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nox
@@ -55,12 +56,21 @@ COVERAGE_DIR = REPORTS / "coverage"
 GENERATED_DATA = ROOT / "data" / "generated"
 GENERATED_ROWS = 200_000
 MODEL_DIR = ROOT / "artifacts" / "model"
+# In CD: the public IMDb files; the champion taken from the live release, for the gate.
+IMDB_DATA = ROOT / "data" / "imdb"
+CHAMPION_DIR = ROOT / "artifacts" / "champion"
+CHAMPION_ENV_VAR = "MLOPS_CHAMPION_ENV"
+# What a trained model depends on: a change anywhere else (the API, the deploy) reuses the model,
+# and so makes a code-only release.
+MODEL_SOURCES = ("services/trainer", "services/model", "pyproject.toml", "uv.lock", "noxfile.py")
 # The sandbox's Pushgateway (`nox -s sandbox -- up` starts it), where deploys record markers.
 SANDBOX_PUSHGATEWAY = "http://127.0.0.1:9091"
 # The offline vulnerability database, chosen explicitly; unset means pip-audit's online service.
 OSV_OFFLINE_DIR_VAR = "OSV_OFFLINE_DIR"
 # Stamps of the stages that passed, for a warm `make pipeline` (MLOPS_STAGE_CACHE=1).
 STAGE_STAMPS = ROOT / ".nox" / ".stages"
+# With MLFLOW_TRACKING_URI, `train` logs its run there and `images` tags it with the release.
+TRACKING = ["tracking"] if os.environ.get("MLFLOW_TRACKING_URI") else []
 # The per-image scan reports `images` writes: (report kind, extension).
 SCANS = (("sbom", "cdx.json"), ("pip-audit", "json"))
 
@@ -89,14 +99,19 @@ def sync_locked(
 
 @contextlib.contextmanager
 def reusable(
-    session: nox.Session, *outputs: Path, reuse: bool = True, **inputs: str
+    session: nox.Session,
+    *outputs: Path,
+    reuse: bool = True,
+    sources: Sequence[str] = (),
+    **inputs: str,
 ) -> Iterator[bool]:
     """Yield True when this stage already passed on exactly these inputs, so the session can
     return at once; else yield False, run it, and stamp it as passed if it did.
 
     Only with MLOPS_STAGE_CACHE=1 (`make pipeline` sets it). The inputs are the content of every
-    file git would commit, the session's name, posargs and interpreter, plus `inputs`; the
-    `outputs` (files or directories) must still be as the passing run left them. `reuse=False`
+    file git would commit (or only those under `sources`), the session's name, posargs and
+    interpreter, plus `inputs`; the `outputs` (files or directories) must still be as the passing
+    run left them. `reuse=False`
     runs the stage whatever its stamp says (what it made elsewhere is gone, or it asks a service
     whose answers change).
     """
@@ -110,7 +125,7 @@ def reusable(
         check=True,
     ).stdout.strip()
     try:
-        sources = stagecache.source_digest(ROOT)
+        digest = stagecache.source_digest(ROOT, sources)
     except stagecache.StageCacheError as error:  # a source archive, say: just run the stage
         session.log(f"stage cache off: {error}")
         yield False
@@ -121,7 +136,7 @@ def reusable(
             "session": session.name,
             "posargs": json.dumps(session.posargs),
             "python": python,
-            "sources": sources,
+            "sources": digest,
             **inputs,
         },
         outputs=outputs,
@@ -138,18 +153,20 @@ def reusable(
     stage.record_pass()
 
 
-def measured_pytest(session: nox.Session, *args: str, engine: bool = False) -> None:
+def measured_pytest(
+    session: nox.Session, *args: str, engine: bool = False, groups: Sequence[str] = ()
+) -> None:
     """pytest under coverage, its data in the session's own reports/coverage/<session>/ (emptied
     first; `coverage` combines them all); reused by a warm pipeline when nothing changed.
 
     `engine=True` first starts (or finds) the checkout's local engine and registry, which the
-    integration and images sessions of a run share.
+    integration and images sessions of a run share; `groups` are installed beside `test`.
     """
     data_dir = COVERAGE_DIR / session.name
     with reusable(session, data_dir) as reused:
         if reused:
             return
-        sync_locked(session, "test")
+        sync_locked(session, "test", *groups)
         if engine:
             session.run("python", "-m", "imdb_deploy.engine", "up")
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -306,6 +323,7 @@ def integration(session: nox.Session) -> None:
     measured_pytest(
         session, "--layer=integration", "--numprocesses=2", "--dist=loadscope",
         "-p", "no:cacheprovider", *session.posargs, engine=True,
+        groups=["tracking", "mlflow-server"],
     )  # fmt: skip
 
 
@@ -344,54 +362,84 @@ def sbom(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "model"], default=False)
 def train(session: nox.Session) -> None:
-    """Train the model on generated data (or `-- --data DIR`) into artifacts/model, gated.
+    """Train the model into artifacts/model, gated against the champion: the model live on
+    MLOPS_CHAMPION_ENV (default sandbox-production; CD sets production).
 
-    The current artifacts/model is the champion: a challenger that is worse than it (or than the
-    linear baseline) fails the session and leaves it in place.
+    Data: generated (the default), `-- --imdb` (the public IMDb files, downloaded into data/imdb
+    with a size bound and their fingerprint recorded), or `-- --data DIR`. A challenger worse
+    than the champion on the same held-out rows (or than the linear baseline) fails the session,
+    leaves artifacts/model as it was, and the notification says why. With no release live there
+    (a new environment, a sandbox not up yet), the last local model is the champion.
     """
-    data = session.posargs or [f"--data={GENERATED_DATA}"]
-    # Generated data comes from the sources, which the stage key covers; posargs name other data.
-    with reusable(session, MODEL_DIR, reuse=not session.posargs) as reused:
+    imdb = "--imdb" in session.posargs
+    args = [arg for arg in session.posargs if arg != "--imdb"]
+    if imdb and args:
+        session.error("usage: nox -s train [-- --imdb | -- --data DIR]")
+    data = [f"--data={IMDB_DATA}"] if imdb else args or [f"--data={GENERATED_DATA}"]
+    target = os.environ.get(CHAMPION_ENV_VAR, "sandbox-production")
+    # Generated data comes from the sources, which the stage key covers; posargs name other data;
+    # the champion is asked for anew each time (it changes with every promotion).
+    with reusable(
+        session, MODEL_DIR, reuse=not session.posargs, sources=MODEL_SOURCES, champion=target
+    ) as reused:  # fmt: skip
         if reused:
             return
-        sync_locked(session)
-        if not session.posargs and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
+        sync_locked(session, *TRACKING)
+        if imdb:
+            session.run("imdb-trainer", "download", f"--out={IMDB_DATA}")
+        elif not args and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
             session.run(
                 "imdb-trainer", "generate", f"--out={GENERATED_DATA}", f"--rows={GENERATED_ROWS}"
             )
-        champion = [f"--reference={MODEL_DIR}"] if (MODEL_DIR / "manifest.json").is_file() else []
-        session.run("imdb-trainer", "train", *data, f"--out={MODEL_DIR}", "--overwrite", *champion)
+        session.run(
+            "python", "-m", "imdb_deploy.champion", "train", target, f"--out={CHAMPION_DIR}",
+            f"--fallback={MODEL_DIR}", "--", *data, f"--out={MODEL_DIR}", "--overwrite",
+        )  # fmt: skip
     session.log(f"model and report: {MODEL_DIR} (report: {MODEL_DIR / 'report' / 'report.md'})")
 
 
-@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
+@nox.session(
+    python=DEFAULT_PYTHON,
+    tags=["ci", "build", "pipeline"],
+    # A release serves a trained model: `train` publishes it first, unless MLOPS_ARTIFACT names
+    # one (CD: the artifact its train job published).
+    requires=[] if os.environ.get("MLOPS_ARTIFACT") else ["train"],
+)
 def images(session: nox.Session) -> None:
-    """Container images: build both through the Docker API, push, SBOM and scan, then test them.
+    """Container images, one release: build both through the Docker API, push, SBOM and scan,
+    then test them.
 
-    Starts (or reuses) the local engine and registry first (`integration` shares them: one
-    layer cache, one base image, one registry); the tests build there too. Posargs go to the build
-    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...). The API image carries
-    artifacts/model when `nox -s train` made one (the pipeline trains first), else a demo model.
+    The API image serves the model `nox -s train` published (artifacts/model; `train` runs first)
+    or the one MLOPS_ARTIFACT names, and refuses to build without one; the release is that model
+    plus this tree,
+    its record (digests included) in reports/release.json and the registry. Starts (or reuses)
+    the local engine and registry first (`integration` shares them: one layer cache, one base
+    image, one registry); the tests build there too. Posargs go to the build
+    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...).
     """
-    sync_locked(session, "test")
+    artifact = Path(os.environ.get("MLOPS_ARTIFACT") or MODEL_DIR)
+    if not (artifact / "manifest.json").is_file():
+        session.error(
+            f"no trained model in {artifact}: a release serves one; run `nox -s train` first "
+            "(or set MLOPS_ARTIFACT to an artifact directory)"
+        )
+    sync_locked(session, "test", *TRACKING)
     session.run("python", "-m", "imdb_deploy.engine", "up")
     summary = REPORTS / "images-amd64.json"
     scans = [REPORTS / f"{kind}-image-{name}.{ext}" for name in SERVICES for kind, ext in SCANS]
     osv_dir = os.environ.get(OSV_OFFLINE_DIR_VAR)
-    baked = MODEL_DIR if (MODEL_DIR / "manifest.json").is_file() else None
     reuse = not session.posargs and bool(osv_dir) and pushed_images_present(summary)
     with reusable(
-        session, summary, *scans, reuse=reuse,
-        model=stagecache.directory_digest(baked) if baked else "demo",
-        artifact=os.environ.get("MLOPS_ARTIFACT", ""),
+        session, summary, REPORTS / "release.json", *scans, reuse=reuse,
+        model=stagecache.directory_digest(artifact),
         advisories=stagecache.directory_digest(Path(osv_dir)) if osv_dir else "online",
     ) as reused:  # fmt: skip
         if reused:
             return
-        build = ["python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan"]
-        if baked and "MLOPS_ARTIFACT" not in os.environ:
-            build.append(f"--artifact={baked}")
-        session.run(*build, *session.posargs)
+        session.run(
+            "python", "-m", "imdb_deploy.images", "build", "--service=all", "--push", "--scan",
+            f"--artifact={artifact}", *session.posargs,
+        )  # fmt: skip
         session.run("pytest", "--layer=images", "-p", "no:cacheprovider", *own_basetemp(session))
 
 
@@ -449,15 +497,15 @@ def engine(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "deploy"], default=False)
 def deliver(session: nox.Session) -> None:
-    """The pipeline's deploy stage on the built-in default: the sandbox fleet up, the API image
-    `images` built deployed to sandbox-staging, then to sandbox-production (approved by flag),
-    each benchmark-gated; then the deployment report (its path is printed last)."""
+    """The pipeline's deploy stage on the built-in default: the sandbox fleet up, the release
+    `images` built deployed to sandbox-staging, then promoted by digest to sandbox-production
+    (approved by flag), each benchmark-gated; then the deployment report (its path last)."""
     sync_locked(session)
     session.run("python", "-m", "imdb_deploy.sandbox", "up")
     markers = {"MLOPS_PUSHGATEWAY_URL": SANDBOX_PUSHGATEWAY}  # `sandbox up` started it
-    deploy = ["python", "-m", "imdb_deploy.bluegreen", "deploy"]
-    session.run(*deploy, "sandbox-staging", env=markers)
-    session.run(*deploy, "--approve", "sandbox-production", env=markers)
+    release = ["python", "-m", "imdb_deploy.bluegreen"]
+    session.run(*release, "deploy", "sandbox-staging", env=markers)
+    session.run(*release, "promote", "--approve", "sandbox-production", env=markers)
     session.run("python", "-m", "imdb_deploy.report", "--latest")
 
 
@@ -495,6 +543,18 @@ def deploy(session: nox.Session) -> None:
     """
     sync_locked(session)
     _release(session, "deploy")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
+def promote(session: nox.Session) -> None:
+    """Promote: `nox -s promote -- ENVIRONMENT [--approve]` deploys, by digest, exactly the
+    release live and benchmark-passed on the environment ENVIRONMENT promotes from (its
+    `promote_from`: production from staging); refused when that release has not passed there."""
+    sync_locked(session)
+    if not session.posargs or session.posargs[0].startswith("-"):
+        session.error("usage: nox -s promote -- ENVIRONMENT [--approve]")
+    environment, *args = session.posargs
+    session.run("python", "-m", "imdb_deploy.bluegreen", "promote", *args, environment)
 
 
 @nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)

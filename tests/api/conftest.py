@@ -66,7 +66,9 @@ def artifact_copy(artifact: Path, tmp_path: Path) -> Path:
 def make_api(artifact: Path | None, **overrides: Any) -> Api:
     """An Api whose artifact has already been verified (synchronously)."""
     settings = Settings(**({"artifact": artifact, "access_log": False} | overrides))
-    state = ModelState(settings.artifact, threads=settings.onnx_threads)
+    state = ModelState(
+        settings.artifact, threads=settings.onnx_threads, release_file=settings.release_file
+    )
     state.load()
     return Api(settings, state)
 

@@ -125,3 +125,56 @@ def test_loading_happens_in_the_background_while_health_answers(artifact: Path) 
         assert api.state.wait(30)
         assert client.get("/ready").status_code == 200
         assert client.post("/predict", json=MOVIE).status_code == 200
+
+
+# ---- the release record a release image carries (/opt/release.json) ---------------------------
+
+
+def release_record(artifact: Path, **model: str) -> dict[str, object]:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    return {
+        "release": f"{manifest['version']}-t0123456789ab", "commit": "c" * 40,
+        "tree": "0123456789ab" * 3, "dirty": False, "created": "2026-12-03T00:00:00Z",
+        "source": "https://example.org/x",
+        "model": {"version": manifest["version"], "manifest_sha256": manifest["manifest_sha256"],
+                  "data_fingerprint": "f" * 64, "metrics": {}, **model},
+    }  # fmt: skip
+
+
+def test_model_info_shows_the_release_the_image_was_built_as(
+    artifact: Path, tmp_path: Path
+) -> None:
+    record = release_record(artifact)
+    path = tmp_path / "release.json"
+    path.write_text(json.dumps(record))
+    api = make_api(artifact, release_file=path)
+    with TestClient(api) as client:
+        info = client.get("/model/info").json()
+    assert info["release"] == record
+    assert info["version"] == record["model"]["version"]  # type: ignore[index]
+
+
+def test_without_a_release_record_model_info_says_none(client: TestClient) -> None:
+    assert client.get("/model/info").json()["release"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "is unreadable"),  # the file is missing
+        ("not json", "is unreadable"),
+        ('{"release": "x"}', "is unreadable"),
+        ("other-model", "names model manifest"),  # a mislabelled image: another model's record
+    ],
+)
+def test_a_release_record_of_another_model_never_gets_ready(
+    artifact: Path, tmp_path: Path, content: str | None, reason: str
+) -> None:
+    path = tmp_path / "release.json"
+    if content == "other-model":
+        path.write_text(json.dumps(release_record(artifact, manifest_sha256="0" * 64)))
+    elif content is not None:
+        path.write_text(content)
+    api = make_api(artifact, release_file=path)
+    assert api.state.status is Status.FAILED
+    assert_unready(api, reason)

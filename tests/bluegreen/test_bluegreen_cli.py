@@ -236,6 +236,8 @@ def test_audit_entry_is_the_outcome_without_its_events() -> None:
         "started": "2026-11-26T13:45:22+00:00",
         "from_versions": {"h1": "v1", "h2": None},
         "to_version": "v2",
+        "to_digest": None,
+        "release": None,
         "result": "failed",
         "detail": "prepare failed",
         "seconds": 12.5,
@@ -291,17 +293,30 @@ def test_failed_steps_are_marked() -> None:
 # ---- built_version, status_table ---------------------------------------------------------------
 
 
-def test_built_version_reads_the_api_image(tmp_path: Path) -> None:
-    record = tmp_path / "images-amd64.json"
-    record.write_text(
-        json.dumps(
-            [
-                {"service": "trainer", "version": "0.1.0-gabc"},
-                {"service": "api", "version": "20261126.133341-22a474db", "tags": []},
-            ]
-        )
-    )
-    assert cli.built_version(record) == "20261126.133341-22a474db"
+RECORD = {
+    "release": "20261126.133341-22a474db-t0123456789ab", "commit": "c" * 40,
+    "tree": "0123456789ab" * 3, "dirty": False, "created": "2026-11-26T13:33:41Z", "source": "https://example.org/x",
+    "model": {"version": "20261126.133341-22a474db", "manifest_sha256": "d" * 64,
+              "data_fingerprint": "e" * 64, "metrics": {}},
+    "images": {"api": {"reference": "r/api:t", "digest": "sha256:" + "f" * 64}},
+}  # fmt: skip
+
+
+def test_built_release_reads_the_release_record(tmp_path: Path) -> None:
+    record = tmp_path / "release.json"
+    record.write_text(json.dumps(RECORD))
+    assert cli.built_release(record) == (RECORD["release"], "sha256:" + "f" * 64)
+
+
+def test_target_release_prefers_what_was_given_then_what_was_built(tmp_path: Path) -> None:
+    record = tmp_path / "release.json"
+    record.write_text(json.dumps(RECORD))
+    built = (RECORD["release"], "sha256:" + "f" * 64)
+    assert cli.target_release(None, None, record) == built
+    assert cli.target_release(str(RECORD["release"]), None, record) == built
+    assert cli.target_release("other", None, record) == ("other", None)  # hosts or registry
+    assert cli.target_release("other", "sha256:1", record) == ("other", "sha256:1")
+    assert cli.target_release("other", None, tmp_path / "none.json") == ("other", None)
 
 
 @pytest.mark.parametrize(
@@ -311,19 +326,17 @@ def test_built_version_reads_the_api_image(tmp_path: Path) -> None:
         "",
         "not json",
         "[]",
-        '[{"service": "trainer", "version": "1"}]',
-        '[{"service": "api"}]',
-        '[{"version": "1"}]',
-        '{"service": "api", "version": "1"}',
-        '["api"]',
+        '{"release": "x"}',
+        json.dumps({**RECORD, "images": {}}),  # built, never pushed
+        json.dumps({**RECORD, "model": "m"}),
     ],
 )
-def test_built_version_errors_clearly(tmp_path: Path, content: str | None) -> None:
-    record = tmp_path / "images-amd64.json"
+def test_built_release_errors_clearly(tmp_path: Path, content: str | None) -> None:
+    record = tmp_path / "release.json"
     if content is not None:
         record.write_text(content)
     with pytest.raises(cli.CliError) as error:
-        cli.built_version(record)
+        cli.built_release(record)
     assert str(record) in str(error.value)
     assert "--version" in str(error.value)
 
@@ -338,13 +351,24 @@ def test_status_table() -> None:
          "healthy": False, "error": "h3: cannot connect to 10.0.0.3:22: refused"},
     ]  # fmt: skip
     header, rule, h1, h2, h3, error = cli.status_table(rows).splitlines()
-    assert header.split() == ["host", "ssh", "http", "colour", "version", "health"]
+    assert header.split() == ["host", "ssh", "http", "colour", "release", "health"]
     assert set(rule) == {"-"}
     assert h1.split() == ["h1", "10.0.0.1:22", "http://10.0.0.1:80", "blue", "v2", "ok"]
     assert h2.split()[:6] == ["h2", "10.0.0.2:22", "http://10.0.0.2:80", "-", "-", "DOWN"]
     assert "(interrupted switch: the next deploy or rollback repairs it)" in h2
     assert h3.split() == ["h3", "10.0.0.3:22", "http://10.0.0.3:80", "-", "-", "UNREACHABLE"]
     assert error == "    h3: cannot connect to 10.0.0.3:22: refused"
+
+
+def test_status_table_names_the_release_digest_and_commit() -> None:
+    row: dict[str, object] = {
+        "host": "h1", "ssh": "a:22", "http": "http://a", "reachable": True, "colour": "blue",
+        "version": "m-t0123", "digest": "sha256:abc", "commit": "c0ffee", "model_version": "m",
+        "healthy": True,
+    }  # fmt: skip
+    lines = cli.status_table([row]).splitlines()
+    assert lines[2].split()[4] == "m-t0123"
+    assert lines[3].split() == ["digest", "sha256:abc", "commit", "c0ffee", "model", "m"]
 
 
 def test_status_table_without_hosts_is_just_the_header() -> None:
@@ -389,11 +413,12 @@ def test_deploy_without_a_version_or_a_built_image(
         f'image = "x/y"\ndeploy_root = "{tmp_path}"\n[ssh]\nknown_hosts = "/k"\n'
         '[[hosts]]\nname = "h1"\naddress = "192.0.2.1"\n'
     )
-    original = cli.built_version
-    monkeypatch.setattr(cli, "built_version", lambda: original(tmp_path / "none.json"))
+    monkeypatch.setattr(cli, "RELEASE_RECORD", tmp_path / "none.json")
+    monkeypatch.setattr(cli.built_release, "__defaults__", (tmp_path / "none.json",))
+    monkeypatch.setattr(cli.target_release, "__defaults__", (tmp_path / "none.json",))
     assert cli.main(["deploy", str(path)]) == 2
     captured = capsys.readouterr()
-    assert "error: no --version given and no API image recorded" in captured.err
+    assert "error: no --version given and no release recorded" in captured.err
     assert "timeline:" not in captured.out  # nothing started
 
 

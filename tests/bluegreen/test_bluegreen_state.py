@@ -30,6 +30,7 @@ def test_empty_state_file_is_a_fresh_host() -> None:
         HostState("blue", {"blue": "v1"}, ["v1"]),
         HostState("green", {"blue": "v1", "green": "v2"}, ["v1", "v2"]),
         HostState(None, {"green": "v3"}, ["v1", "v3"]),
+        HostState("blue", {"blue": "v1"}, ["v1"], {"v1": "sha256:" + "a" * 64}, {"v1": "t"}),
     ],
 )
 def test_state_round_trip(state: HostState) -> None:
@@ -40,7 +41,23 @@ def test_state_round_trip(state: HostState) -> None:
         "live": state.live,
         "colours": state.colours,
         "releases": state.releases,
+        "digests": state.digests,
+        "passed": state.passed,
     }
+
+
+def test_state_records_digests_and_gate_passes_and_prunes_them() -> None:
+    state = HostState().switched("blue", "v1", "sha256:1").gate_passed("v1", "t1")
+    state = state.switched("green", "v2", "sha256:2")
+    assert state.live_version == "v2"
+    assert state.live_digest == "sha256:2"
+    assert state.digests == {"v1": "sha256:1", "v2": "sha256:2"}
+    assert state.passed == {"v1": "t1"}
+    assert state.switched("blue", "v1").digests["v1"] == "sha256:1"  # a rollback keeps it
+    pruned = state.pruned(["v1"])
+    assert (pruned.releases, pruned.digests, pruned.passed) == (["v2"], {"v2": "sha256:2"}, {})
+    assert pruned.colours == state.colours
+    assert HostState().live_digest is None
 
 
 def test_state_parse_takes_missing_fields_as_empty() -> None:

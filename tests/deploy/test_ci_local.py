@@ -128,6 +128,17 @@ def test_the_jobs_run_in_order_with_matrix_outputs_and_artifacts(
     assert any("skipped (a job it needs did not pass)" in line for line in lines)
 
 
+def test_a_called_workflow_is_delivery_and_is_not_run_here(repo: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    workflow = yaml.safe_load(WORKFLOW)
+    workflow["jobs"]["cd"] = {
+        "needs": "ok", "if": "github.event_name == 'push'", "uses": "./.github/workflows/cd.yml"
+    }  # fmt: skip
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, echo=lines.append)
+    assert run_workflow(runner, workflow, sessions={"one"})["cd"]["result"] == "skipped"
+    assert "job cd: skipped (calls ./.github/workflows/cd.yml: delivery, not CI)" in lines
+
+
 def test_only_the_sessions_asked_for_run(repo: Path, tmp_path: Path) -> None:
     lines: list[str] = []
     runner = SameUserRunner(repo, "me", tmp_path / "run", {"GREETING": "hi"}, echo=lines.append)

@@ -1,5 +1,5 @@
 """Session fixtures for the image tests: the engine and registry that `nox -s images` has just
-built the release images in (the run's shared engine), a demo model artifact, and one pair of
+built the release images in (the run's shared engine), a test fixture model, and one pair of
 images (API + trainer) built there again with a secret in the build's environment: the layers
 the release build made are cached, so only what differs (the model) is built anew."""
 
@@ -16,9 +16,9 @@ import docker
 import pytest
 
 from imdb_deploy.engine import base_image
-from imdb_deploy.images import artifact, build, metadata, services
+from imdb_deploy.images import build, metadata, services
 from imdb_deploy.images.platforms import PLATFORMS
-from tests.support import shared_engine
+from tests.support import fixture_artifact, shared_engine
 
 SECRET_VARIABLE = "MLOPS_RELEASE_TOKEN"
 
@@ -79,16 +79,16 @@ def image_engine(
 
 
 @pytest.fixture(scope="session")
-def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     started = time.monotonic()
-    trained = artifact.demo_artifact(tmp_path_factory.mktemp("artifact"))
-    print(f"\ndemo artifact trained in {time.monotonic() - started:.1f} s")
+    trained = fixture_artifact(tmp_path_factory.mktemp("artifact"))
+    print(f"\nfixture artifact trained in {time.monotonic() - started:.1f} s")
     return trained
 
 
 @pytest.fixture(scope="session")
 def image_session(
-    image_engine: ImageEngine, demo_artifact: Path, repo_root: Path
+    image_engine: ImageEngine, fixture_model: Path, repo_root: Path
 ) -> Iterator[ImageSession]:
     client = image_engine.client
     # A secret in the build environment, as a CI job would have one: it must reach no layer.
@@ -103,11 +103,11 @@ def image_session(
             built[name] = build.build_service(
                 client, repo_root, services.SERVICES[name], amd64, base_image=base,
                 revision=image_engine.revision, cache_dir=image_engine.cache_dir,
-                registry=image_engine.namespace, artifact=demo_artifact,
+                registry=image_engine.namespace, artifact=fixture_model,
             )  # fmt: skip
             print(f"\nbuilt {name} in {built[name].seconds:.1f} s (the release build's cache)")
         yield ImageSession(
-            image_engine, demo_artifact, built["api"], built["trainer"], secret, base
+            image_engine, fixture_model, built["api"], built["trainer"], secret, base
         )
     finally:
         if previous is None:

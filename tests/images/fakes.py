@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import io
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ class FakeImages:
         self.pushed: list[str] = []
         self.auth: list[dict[str, str] | None] = []
         self.push_error: str | None = None
+        self.contexts: dict[str, dict[str, bytes]] = {}
 
     def add(self, image: FakeImage) -> FakeImage:
         image.owner = self
@@ -64,6 +67,17 @@ class FakeImages:
         self.removed.append(reference)
         if not image.tags:
             del self.store[image.id]
+
+    def build(
+        self, fileobj: io.BytesIO, tag: str, **kwargs: Any
+    ) -> tuple[FakeImage, builtins.list[Any]]:
+        """A build from an in-memory context (the release record's image): its files kept."""
+        with tarfile.open(fileobj=fileobj) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+        image = FakeImage(f"sha256:{len(self.store) + 1:064x}", [tag], owner=self)
+        self.store[image.id] = image
+        self.contexts[tag] = files
+        return image, []
 
     def push(
         self,

@@ -35,7 +35,7 @@ def get_json(url: str) -> object:
 
 def test_arm64_api_image_builds_and_answers_under_emulation(
     image_engine: ImageEngine,
-    demo_artifact: Path,
+    fixture_model: Path,
     repo_root: Path,
     tmp_path: Path,
     require: Callable[[bool, str], None],
@@ -56,7 +56,7 @@ def test_arm64_api_image_builds_and_answers_under_emulation(
     built = build.build_service(
         client, repo_root, services.SERVICES["api"], arm64, base_image=base,
         revision=image_engine.revision, cache_dir=image_engine.cache_dir,
-        registry=image_engine.namespace, artifact=demo_artifact,
+        registry=image_engine.namespace, artifact=fixture_model,
     )  # fmt: skip
     print(f"arm64 API image built in {built.seconds:.1f} s: {built.tags}")
     assert built.tags[0].endswith("-arm64")

@@ -28,7 +28,10 @@ from imdb_deploy.images.platforms import PLATFORMS, Platform
 from imdb_deploy.supply_chain import audit
 from tests.images.fakes import FakeClient, FakeImage, inventory_output
 
-REVISION = metadata.Revision("f" * 40, 1700000000, dirty=False)
+REVISION = metadata.Revision("f" * 40, 1700000000, dirty=False, tree="e" * 40)
+MANIFEST = {"version": "20260101.000000-abc", "manifest_sha256": "d" * 64,
+            "data": {"fingerprint": "c" * 64}, "metrics": {"rmse": 1.0}}  # fmt: skip
+RELEASE = "20260101.000000-abc-teeeeeeeeeeee"
 
 
 @pytest.fixture
@@ -42,6 +45,9 @@ def fake_context(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
     ) -> context.BuildContext:  # fmt: skip
         directory.mkdir(parents=True)
         (directory / "Dockerfile").write_text("FROM scratch\n")
+        if service.needs_artifact:
+            (directory / "model").mkdir()
+            (directory / "model" / "manifest.json").write_text(json.dumps(MANIFEST))
         seen.append(artifact)
         return context.BuildContext(
             path=directory, service=service, platform=platform, requirements_key="k",
@@ -61,7 +67,7 @@ def test_build_service_tags_and_labels(fake_context: list[Path | None], tmp_path
         registry="127.0.0.1:5000", artifact=tmp_path,
     )  # fmt: skip
     assert built.tags == [
-        "127.0.0.1:5000/mlops-imdb-api:20260101.000000-abc",
+        f"127.0.0.1:5000/mlops-imdb-api:{RELEASE}",
         "127.0.0.1:5000/mlops-imdb-api:ffffffffffff",
     ]
     assert client.images.get(built.image_id).tags == built.tags
@@ -85,7 +91,7 @@ def test_cross_build_verifies_the_model_natively(
     )  # fmt: skip
     assert verified == [tmp_path]
     assert client.api.builds[0]["buildargs"]["VERIFY_MODEL"] == "0"
-    assert built.tags[0] == "localhost/mlops-imdb-api:20260101.000000-abc-arm64"
+    assert built.tags[0] == f"localhost/mlops-imdb-api:{RELEASE}-arm64"
 
 
 def test_trainer_version_is_project_and_commit(
@@ -260,24 +266,6 @@ def test_platform_base_is_found_or_pulled(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == ["pull"]
 
 
-def test_demo_artifact_calls_the_trainer_cli(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[str, ...]] = []
-
-    def trainer(*args: str) -> None:
-        calls.append(args)
-        if args[0] == "train":
-            Path(args[4]).mkdir(parents=True)
-            (Path(args[4]) / "manifest.json").write_text("{}")
-
-    monkeypatch.setattr(artifact, "_trainer", trainer)
-    first = artifact.demo_artifact(tmp_path, rows=10, seed=1)
-    assert [c[0] for c in calls] == ["generate", "train", "verify"]
-    assert artifact.demo_artifact(tmp_path, rows=10, seed=1) == first
-    assert [c[0] for c in calls] == ["generate", "train", "verify", "verify"]
-
-
 def test_trainer_failure_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     script = tmp_path / "imdb-trainer"
     script.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
@@ -297,7 +285,7 @@ def run_cli(
     return cli.main(list(argv))
 
 
-def test_cli_build_push_export_and_summary(
+def test_cli_build_push_export_summary_and_release(
     fake_context: list[Path | None],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -306,21 +294,56 @@ def test_cli_build_push_export_and_summary(
     client = FakeClient()
     monkeypatch.setattr(engine_client, "ensure_platform_base", lambda *a: "base")
     monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
-    monkeypatch.setattr(artifact, "demo_artifact", lambda state: tmp_path / "demo")
     argv = ["build", "--registry=127.0.0.1:5000", "--push", f"--export={tmp_path / 'tars'}",
-            f"--reports={tmp_path / 'reports'}"]  # fmt: skip
+            f"--reports={tmp_path / 'reports'}", f"--artifact={tmp_path / 'model'}"]  # fmt: skip
     assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 0
     out = capsys.readouterr().out
-    assert "using the demo artifact" in out
-    assert fake_context == [tmp_path / "demo", tmp_path / "demo"]
+    assert fake_context == [tmp_path / "model", tmp_path / "model"]
     summary = json.loads((tmp_path / "reports" / "images-amd64.json").read_text())
     assert [entry["service"] for entry in summary] == ["api", "trainer"]
     assert all(entry["pushed"] for entry in summary)
+    assert summary[0]["release"]["release"] == RELEASE
     assert sorted(p.name for p in (tmp_path / "tars").iterdir()) == [
-        "mlops-imdb-api_20260101.000000-abc.tar",
+        f"mlops-imdb-api_{RELEASE}.tar",
         "mlops-imdb-trainer_0.1.0-gffffffffffff.tar",
     ]
+    # The release record: the code tree, the model, and the digest of every image pushed.
+    record = json.loads((tmp_path / "reports" / "release.json").read_text())
+    assert record["release"] == RELEASE
+    assert (record["commit"], record["tree"], record["dirty"]) == ("f" * 40, "e" * 40, False)
+    assert record["model"] == {"version": MANIFEST["version"], "manifest_sha256": "d" * 64,
+                               "data_fingerprint": "c" * 64, "metrics": {"rmse": 1.0}}  # fmt: skip
+    assert {k: v["digest"] for k, v in record["images"].items()} == {
+        "api": "sha256:" + "d" * 64, "trainer": "sha256:" + "d" * 64
+    }  # fmt: skip
+    # ... pushed beside the images, as an image of its own that holds it.
+    reference = f"127.0.0.1:5000/mlops-imdb-release:{RELEASE}"
+    assert reference in client.images.pushed
+    assert json.loads(client.images.contexts[reference]["release.json"]) == record
+    assert f"release {RELEASE}: record" in out
+    # The API image carries the identity (no digests: an image cannot name its own).
+    api_build = client.api.builds[0]
+    assert api_build["buildargs"]["VERSION"] == RELEASE
     assert client.closed
+
+
+def test_cli_build_refuses_an_api_image_without_a_trained_model(
+    fake_context: list[Path | None],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("MLOPS_ARTIFACT", raising=False)
+    client = FakeClient()
+    monkeypatch.setattr(engine_client, "ensure_platform_base", lambda *a: "base")
+    monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
+    argv = ["build", "--registry=127.0.0.1:5000", f"--reports={tmp_path}"]
+    assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 2
+    assert "no model artifact for the API image" in capsys.readouterr().err
+    assert fake_context == []  # nothing was built
+    assert not client.api.builds
+    # The trainer image alone ships no model and needs none.
+    assert run_cli([*argv, "--service=trainer"], monkeypatch, client, tmp_path / "cache") == 0
 
 
 def test_cli_build_scan_failure_fails(

@@ -80,6 +80,11 @@ def post_json(url: str, body: Any) -> Any:
         return json.loads(answer.read())
 
 
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (loopback)
+        return json.loads(answer.read())
+
+
 def test_api_container_is_healthy_and_predicts_like_the_model(image_session: ImageSession) -> None:
     client = image_session.client
     image = image_session.api.reference
@@ -100,7 +105,14 @@ def test_api_container_is_healthy_and_predicts_like_the_model(image_session: Ima
         verified = imdb_model.verify_artifact(image_session.artifact)
         answer = post_json(f"http://127.0.0.1:{port}/predict", MOVIE)
         assert answer["averageRating"] == verified.predictor().predict_one(MOVIE)
-        assert answer["modelVersion"] == verified.version == image_session.api.version
+        release = image_session.api.release
+        assert release is not None
+        assert answer["modelVersion"] == verified.version == release.model.version
+        assert image_session.api.version == release.release  # the tag names the release
+        # The image says which release it is (commit, tree, model) and serves that model.
+        info = get_json(f"http://127.0.0.1:{port}/model/info")
+        assert info["release"] == release.identity()
+        assert info["release"]["model"]["manifest_sha256"] == verified.manifest["manifest_sha256"]
         # The root file system really is read-only.
         denied = container.exec_run(["python3", "-c", "open('/opt/model/x', 'w')"])
         assert denied.exit_code != 0
@@ -122,7 +134,9 @@ def test_images_carry_labels_user_and_commit_time(image_session: ImageSession) -
         )
         assert set(built.tags) <= set(image_session.client.images.get(built.tags[1]).tags)
     api_labels = image_session.client.images.get(image_session.api.reference).labels
-    assert api_labels["io.mlops-imdb.model.version"] == image_session.api.version
+    release = image_session.api.release
+    assert release is not None
+    assert api_labels["io.mlops-imdb.model.version"] == release.model.version
 
 
 def test_trainer_container_trains_an_artifact_that_verifies(
@@ -214,9 +228,10 @@ def test_code_change_rebuilds_only_the_project_layers(
     before = image_session.client.images.get(image_session.api.image_id).attrs["RootFS"]["Layers"]
     after = image_session.client.images.get(rebuilt.image_id).attrs["RootFS"]["Layers"]
     assert rebuilt.image_id != image_session.api.image_id
-    # base, user, dependencies and model layers are reused; only the project layer differs.
-    assert after[:-1] == before[:-1]
-    assert after[-1] != before[-1]
+    # Base, user, dependencies and model layers are reused; the project layer differs, and the
+    # release record on top of it (one small file) is laid anew.
+    assert after[:-2] == before[:-2]
+    assert after[-2] != before[-2]
     assert rebuilt.seconds <= 30  # target 15 s; generous here for slow CI machines
     # Put the session's tags back on the session's image.
     for tag in image_session.api.tags:

@@ -11,6 +11,7 @@ from typing import Any
 
 import nox.project
 import pytest
+import yaml
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 CI_SESSIONS = {
@@ -22,6 +23,7 @@ CI_SESSIONS = {
     "coverage",
     "gates",
     "sbom",
+    "train",  # `images` requires it: a release serves a trained model
     "images",
 }
 
@@ -43,7 +45,7 @@ def test_ci_tag_lists_every_pipeline_session(repo_root: Path) -> None:
     assert listed == CI_SESSIONS
 
 
-DEPLOY_SESSIONS = {"sandbox", "deploy", "rollback", "prune", "deliver", "report"}
+DEPLOY_SESSIONS = {"sandbox", "deploy", "promote", "rollback", "prune", "deliver", "report"}
 
 
 def test_every_session_has_a_docstring(repo_root: Path) -> None:
@@ -117,7 +119,31 @@ def test_workflow_is_a_thin_matrix_over_nox(repo_root: Path) -> None:
     assert "permissions: {}" in workflow
     assert "cancel-in-progress: true" in workflow
     for uses in re.findall(r"uses: (\S+)", workflow):
+        if uses.startswith("$/"):  # this repository's own (reusable) workflow
+            continue
         assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", uses), f"not pinned by SHA: {uses}"
+
+
+def test_delivery_starts_only_after_green_ci_and_only_calls_nox(repo_root: Path) -> None:
+    workflows = repo_root / ".github" / "workflows"
+    ci = yaml.safe_load((workflows / "ci.yml").read_text())
+    cd = yaml.safe_load((workflows / "cd.yml").read_text())
+    # cd.yml has no trigger of its own: ci.yml calls it once every CI job passed, on a push.
+    assert cd[True] == {"workflow_call": None}  # YAML reads the key `on` as True
+    call = ci["jobs"]["cd"]
+    assert (call["needs"], call["uses"]) == ("ci-ok", "$/.github/workflows/cd.yml")
+    assert call["if"] == "github.event_name == 'push'"
+    # Every job a thin call of nox sessions (plus the file moves between jobs).
+    for name, job in cd["jobs"].items():
+        for step in job["steps"]:
+            command = step.get("run")
+            if command is not None:
+                assert "$NOX -s " in command or "system-packages.sh" in command, (name, command)
+    # Production is only ever promoted to, never built for or deployed to directly.
+    production = [s.get("run", "") for s in cd["jobs"]["production"]["steps"]]
+    assert "$NOX -s promote -- production --approve" in production
+    assert not any("-s deploy" in command for command in production)
+    assert cd["jobs"]["production"]["environment"] == "production"
 
 
 @pytest.mark.parametrize("command", ["make pipeline", "make test"])

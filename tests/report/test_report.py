@@ -54,6 +54,10 @@ def ok_deploy() -> dict[str, Any]:
         "id": "a00000000001", "action": "deploy", "environment": "sandbox-staging",
         "user": "root", "started": "2026-11-26T15:47:38+00:00",
         "from_versions": {"staging-1": "v0", "staging-2": None}, "to_version": "v1",
+        "to_digest": "sha256:" + "d" * 64,
+        "release": {"release": "v1", "commit": "c" * 40, "tree": "e" * 40,
+                    "model": {"version": "m1", "manifest_sha256": "f" * 64,
+                              "data_fingerprint": "a" * 64}},
         "result": "ok", "detail": "", "seconds": 9.8,
         "events": [
             _event(0.48, "*", "deploy", "v1 to sandbox-staging"),
@@ -281,6 +285,11 @@ def test_markdown_has_the_facts_versions_steps_and_benchmark(markdown: str) -> N
     assert "## 1. sandbox-staging: deploy v1 - ok" in lines
     assert "- duration: 9.8 s" in lines
     assert "- started: 2026-11-26 15:47:38 UTC by root" in lines
+    # The release: the digest the hosts run, and what it is made of.
+    assert f"- digest: sha256:{'d' * 64}" in lines
+    assert f"- commit: {'c' * 40}" in lines
+    assert "- model: m1" in lines
+    assert f"- data fingerprint: {'a' * 64}" in lines
     assert "| staging-1 | v0 | v1 |" in lines
     assert "| staging-2 | - | v1 |" in lines
     assert "| staging-1 | run | 1.04 | 0.56 | ok | green on port 8102 |" in lines
@@ -333,6 +342,7 @@ def test_markdown_keeps_any_line_break_inside_its_table_cell() -> None:
 
 
 def test_html_is_well_formed_and_self_contained(parsed: _Page, page: str) -> None:
+    assert f"<dt>Digest</dt><dd>sha256:{'d' * 64}</dd>" in page  # the release the hosts run
     assert parsed.open == []
     assert parsed.tags[0] == "html"
     assert "script" not in parsed.tags

@@ -9,7 +9,12 @@ import io
 import json
 import os
 import secrets
+import shutil
+import signal
+import subprocess
 import tarfile
+import textwrap
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,12 +27,13 @@ import pytest
 
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import Orchestrator
-from imdb_deploy.images import artifact, build, metadata, services
+from imdb_deploy.images import build, metadata, services
+from imdb_deploy.images import release as release_identity
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
 from imdb_model import verify_artifact
-from tests.support import SharedEngine, loopback, shared_engine
+from tests.support import SharedEngine, fixture_artifact, loopback, shared_engine
 
 # Ports of the test fleets, on addresses apart from the sandbox environments' (test_hosts()).
 SSH_PORT = 2261
@@ -60,15 +66,19 @@ def derived_image(
     base: str,
     tag: str,
     dockerfile: str,
+    *,
     model: Path | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> None:
-    """Build a thin image FROM `base`: `dockerfile`'s lines, with `model/` in the context."""
+    """Build a thin image FROM `base`: `dockerfile`'s lines, with `model/` and `files` in the
+    context."""
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        data = f"FROM {base}\n{dockerfile}".encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        for name, data in {"Dockerfile": f"FROM {base}\n{dockerfile}".encode(),
+                           **(files or {})}.items():  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
         if model is not None:
             tar.add(model, arcname="model")
     context.seek(0)
@@ -76,19 +86,29 @@ def derived_image(
 
 
 def model_release(
-    client: docker.DockerClient, base: str, image: str, model: Path, extra: str = ""
+    client: docker.DockerClient,
+    base: str,
+    image: str,
+    model: Path,
+    *,
+    revision: metadata.Revision,
+    extra: str = "",
 ) -> str:
-    """Another release of `base`'s code: `model` as its own top layer, labelled with its
-    version, which is also its tag. Returns the version."""
-    version = metadata.api_version(verify_artifact(model).version)
-    labels = f'org.opencontainers.image.version="{version}" io.mlops-imdb.model.version="{version}"'
+    """Another release of `base`'s code: `model` as its own top layer with its release record
+    (same tree, another model: another release tag, which is also its tag). Returns the tag."""
+    release = release_identity.new_release(verify_artifact(model).manifest, revision)
+    tag, model_version = release.release, release.model.version
+    identity = json.dumps(release.identity()).encode()
+    labels = (
+        f'org.opencontainers.image.version="{tag}" io.mlops-imdb.model.version="{model_version}"'
+    )
     derived_image(
-        client, base, f"{image}:{version}",
-        f"USER 0\nRUN rm -rf /opt/model\nCOPY model/ /opt/model/\nUSER 10001:10001\n"
-        f"LABEL {labels}\n{extra}",
-        model=model,
+        client, base, f"{image}:{tag}",
+        "USER 0\nRUN rm -rf /opt/model\nCOPY model/ /opt/model/\n"
+        f"COPY release.json /opt/release.json\nUSER 10001:10001\nLABEL {labels}\n{extra}",
+        model=model, files={"release.json": identity},
     )  # fmt: skip
-    return version
+    return tag
 
 
 MANIFEST_TYPES = ", ".join([
@@ -118,16 +138,19 @@ def build_releases(engine: SharedEngine, repo_root: Path, work: Path) -> Release
     engine.clear(NAMESPACE, ["mlops-imdb-api"])  # what earlier runs left
     with ThreadPoolExecutor(max_workers=3) as pool:  # seed 9 trains a model its gate rejects
         trained = dict(zip(SEEDS, pool.map(lambda seed: demo(work, seed), SEEDS), strict=True))
+    revision = metadata.git_revision(repo_root)
     built = build.build_service(
         client, repo_root, services.SERVICES["api"], PLATFORMS["linux/amd64"],
-        base_image=engine.base_image, revision=metadata.git_revision(repo_root),
+        base_image=engine.base_image, revision=revision,
         cache_dir=engine.cache_dir, registry=namespace, artifact=trained[7],
     )  # fmt: skip
     image, v1 = built.reference.rpartition(":")[0], built.version
     base = f"{image}:{v1}"
-    v2 = model_release(client, base, image, trained[8])
+    v2 = model_release(client, base, image, trained[8], revision=revision)
     # A good model, slowed down, under its own version (it passes the smoke test).
-    slow = model_release(client, base, image, trained[10], "ENV IMDB_API_DEBUG_DELAY_S=0.15")
+    slow = model_release(
+        client, base, image, trained[10], revision=revision, extra="ENV IMDB_API_DEBUG_DELAY_S=0.15"
+    )
     faults = {
         "never-ready": 'ENTRYPOINT ["sleep", "infinity"]',
         "tampered": "USER 0\nRUN echo tampered >> /opt/model/model.onnx\nUSER 10001",
@@ -147,7 +170,7 @@ def build_releases(engine: SharedEngine, repo_root: Path, work: Path) -> Release
 
 
 def demo(work: Path, seed: int) -> Path:
-    return artifact.demo_artifact(work / f"artifact-{seed}", seed=seed)
+    return fixture_artifact(work / f"artifact-{seed}", seed=seed)
 
 
 def worker_index() -> int:
@@ -185,8 +208,18 @@ def releases(
         return built
 
 
-def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> str:
-    """A sandbox environment on the test fleet; `overrides` replace whole sections."""
+def environment_toml(
+    state: Path,
+    image: str,
+    root: Path,
+    *,
+    http_port: int = HTTP_PORT,
+    app_ports: dict[str, int] = APP_PORTS,
+    top: str = "",
+    **overrides: str,
+) -> str:
+    """A sandbox environment on the test fleet; `overrides` replace whole sections, `top` adds
+    top-level lines; another environment on the same hosts needs ports of its own."""
     hosts = "".join(
         f'\n[[hosts]]\nname = "{name}"\naddress = "{address}"\napp_bind = "{address}"\n'
         for name, address in test_hosts()
@@ -209,7 +242,7 @@ def environment_toml(state: Path, image: str, root: Path, **overrides: str) -> s
 sandbox = true
 image = "{image}"
 deploy_root = "{root}"
-
+{top}
 [ssh]
 port = {SSH_PORT}
 known_hosts = "{state / 'known_hosts'}"
@@ -219,11 +252,11 @@ command_timeout_s = 60
 
 [nginx]
 mode = "own"
-port = {HTTP_PORT}
+port = {http_port}
 user = "www-data"
 
 [app]
-ports = {{ blue = {APP_PORTS['blue']}, green = {APP_PORTS['green']} }}
+ports = {{ blue = {app_ports['blue']}, green = {app_ports['green']} }}
 settings = {{ IMDB_API_WORKERS = "1", IMDB_API_GRACEFUL_SHUTDOWN_S = "5" }}
 secrets = {{ IMDB_API_E2E_TOKEN = "{SECRET_VARIABLE}" }}
 stop_timeout_s = 8
@@ -248,11 +281,12 @@ class Sandbox:
             environment or self.environment, echo=self.lines.append, **kwargs  # type: ignore[arg-type]
         )
 
-    def served_versions(self) -> list[str | None]:
-        """The model version each host's nginx serves now (None: nothing is served yet)."""
+    def served_versions(self, environment: Environment | None = None) -> list[str | None]:
+        """The release each host's nginx serves now (None: nothing is served yet)."""
+        environment = environment or self.environment
         versions: list[str | None] = []
-        for host in self.environment.hosts:
-            url = f"http://{self.environment.http_address(host)}/model/info"
+        for host in environment.hosts:
+            url = f"http://{environment.http_address(host)}/model/info"
             try:
                 reply = urllib.request.urlopen(url, timeout=5)
             except urllib.error.HTTPError as exc:
@@ -262,7 +296,7 @@ class Sandbox:
                 versions.append(None)
                 continue
             with reply:
-                versions.append(json.loads(reply.read())["version"])
+                versions.append(json.loads(reply.read())["release"]["release"])
         return versions
 
     def ensure_live(self, version: str) -> None:
@@ -328,3 +362,82 @@ def sandbox(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Ite
     finally:
         fleet.down()
         os.environ.pop(SECRET_VARIABLE, None)
+
+
+# ---- load while a release changes -------------------------------------------------------------
+
+WRK_SCRIPT = textwrap.dedent("""\
+    wrk.method = "POST"
+    wrk.headers["Content-Type"] = "application/json"
+    wrk.body = '{"primaryTitle": "Load", "startYear": 2001, "runtimeMinutes": 95, ' ..
+               '"genres": ["Drama"], "isAdult": false}'
+    -- 5 ms between a connection's requests: several hundred a second per host, steady, and
+    -- cores left for the fleet that another test worker deploys to meanwhile.
+    delay = function() return 5 end
+    done = function(summary, latency, requests)
+      local e = summary.errors
+      io.write(string.format(
+        '{"requests": %d, "connect": %d, "read": %d, "write": %d, "status": %d, ' ..
+        '"timeout": %d, "max_ms": %.2f, "p99_ms": %.2f}\\n',
+        summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
+        latency.max / 1000, latency:percentile(99) / 1000))
+    end
+    """)
+
+
+def under_load(
+    box: Sandbox,
+    tmp_path: Path,
+    action: Callable[[], object],
+    limit_s: int = 120,
+    environment: Environment | None = None,
+) -> tuple[list[dict[str, float]], float]:
+    """Run `action` while wrk sends /predict requests through every host's nginx (of the test
+    environment, or `environment`), from a second before it starts to a second after it ends;
+    (wrk's figures per host, seconds under load)."""
+    environment = environment or box.environment
+    wrk = shutil.which("wrk")
+    assert wrk is not None, "wrk is needed (deploy/system-packages.sh installs it)"
+    script = tmp_path / "predict.lua"
+    script.write_text(WRK_SCRIPT)
+    loads = [
+        subprocess.Popen(
+            [
+                wrk,
+                "-t1",
+                "-c4",
+                f"-d{limit_s}s",
+                "--timeout=5s",
+                "-s",
+                str(script),
+                f"http://{environment.http_address(host)}/predict",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for host in environment.hosts
+    ]
+    started = time.monotonic()
+    time.sleep(1.0)  # load is flowing before the action starts
+    try:
+        action()
+        time.sleep(1.0)  # and goes on after it ends
+    finally:
+        for load in loads:  # on SIGINT, wrk stops, prints its figures and runs `done`
+            load.send_signal(signal.SIGINT)
+        outputs = [load.communicate(timeout=30)[0] for load in loads]
+    seconds = time.monotonic() - started
+    results = []
+    for output in outputs:
+        summary = json.loads(output.strip().splitlines()[-1])
+        print(f"wrk: {summary}")
+        results.append(summary)
+    return results, seconds
+
+
+def failed_requests(results: list[dict[str, float]]) -> int:
+    """Requests wrk saw fail in any way (connect, read, write, HTTP status, timeout)."""
+    return int(
+        sum(r[k] for r in results for k in ("connect", "read", "write", "status", "timeout"))
+    )

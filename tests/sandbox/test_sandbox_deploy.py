@@ -89,7 +89,8 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
     tight = sandbox.environment.model_copy(update={"keep_releases": 1})
     deployer = sandbox.orchestrator(tight)
     try:
-        before = deployer.read_state(tight.hosts[0]).releases
+        earlier = deployer.read_state(tight.hosts[0])
+        before = earlier.releases
         protected = deployer.prune()
         assert protected == {releases.v1, releases.v2}
         for host in tight.hosts:
@@ -97,7 +98,8 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
             assert state.releases == [v for v in before if v in protected]
             runner = deployer.runners[host.name]
             for version in before:
-                present = runner.run(commands.image_exists(tight.image_ref(version)), check=False)
+                image = tight.image_ref(version, earlier.digests[version])  # run by digest
+                present = runner.run(commands.image_exists(image), check=False)
                 assert present.ok == (version in protected), version
     finally:
         deployer.close()
@@ -110,7 +112,7 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
     [
         ("never_ready", "not ready within"),
         ("tampered", "model.onnx"),
-        ("mislabelled", "serves model"),
+        ("mislabelled", "serves release"),
         ("corrupt", "Digest did not match"),
     ],
 )

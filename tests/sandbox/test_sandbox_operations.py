@@ -11,90 +11,24 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from imdb_deploy.bluegreen.orchestrator import DeployError
-from tests.sandbox.conftest import Sandbox
+from tests.sandbox.conftest import Sandbox, under_load
 from tests.support import serving
 
 pytestmark = pytest.mark.integration
 
 
 # ---- zero downtime -------------------------------------------------------------------------
-
-WRK_SCRIPT = textwrap.dedent("""\
-    wrk.method = "POST"
-    wrk.headers["Content-Type"] = "application/json"
-    wrk.body = '{"primaryTitle": "Load", "startYear": 2001, "runtimeMinutes": 95, ' ..
-               '"genres": ["Drama"], "isAdult": false}'
-    -- 5 ms between a connection's requests: several hundred a second per host, steady, and
-    -- cores left for the fleet that another test worker deploys to meanwhile.
-    delay = function() return 5 end
-    done = function(summary, latency, requests)
-      local e = summary.errors
-      io.write(string.format(
-        '{"requests": %d, "connect": %d, "read": %d, "write": %d, "status": %d, ' ..
-        '"timeout": %d, "max_ms": %.2f, "p99_ms": %.2f}\\n',
-        summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
-        latency.max / 1000, latency:percentile(99) / 1000))
-    end
-    """)
-
-
-def under_load(
-    box: Sandbox, tmp_path: Path, action: Callable[[], object], limit_s: int = 120
-) -> tuple[list[dict[str, float]], float]:
-    """Run `action` while wrk sends /predict requests through every host's nginx, from a second
-    before it starts to a second after it ends; (wrk's figures per host, seconds under load)."""
-    wrk = shutil.which("wrk")
-    assert wrk is not None, "wrk is needed (deploy/system-packages.sh installs it)"
-    script = tmp_path / "predict.lua"
-    script.write_text(WRK_SCRIPT)
-    loads = [
-        subprocess.Popen(
-            [
-                wrk,
-                "-t1",
-                "-c4",
-                f"-d{limit_s}s",
-                "--timeout=5s",
-                "-s",
-                str(script),
-                f"http://{box.environment.http_address(host)}/predict",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for host in box.environment.hosts
-    ]
-    started = time.monotonic()
-    time.sleep(1.0)  # load is flowing before the action starts
-    try:
-        action()
-        time.sleep(1.0)  # and goes on after it ends
-    finally:
-        for load in loads:  # on SIGINT, wrk stops, prints its figures and runs `done`
-            load.send_signal(signal.SIGINT)
-        outputs = [load.communicate(timeout=30)[0] for load in loads]
-    seconds = time.monotonic() - started
-    results = []
-    for output in outputs:
-        summary = json.loads(output.strip().splitlines()[-1])
-        print(f"wrk: {summary}")
-        results.append(summary)
-    return results, seconds
 
 
 def test_zero_dropped_requests_during_deploy_and_rollback(sandbox: Sandbox, tmp_path: Path) -> None:

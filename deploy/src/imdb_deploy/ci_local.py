@@ -338,6 +338,12 @@ def run_workflow(
     results: dict[str, dict[str, Any]] = {}
     for name in job_order(jobs):
         job = jobs[name]
+        if "uses" in job:
+            # A called workflow (CD after green CI) deploys with GitHub's environments and
+            # secrets: it is not a CI job, and is not run here.
+            results[name] = {"result": "skipped", "outputs": {}}
+            runner.echo(f"job {name}: skipped (calls {job['uses']}: delivery, not CI)")
+            continue
         context = Context(
             env={k: str(v) for k, v in {**workflow.get("env", {}), **job.get("env", {})}.items()},
             needs={need: results[need] for need in _needs(job)},

@@ -39,7 +39,8 @@ from imdb_deploy.outbound import MASK, Delivery, Job, Secret, deliver, http_send
 
 log = logging.getLogger("imdb_deploy.notify")
 
-Action = Literal["deploy", "rollback"]
+# "release": a new release was made (or refused) for an environment, before any deploy.
+Action = Literal["deploy", "rollback", "release"]
 Result = Literal["ok", "failed", "refused", "rolled_back"]
 
 SUBJECT_PREFIX = "[mlops-imdb]"
@@ -243,6 +244,8 @@ def summary(event: DeployEvent) -> str:
     version = event.to_version or "(no version)"
     if event.action == "rollback":
         what = f"rollback of {event.environment} to {version}"
+    elif event.action == "release":
+        what = f"new release for {event.environment}"
     else:
         what = f"deploy of {version} to {event.environment}"
     return f"{what}: {event.result} in {event.seconds:.1f} s ({_from_text(event.from_versions)})"

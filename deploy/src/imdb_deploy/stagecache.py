@@ -76,8 +76,22 @@ def source_files(root: Path) -> list[Path]:
     return [root / name for name in sorted(set(filter(None, listed.decode().split("\0"))))]
 
 
-def source_digest(root: Path) -> str:
-    return tree_digest(source_files(root), root)
+def source_digest(root: Path, only: Sequence[str] = ()) -> str:
+    """Digest of the sources; `only` (paths relative to `root`) narrows them to what a stage
+    reads, so a change elsewhere does not run it again."""
+    files = source_files(root)
+    if only:
+        prefixes = tuple(prefix.rstrip("/") for prefix in only)
+        files = [
+            path
+            for path in files
+            if any(
+                (relative := path.relative_to(root).as_posix()) == prefix
+                or relative.startswith(prefix + "/")
+                for prefix in prefixes
+            )
+        ]
+    return tree_digest(files, root)
 
 
 def directory_digest(directory: Path) -> str:

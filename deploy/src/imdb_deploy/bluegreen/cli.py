@@ -1,8 +1,14 @@
 """The deploy commands, shared by `python -m imdb_deploy.bluegreen` (nox) and the fabfile.
 
-deploy ENV [--version V] [--approve]      release V (default: the last image built)
+deploy ENV [--version V] [--digest D] [--approve]
+                                          release V by digest (default: the release the last
+                                          `nox -s images` built, reports/release.json)
+promote ENV [--approve]                   the release live and benchmark-passed on the
+                                          environment ENV promotes from, by its digest
+promote ENV --plan                        `build=false` when that release is of this checkout's
+                                          tree (promote it), else `build=true` (CD's choice)
 rollback ENV [--version V] [--approve]    back to the kept release, or to V
-status ENV [--json]                       per host: colour, version, health, addresses
+status ENV [--json]                       per host: colour, release, digest, health
 audit ENV [--limit N]                     the newest audit entries
 lock ENV                                  who holds the deploy lock, until when
 unlock ENV [--reason TEXT]                force-release the lock (audited)
@@ -22,11 +28,13 @@ from imdb_deploy import notify
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, Outcome
 from imdb_deploy.images import __main__ as images_cli
+from imdb_deploy.images import metadata
+from imdb_deploy.images import release as releases
 from imdb_deploy.monitoring import markers
 from imdb_deploy.report.timeline import timelines_dir
 
-# `nox -s images` records what it built here; the default release is the API image it built last.
-IMAGES_RECORD = REPO_ROOT / "reports" / "images-amd64.json"
+# `nox -s images --push` records the release it built here (its tag and image digests).
+RELEASE_RECORD = REPO_ROOT / "reports" / "release.json"
 
 
 # Outcome results as notifications name them (anything unexpected counts as a failure).
@@ -41,16 +49,32 @@ class CliError(RuntimeError):
     """A usage problem worth one clear line, not a traceback."""
 
 
-def built_version(record: Path = IMAGES_RECORD) -> str:
-    """The version of the API image the last `nox -s images` built."""
+def built_release(record: Path = RELEASE_RECORD) -> tuple[str, str]:
+    """(release, API image digest) of the release the last `nox -s images --push` built."""
     try:
-        images = json.loads(record.read_text())
-        return next(str(image["version"]) for image in images if image["service"] == "api")
-    except (OSError, ValueError, StopIteration, KeyError, TypeError):
+        built = releases.read(record)
+        return built.release, built.images["api"]["digest"]
+    except (releases.ReleaseError, KeyError) as exc:
         raise CliError(
-            f"no --version given and no API image recorded in {record}: "
+            f"no --version given and no release recorded in {record} ({exc}): "
             "build one with `nox -s images` or pass --version"
         ) from None
+
+
+def target_release(
+    version: str | None, digest: str | None, record: Path = RELEASE_RECORD
+) -> tuple[str, str | None]:
+    """What a deploy releases: the built release by default; `--version V` with the digest
+    given, or the one its build recorded, or (None) what the hosts or registry know."""
+    if not version:
+        return built_release(record)
+    if digest:
+        return version, digest
+    try:
+        built, built_digest = built_release(record)
+    except CliError:
+        return version, None
+    return version, built_digest if built == version else None
 
 
 def save_outcome(outcome: Outcome, directory: Path | None = None) -> Path:
@@ -69,7 +93,7 @@ def save_outcome(outcome: Outcome, directory: Path | None = None) -> Path:
 
 
 def status_table(rows: Sequence[dict[str, object]]) -> str:
-    header = f"{'host':<14} {'ssh':<18} {'http':<26} {'colour':<7} {'version':<28} health"
+    header = f"{'host':<14} {'ssh':<18} {'http':<26} {'colour':<7} {'release':<40} health"
     lines = [header, "-" * len(header)]
     for row in rows:
         health = (
@@ -79,8 +103,13 @@ def status_table(rows: Sequence[dict[str, object]]) -> str:
             health += " (interrupted switch: the next deploy or rollback repairs it)"
         lines.append(
             f"{row['host']!s:<14} {row['ssh']!s:<18} {row['http']!s:<26} "
-            f"{row.get('colour') or '-'!s:<7} {row.get('version') or '-'!s:<28} {health}"
+            f"{row.get('colour') or '-'!s:<7} {row.get('version') or '-'!s:<40} {health}"
         )
+        if row.get("digest") or row.get("commit"):
+            lines.append(
+                f"    digest {row.get('digest') or '-'}  commit {row.get('commit') or '-'}  "
+                f"model {row.get('model_version') or '-'}"
+            )
         if row.get("error"):
             lines.append(f"    {row['error']}")
     return "\n".join(lines)
@@ -121,13 +150,24 @@ def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None
 def _release(
     orchestrator: Orchestrator,
     action: str,
-    version: str | None,
-    approve: bool,
-    force: bool = False,
+    options: Mapping[str, Any],
 ) -> int:
+    version, approve = options.get("version"), bool(options.get("approve"))
     try:
         if action == "deploy":
-            outcome = orchestrator.deploy(version or built_version(), approve, force=force)
+            release, digest = target_release(version, options.get("digest"))
+            force = bool(options.get("force"))
+            outcome = orchestrator.deploy(release, approve, force=force, digest=digest)
+        elif action == "promote":
+            source = orchestrator.environment.promote_from
+            if source is None:
+                raise CliError(
+                    f"{orchestrator.environment.name} names no environment to promote from "
+                    "(promote_from in its file)"
+                )
+            if options.get("plan"):
+                return _plan_promotion(orchestrator, source)
+            outcome = orchestrator.promote(orchestrator.environment.sibling(source), approve)
         else:
             outcome = orchestrator.rollback(version, approve)
     finally:
@@ -136,6 +176,27 @@ def _release(
             print(f"timeline: {report}")
             announce(orchestrator.outcome, report, orchestrator.environ)
     return 0 if outcome.result == "ok" else 1
+
+
+def _plan_promotion(orchestrator: Orchestrator, source: str) -> int:
+    """Print `build=false` when `source` runs a promotable release of this checkout's tree,
+    else `build=true` (for $GITHUB_OUTPUT); the reason goes to stderr."""
+    tree = metadata.git_revision(REPO_ROOT).tree
+    try:
+        version, digest = orchestrator.promotable(source)
+    except DeployError as exc:
+        print(f"plan: build a release ({exc})", file=sys.stderr)
+        print("build=true")
+        return 0
+    if version.rpartition("-t")[2] != tree[: releases.TREE_LENGTH]:
+        print(f"plan: build a release ({source} runs {version}, not of tree {tree[:12]})",
+              file=sys.stderr)  # fmt: skip
+        print("build=true")
+        return 0
+    print(f"plan: promote {version} ({digest}) from {source}: it is of this tree",
+          file=sys.stderr)  # fmt: skip
+    print("build=false")
+    return 0
 
 
 def _status(orchestrator: Orchestrator, as_json: bool) -> int:
@@ -197,10 +258,9 @@ def run(action: str, environment: Environment, **options: Any) -> int:
     """Run one action; returns the process exit code."""
     orchestrator = Orchestrator(environment)
     actions: dict[str, Callable[[], int]] = {
-        "deploy": lambda: _release(orchestrator, "deploy", options.get("version"),
-                                   bool(options.get("approve")), bool(options.get("force"))),
-        "rollback": lambda: _release(orchestrator, "rollback", options.get("version"),
-                                     bool(options.get("approve"))),
+        "deploy": lambda: _release(orchestrator, "deploy", options),
+        "promote": lambda: _release(orchestrator, "promote", options),
+        "rollback": lambda: _release(orchestrator, "rollback", options),
         "status": lambda: _status(orchestrator, bool(options.get("json"))),
         "audit": lambda: _audit(orchestrator, int(options.get("limit") or 20)),
         "lock": lambda: _lock(orchestrator),
@@ -239,10 +299,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     actions = parser.add_subparsers(dest="action", required=True)
     for name in ("deploy", "rollback"):
         sub = actions.add_parser(name)
-        sub.add_argument("--version", help="image tag = model version")
+        sub.add_argument("--version", help="the release tag (<model version>-t<tree>)")
         sub.add_argument("--approve", action="store_true", help="approval for production (CI)")
+    promoting = actions.add_parser("promote")
+    promoting.add_argument("--approve", action="store_true", help="approval for production (CI)")
+    promoting.add_argument(
+        "--plan", action="store_true", help="say whether CD must build first (build=true|false)"
+    )
     actions.choices["deploy"].add_argument(
-        "--force", action="store_true", help="redeploy even where the version is live already"
+        "--force", action="store_true", help="redeploy even where the release is live already"
+    )
+    actions.choices["deploy"].add_argument(
+        "--digest", help="the image digest to run (default: the one its build recorded)"
     )
     actions.add_parser("status").add_argument("--json", action="store_true")
     actions.add_parser("audit").add_argument("--limit", type=int, default=20)

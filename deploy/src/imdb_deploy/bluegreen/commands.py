@@ -246,7 +246,13 @@ def remove_container(name: str) -> str:
 
 
 def run_container(
-    environment: Environment, host: Host, colour: str, version: str, layout: HostLayout
+    environment: Environment,
+    host: Host,
+    colour: str,
+    version: str,
+    layout: HostLayout,
+    *,
+    digest: str | None = None,
 ) -> str:
     """Start one colour: host network on its own port, read-only, no privileges, the settings
     from the env file (secrets never appear on a command line)."""
@@ -271,7 +277,7 @@ def run_container(
         f"--env=IMDB_API_HOST={environment.app_bind(host)}",
         f"--env=IMDB_API_PORT={port}",
         *(f"--label={key}={value}" for key, value in labels.items()),
-        environment.image_ref(version),
+        environment.image_ref(version, digest),
     ]
     return " ".join(q(arg) for arg in argv)
 

@@ -20,7 +20,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imdb_deploy.bluegreen.layout import COLOURS, HostLayout
 
@@ -174,6 +182,12 @@ class Environment(_Strict):
     strategy: Literal["all-or-nothing", "rolling"] = "all-or-nothing"
     batch_size: int = Field(default=1, ge=1, description="hosts per batch in rolling mode")
     keep_releases: int = Field(default=5, ge=1)
+    promote_from: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="the environment whose live, benchmark-passed release `promote` deploys "
+        "here, by digest (production promotes from staging)",
+    )
     approval: Approval = Approval()
     ssh: SshSettings
     nginx: NginxSettings = NginxSettings()
@@ -183,6 +197,12 @@ class Environment(_Strict):
     lock: LockSettings = LockSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     hosts: tuple[Host, ...] = Field(min_length=1)
+    # The directory its file was read from: where the environment it promotes from is found.
+    _directory: Path = PrivateAttr(default=ENVIRONMENTS_DIR)
+
+    def sibling(self, name: str) -> Environment:
+        """Another environment of the same directory (the one this one promotes from)."""
+        return load_environment(name, self._directory)
 
     @model_validator(mode="after")
     def _distinct_hosts(self) -> Environment:
@@ -212,8 +232,10 @@ class Environment(_Strict):
     def container_name(self, colour: str) -> str:
         return f"mlops-imdb-api-{self.name}-{colour}"
 
-    def image_ref(self, version: str) -> str:
-        return f"{self.image}:{version}"
+    def image_ref(self, version: str, digest: str | None = None) -> str:
+        """`image:version`, or `image@digest` once the release's digest is known: hosts run
+        a release by digest, so a tag moved in the registry cannot change what they run."""
+        return f"{self.image}@{digest}" if digest else f"{self.image}:{version}"
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -265,7 +287,9 @@ def load_environment(
         environment = Environment.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return _resolve_paths(environment, repo_root)
+    resolved = _resolve_paths(environment, repo_root)
+    resolved._directory = path.parent
+    return resolved
 
 
 def _resolve_paths(environment: Environment, repo_root: Path) -> Environment:

@@ -29,10 +29,16 @@ from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 from imdb_deploy.bluegreen import commands, loadcheck
-from imdb_deploy.bluegreen.config import Environment, Host, Redactor, current_user
+from imdb_deploy.bluegreen.config import (
+    Environment,
+    Host,
+    Redactor,
+    current_user,
+)
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
 from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
+from imdb_deploy.images.retention import RegistryClient, RetentionError
 
 T = TypeVar("T")
 
@@ -87,6 +93,8 @@ class Outcome:
     started: str
     from_versions: dict[str, str | None]
     to_version: str | None
+    to_digest: str | None = None  # the release's image digest, which the hosts run
+    release: dict[str, object] | None = None  # what the release says it is (/model/info)
     result: str = "running"
     detail: str = ""
     seconds: float = 0.0
@@ -125,6 +133,8 @@ class Orchestrator:
         self._t0 = time.monotonic()
         self.outcome: Outcome | None = None
         self._events_lock = threading.Lock()
+        # Release -> image digest, from the caller and the hosts' records: hosts run by digest.
+        self.digests: dict[str, str] = {}
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -330,12 +340,13 @@ class Orchestrator:
         if not result.ok:
             raise RemoteError(host.name, f"nginx refused the switch: {result.stderr.strip()}")
 
-    def _served_version(self, host: Host, url: str) -> str:
+    def _served_release(self, host: Host, url: str) -> str:
+        """The release tag the API at `url` (/model/info) says it was built as."""
         reply = self.runners[host.name].run(commands.http_get(url))
         try:
-            return str(json.loads(reply.stdout)["version"])
+            return str(json.loads(reply.stdout)["release"]["release"])
         except (ValueError, KeyError, TypeError):
-            raise RemoteError(host.name, f"{url} answered no model version") from None
+            raise RemoteError(host.name, f"{url} answered no release") from None
 
     def _smoke(self, host: Host, colour: str, version: str) -> None:
         """The new colour must serve this release's model and give sane predictions."""
@@ -348,13 +359,21 @@ class Orchestrator:
         try:
             served, answer = (json.loads(line) for line in reply.stdout.splitlines())
             ratings = [float(r) for r in answer["averageRatings"]]
-            versions = {served["version"], answer["modelVersion"]}
+            release = dict(served.get("release") or {})
+            models = {served["version"], answer["modelVersion"]}
         except (ValueError, KeyError, TypeError):
             raise DeployError(
                 f"{host.name}: smoke test failed: {reply.stdout[:300]}{reply.stderr[:300]}"
             ) from None
-        if versions != {version}:
-            raise DeployError(f"{host.name}: serves model {sorted(versions)}, expected {version}")
+        if release.get("release") != version:
+            raise DeployError(
+                f"{host.name}: serves release {release.get('release')}, expected {version}"
+            )
+        model = release.get("model")
+        if not isinstance(model, dict) or models != {model.get("version")}:
+            raise DeployError(f"{host.name}: serves model {sorted(models)}, not {version}'s")
+        if self.outcome is not None and self.outcome.to_version == version:
+            self.outcome.release = release
         if len(ratings) != len(SMOKE_MOVIES) or not all(1 <= r <= 10 for r in ratings):
             raise DeployError(f"{host.name}: smoke prediction out of range: {ratings}")
         self.step(host.name, "smoke", f"{len(ratings)} predictions {ratings}")
@@ -384,12 +403,13 @@ class Orchestrator:
             runner.run(commands.start_container(name))
             self.step(host.name, "started", f"kept {colour} container ({version})")
         else:
-            image = env.image_ref(version)
+            digest = self.digests[version]
+            image = env.image_ref(version, digest)
             how = runner.run(commands.ensure_image(image)).stdout.strip()
             self.step(host.name, "image", f"{image} {how}")
             values = env.app_environment(self.environ)
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
-            run = commands.run_container(env, host, colour, version, layout)
+            run = commands.run_container(env, host, colour, version, layout, digest=digest)
             runner.run(f"{commands.remove_container(name)} && {run}")
             self.step(host.name, "started", f"{colour} on port {env.app.ports[colour]}")
         readiness = env.readiness
@@ -424,7 +444,7 @@ class Orchestrator:
         # nginx reloads asynchronously: the switch is done when nginx answers with the new model.
         url = commands.public_url(self.environment, host, "/model/info")
         deadline = time.monotonic() + 15
-        while (served := self._served_version(host, url)) != version:
+        while (served := self._served_release(host, url)) != version:
             if time.monotonic() > deadline:
                 raise DeployError(f"{host.name}: nginx still serves {served} after the switch")
             time.sleep(0.05)
@@ -452,10 +472,10 @@ class Orchestrator:
         state = self.read_state(host)
         doomed = state.prunable(self.environment.keep_releases)
         for version in doomed:
-            runner.run(commands.remove_image(self.environment.image_ref(version)), check=False)
+            image = self.environment.image_ref(version, state.digests.get(version))
+            runner.run(commands.remove_image(image), check=False)
         if doomed:
-            kept = [v for v in state.releases if v not in doomed]
-            self.write_state(host, HostState(state.live, dict(state.colours), kept))
+            self.write_state(host, state.pruned(doomed))
             self.step(host.name, "pruned", ", ".join(doomed))
 
     # ---- the release flow ----------------------------------------------------------------------
@@ -528,7 +548,7 @@ class Orchestrator:
         def commit(host: Host) -> None:
             colour, before = done[host.name]
             journal = commands.remove_file(self._layout(host).journal)
-            self.write_state(host, before.switched(colour, version), journal)
+            self.write_state(host, before.switched(colour, version, self.digests[version]), journal)
 
         _, failures = self._parallel(hosts, commit)
         if failures:
@@ -617,6 +637,11 @@ class Orchestrator:
             "hosts": results,
         }
         if not regressions:
+            passed_at = now_iso()
+            self._parallel(
+                env.hosts,
+                lambda h: self.write_state(h, self.read_state(h).gate_passed(version, passed_at)),
+            )
             return
         text = "; ".join(f"{name}: {reason}" for name, reason in regressions.items())
         previous = {state.live_version for state in before.values()}
@@ -658,10 +683,17 @@ class Orchestrator:
                 f"hosts not ready for a {outcome.action}: {self._failures_text(failures)}"
             )
         outcome.from_versions = {name: states[name].live_version for name in states}
+        for state in states.values():
+            self.digests = {**state.digests, **self.digests}
         version, reuse = version_for(states)
         outcome.to_version = version
-        already = all(state.live_version == version for state in states.values())
-        if outcome.action == "deploy" and already and not force and self._all_serving():
+        outcome.to_digest = self.digests.get(version) or self._resolve_digest(version)
+        self.digests[version] = outcome.to_digest
+        already = all(
+            state.live_version == version and state.live_digest == outcome.to_digest
+            for state in states.values()
+        )
+        if outcome.action != "rollback" and already and not force and self._all_serving():
             return None
         how = self.check_approval(version, states, approve, confirm)
         self.step("*", outcome.action, f"{version} to {self.environment.name} (approval: {how})")
@@ -704,11 +736,12 @@ class Orchestrator:
             states = self.inspect()
             if action == "rollback":  # states may have changed while we waited for the lock
                 version, reuse = version_for(states)
-            if action == "deploy" and env.benchmark.enabled:
+            gated = action != "rollback" and env.benchmark.enabled
+            if gated:
                 self._refresh_baselines(states)
             self._release_version(version, reuse, outcome, states)
             outcome.result = "ok"
-            if action == "deploy" and env.benchmark.enabled:
+            if gated:
                 self._benchmark_gate(version, outcome, states)
         except RegressionError as exc:
             outcome.result, outcome.detail = exc.result, self.redact(str(exc))
@@ -743,14 +776,86 @@ class Orchestrator:
         approve: bool = False,
         confirm: Callable[[str], str] | None = None,
         force: bool = False,
+        digest: str | None = None,
     ) -> Outcome:
-        """Release `version` to every host (all-or-nothing by default); nothing to do when
-        every host runs it already, unless `force`."""
+        """Release `version` (by `digest`, else the one the hosts or the registry know) to every
+        host (all-or-nothing by default); nothing to do when every host runs it already, unless
+        `force`."""
+        if digest:
+            self.digests[version] = digest
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
+            source = self.environment.promote_from
+            if source is not None:  # only what passed there, as it passed there
+                wanted = self.digests.get(version) or self._resolve_digest(version)
+                passed_release(source, self._source_states(source), version, wanted)
             return version, False
 
         return self._run("deploy", target, approve, confirm, force)
+
+    def promote(
+        self,
+        source: Environment,
+        approve: bool = False,
+        confirm: Callable[[str], str] | None = None,
+    ) -> Outcome:
+        """Deploy exactly the release live on `source` (this environment's `promote_from`), by
+        its digest, once it passed `source`'s benchmark gate there on every host; refused (and
+        audited here) otherwise. The rest is a deploy like any other."""
+        allowed = self.environment.promote_from
+        if allowed != source.name:
+            raise DeployError(
+                f"{self.environment.name} promotes from {allowed or 'nowhere'} (promote_from), "
+                f"not from {source.name}"
+            )
+
+        def target(states: dict[str, HostState]) -> tuple[str, bool]:
+            version, digest = promotable_release(source, self._source_states(source.name))
+            self.digests[version] = digest
+            self.step("*", "promotable", f"{version} ({digest[:19]}) passed {source.name}")
+            return version, False
+
+        return self._run("promote", target, approve, confirm)
+
+    def states(self) -> dict[str, HostState]:
+        """Every host's state (no lock: a read); DeployError naming the hosts that failed."""
+        states, failures = self._parallel(self.environment.hosts, self.read_state)
+        if failures:
+            raise DeployError(
+                f"cannot read what {self.environment.name} runs: "
+                f"{self._failures_text(failures)}"
+            )
+        return states
+
+    def promotable(self, source: str) -> tuple[str, str]:
+        """(release, digest) this environment would promote from `source` now (DeployError
+        saying why none)."""
+        return promotable_release(self.environment.sibling(source), self._source_states(source))
+
+    def _source_states(self, name: str) -> dict[str, HostState]:
+        """The hosts' states of environment `name` (the one this one promotes from)."""
+        reader = Orchestrator(
+            self.environment.sibling(name), environ=self.environ, echo=lambda line: None
+        )
+        try:
+            return reader.states()
+        finally:
+            reader.close()
+
+    def _resolve_digest(self, version: str) -> str:
+        """The digest the registry serves for `version` now (loopback registries only: a real
+        environment deploys a release from the job that built it, or promotes one)."""
+        location, _, repository = self.environment.image.partition("/")
+        try:
+            digest, _ = RegistryClient(location).manifest(repository, version)
+        except RetentionError as exc:
+            raise DeployError(
+                f"no digest known for {version}: pass the one its build recorded "
+                f"(reports/release.json) or promote it ({exc})"
+            ) from None
+        if not digest:
+            raise DeployError(f"the registry named no digest for {version}")
+        return digest
 
     def rollback(
         self,
@@ -855,14 +960,20 @@ class Orchestrator:
                     commands.http_get(commands.public_url(env, host, "/ready")), check=False
                 )
                 journal = runner.run(commands.read_file(self._layout(host).journal)).stdout
+                info = runner.run(
+                    commands.http_get(commands.public_url(env, host, "/model/info")), check=False
+                )
                 row.update(
                     reachable=True,
                     colour=state.live,
                     version=state.live_version,
+                    digest=state.live_digest,
                     kept=state.kept_version,
                     healthy=ready.ok,
                     interrupted_switch=bool(journal.strip()),
                     releases=state.releases,
+                    passed=state.passed,
+                    **served_release(info.stdout if info.ok else ""),
                 )
             except (RemoteError, StateError) as exc:
                 row.update(reachable=False, healthy=False, error=self.redact(str(exc)))
@@ -928,6 +1039,50 @@ class Orchestrator:
              "detail": f"{reason or 'forced'}; released: {released or 'no lock was held'}"}
         )  # fmt: skip
         return released
+
+
+def served_release(model_info: str) -> dict[str, object]:
+    """What the live API says it is (its /model/info): release, commit, tree, model version."""
+    try:
+        release = json.loads(model_info)["release"]
+        model = release["model"]
+        return {
+            "served_release": str(release["release"]), "commit": str(release["commit"]),
+            "tree": str(release["tree"]), "model_version": str(model["version"]),
+            "model_manifest_sha256": str(model["manifest_sha256"]),
+        }  # fmt: skip
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def promotable_release(source: Environment, states: Mapping[str, HostState]) -> tuple[str, str]:
+    """(release, digest) live on every host of `source` and benchmark-passed on each; else
+    DeployError saying what is missing."""
+    live = {(state.live_version, state.live_digest) for state in states.values()}
+    if len(live) != 1:
+        raise DeployError(f"{source.name} does not run one release: {sorted(map(str, live))}")
+    version, digest = live.pop()
+    if version is None or digest is None:
+        raise DeployError(f"{source.name} runs no release by digest to promote")
+    passed_release(source.name, states, version, digest)
+    return version, digest
+
+
+def passed_release(source: str, states: Mapping[str, HostState], version: str, digest: str) -> None:
+    """DeployError unless `version`, by `digest`, passed `source`'s benchmark gate on every
+    one of its hosts."""
+    not_passed = sorted(name for name, state in states.items() if version not in state.passed)
+    if not_passed:
+        raise DeployError(
+            f"{version} has not passed {source}'s benchmark gate on {not_passed}: "
+            f"deploy it to {source} first"
+        )
+    other = sorted({s.digests.get(version) for s in states.values()} - {digest}, key=str)
+    if other:
+        raise DeployError(
+            f"{version} passed {source} as {other}, not as {digest}: a rebuilt image must "
+            f"pass {source} again"
+        )
 
 
 def _previous_common_release(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from imdb_deploy.bluegreen.layout import COLOURS, other_colour
@@ -16,11 +16,14 @@ class StateError(ValueError):
 
 @dataclass
 class HostState:
-    """The live colour, the version each colour's container runs, and the release history."""
+    """The live colour, the version each colour's container runs, the release history, each
+    release's image digest, and when each release passed this environment's benchmark gate."""
 
     live: str | None = None
     colours: dict[str, str] = field(default_factory=dict)
     releases: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    passed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> HostState:
@@ -35,6 +38,8 @@ class HostState:
                 live=data.get("live"),
                 colours={str(k): str(v) for k, v in dict(data.get("colours", {})).items()},
                 releases=[str(v) for v in data.get("releases", [])],
+                digests={str(k): str(v) for k, v in dict(data.get("digests", {})).items()},
+                passed={str(k): str(v) for k, v in dict(data.get("passed", {})).items()},
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise StateError(f"state.json is not a valid record: {exc}") from None
@@ -59,15 +64,37 @@ class HostState:
         """The stopped previous release beside the live one: the fast rollback target."""
         return self.colours.get(self.idle) if self.live else None
 
-    def switched(self, colour: str, version: str) -> HostState:
-        """The state after `colour`, running `version`, became live."""
+    @property
+    def live_digest(self) -> str | None:
+        version = self.live_version
+        return self.digests.get(version) if version else None
+
+    def switched(self, colour: str, version: str, digest: str | None = None) -> HostState:
+        """The state after `colour`, running `version` (by `digest`), became live."""
         releases = [v for v in self.releases if v != version] + [version]
-        return HostState(live=colour, colours={**self.colours, colour: version}, releases=releases)
+        digests = {**self.digests, version: digest} if digest else dict(self.digests)
+        return replace(
+            self, live=colour, colours={**self.colours, colour: version}, releases=releases,
+            digests=digests,
+        )  # fmt: skip
 
     def without(self, colour: str) -> HostState:
         """The state after `colour`'s container was removed."""
         colours = {k: v for k, v in self.colours.items() if k != colour}
-        return HostState(live=self.live, colours=colours, releases=list(self.releases))
+        return replace(self, colours=colours, releases=list(self.releases))
+
+    def pruned(self, doomed: list[str]) -> HostState:
+        """The state after the `doomed` releases' images were removed."""
+        keep = [v for v in self.releases if v not in doomed]
+        return replace(
+            self, colours=dict(self.colours), releases=keep,
+            digests={k: v for k, v in self.digests.items() if k in keep},
+            passed={k: v for k, v in self.passed.items() if k in keep},
+        )  # fmt: skip
+
+    def gate_passed(self, version: str, at: str) -> HostState:
+        """The state after `version` passed this environment's benchmark gate at `at`."""
+        return replace(self, passed={**self.passed, version: at})
 
     def prunable(self, keep: int) -> list[str]:
         """Releases beyond the newest `keep`, never the live one or the kept one."""

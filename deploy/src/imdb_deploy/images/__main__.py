@@ -14,13 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import docker
+
 from imdb_deploy.engine import base_image, local, registry
-from imdb_deploy.images import artifact, build, engine_client, metadata, retention, scan, services
+from imdb_deploy.images import build, engine_client, metadata, retention, scan, services
+from imdb_deploy.images import release as releases
+from imdb_deploy.images.artifact import trainer_executable
 from imdb_deploy.images.platforms import parse_platform
 
 REPORTS = Path("reports")
@@ -38,8 +43,8 @@ def parser() -> argparse.ArgumentParser:
     b = commands.add_parser("build", help="build (and push, export, scan) service images")
     b.add_argument("--service", default="all", choices=["all", *services.SERVICES])
     b.add_argument("--artifact", type=Path, default=os.environ.get("MLOPS_ARTIFACT"),
-                   help="model artifact for the API image (env MLOPS_ARTIFACT; default: a demo "
-                   "artifact trained once on generated data)")  # fmt: skip
+                   help="the trained model artifact the API image serves (required for it; "
+                   "env MLOPS_ARTIFACT; `nox -s train` publishes artifacts/model)")  # fmt: skip
     b.add_argument("--platform", default="linux/amd64", help="linux/amd64 or linux/arm64")
     b.add_argument("--registry", default=default_registry(), help="HOST:PORT (env MLOPS_REGISTRY)")
     b.add_argument("--push", action="store_true", help="push both tags to the registry")
@@ -70,8 +75,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     selected = services.select(args.service)
     art = args.artifact
     if art is None and any(s.needs_artifact for s in selected):
-        art = artifact.demo_artifact(local.state_dir().parent / "images")
-        print(f"images: no --artifact given, using the demo artifact {art}")
+        raise build.BuildError(
+            "no model artifact for the API image: a release serves a trained model; run "
+            "`nox -s train` (artifacts/model) and pass --artifact DIR or set MLOPS_ARTIFACT"
+        )
     client = engine_client.connect()
     try:
         base = engine_client.ensure_platform_base(
@@ -91,12 +98,17 @@ def cmd_build(args: argparse.Namespace) -> int:
             record.pop("log")
             if args.push:
                 auth = build.registry_auth(os.environ)
-                record["pushed"] = build.push(client, image.tags, auth)
+                pushed = build.push(client, image.tags, auth)
+                record["pushed"] = {tag: build.pushed_digest(tag, d) for tag, d in pushed.items()}
                 print(f"pushed {', '.join(image.tags)}")
             if args.export is not None:
                 record["export"] = str(build.export(client, image.reference, args.export))
                 print(f"exported {record['export']}")
             built.append((image, record))
+        if args.push:
+            release = publish_release(client, built, args.registry, args.reports)
+            if release is not None and art is not None:
+                tag_tracked_run(art, release)
         failures: list[str] = []
         if args.scan:
             osv = os.environ.get("OSV_OFFLINE_DIR")
@@ -114,6 +126,50 @@ def cmd_build(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"images: FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def publish_release(
+    client: docker.DockerClient,
+    built: Sequence[tuple[build.BuiltImage, dict[str, object]]],
+    registry: str | None,
+    reports: Path,
+) -> releases.Release | None:
+    """The release record of the API image just pushed, with the digest of every image pushed
+    with it: into reports/release.json and, as an image of its own, into the registry."""
+    api = next((image for image, _ in built if image.release is not None), None)
+    if api is None or api.release is None:
+        return None
+    images = {}
+    for image, record in built:
+        pushed = record.get("pushed")
+        digest = pushed.get(image.reference, "") if isinstance(pushed, dict) else ""
+        images[image.service] = {"reference": image.reference, "digest": str(digest)}
+    release = api.release.with_images(images)
+    path = releases.write(release, reports / "release.json")
+    reference = releases.build_record_image(client, release, registry)
+    build.push(client, [reference], build.registry_auth(os.environ))
+    print(f"release {release.release}: record {path}, pushed as {reference}")
+    return release
+
+
+def tag_tracked_run(artifact: Path, release: releases.Release) -> None:
+    """With MLFLOW_TRACKING_URI: the MLflow run that trained `artifact` tagged with the release
+    it became (`imdb-trainer track-release`); an artifact trained without tracking is said."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    if not artifact.with_name(artifact.name + ".mlflow-run.json").is_file():
+        print(f"MLflow: {artifact} was trained without tracking; no run to tag")
+        return
+    digest = release.images.get("api", {}).get("digest", "")
+    argv = [trainer_executable(), "track-release", f"--artifact={artifact}",
+            f"--release={release.release}"]  # fmt: skip
+    if digest:
+        argv.append(f"--digest={digest}")
+    if subprocess.run(argv, check=False).returncode != 0:  # noqa: S603 - our own CLI, no shell
+        raise build.BuildError(
+            f"the MLflow run of {artifact} could not be tagged {release.release}"
+        )
+    print(f"MLflow: the run of {artifact} is tagged release={release.release}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

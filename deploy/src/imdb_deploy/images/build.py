@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import time
@@ -13,7 +14,8 @@ from typing import Any
 import docker
 
 from imdb_deploy.images import context as build_context
-from imdb_deploy.images import metadata
+from imdb_deploy.images import metadata, retention
+from imdb_deploy.images import release as releases
 from imdb_deploy.images.artifact import verify_artifact
 from imdb_deploy.images.platforms import Platform
 from imdb_deploy.images.services import ServiceImage
@@ -37,6 +39,7 @@ class BuiltImage:
     labels: dict[str, str]
     seconds: float
     log: list[str] = field(default_factory=list, repr=False)
+    release: releases.Release | None = None  # the API image's: its code tree and model
 
     @property
     def reference(self) -> str:
@@ -118,8 +121,12 @@ def build_service(
         ctx = build_context.assemble(
             root, service, platform, Path(tmp) / "context", cache_dir=cache_dir, artifact=artifact
         )
+        release = None
         if ctx.model_version is not None:
-            version = metadata.api_version(ctx.model_version)
+            manifest = json.loads((ctx.path / "model" / "manifest.json").read_text())
+            release = releases.new_release(manifest, revision, source)
+            releases.write(release, ctx.path / releases.RELEASE_FILE, identity_only=True)
+            version = release.release
             if not platform.is_native() and artifact is not None:
                 # Under qemu onnxruntime cannot load the model: verify it natively instead.
                 verify_artifact(artifact)
@@ -151,6 +158,7 @@ def build_service(
         labels=metadata.expected_labels(args),
         seconds=time.monotonic() - started,
         log=log,
+        release=release,
     )
 
 
@@ -181,6 +189,22 @@ def push(
                 digest = aux["Digest"]
         digests[tag] = digest
     return digests
+
+
+def pushed_digest(tag: str, reported: str) -> str:
+    """The digest a push reported (Docker does), else what a loopback registry now serves
+    for the tag (Podman's Docker API reports none)."""
+    if reported:
+        return reported
+    location, _, name = tag.rpartition(":")
+    address, _, repository = location.partition("/")
+    try:
+        digest, _ = retention.RegistryClient(address).manifest(repository, name)
+    except retention.RetentionError as error:
+        raise BuildError(f"no digest for {tag}: the push reported none and {error}") from None
+    if not digest:
+        raise BuildError(f"no digest for {tag}: neither the push nor the registry named one")
+    return digest
 
 
 def export(client: docker.DockerClient, tag: str, directory: Path) -> Path:

@@ -10,9 +10,11 @@ Every image is also tagged with the commit (`<sha12>`, `-dirty` when the tree ha
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +52,7 @@ class Revision:
     sha: str
     epoch: int
     dirty: bool
+    tree: str = ""  # the git tree of what was built: HEAD's, or the working files' when dirty
 
     @property
     def short(self) -> str:
@@ -61,12 +64,16 @@ class Revision:
         return self.short + ("-dirty" if self.dirty else "")
 
 
-def _git(root: Path, *args: str) -> str:
+def _git(root: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
     git = shutil.which("git")
     if git is None:
         raise MetadataError("`git` is not on PATH")
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [git, "-C", str(root), *args], capture_output=True, text=True, check=False
+        [git, "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
     if result.returncode != 0:
         raise MetadataError(f"git {' '.join(args)} failed: {result.stderr.strip()}")
@@ -78,7 +85,19 @@ def git_revision(root: Path) -> Revision:
     sha = _git(root, "rev-parse", "HEAD")
     epoch = int(_git(root, "log", "-1", "--format=%ct", "HEAD"))
     dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
-    return Revision(sha=sha, epoch=epoch, dirty=dirty)
+    return Revision(sha=sha, epoch=epoch, dirty=dirty, tree=working_tree(root, dirty))
+
+
+def working_tree(root: Path, dirty: bool) -> str:
+    """The tree id of HEAD, or (dirty) of the tracked files as they are now: written through a
+    throw-away index, so the user's own index and staged changes are left alone."""
+    if not dirty:
+        return _git(root, "rev-parse", "HEAD^{tree}")
+    with tempfile.TemporaryDirectory(prefix="mlops-tree-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(root, "read-tree", "HEAD", env=env)
+        _git(root, "add", "--update", "--", ".", env=env)
+        return _git(root, "write-tree", env=env)
 
 
 def source_url(environ: Mapping[str, str]) -> str:

@@ -158,6 +158,7 @@ def _md_deploy(number: int, deploy: Deploy) -> list[str]:
         f"- duration: {t.seconds:.1f} s",
         f"- started: {utc(t.started)} by {md(t.user or '-')}",
         f"- id: {md(t.id)} (timeline {md(deploy.path.name)})",
+        *(f"- {name.lower()}: {md(value)}" for name, value in t.release_facts()),
         "",
         "### Versions",
         "",
@@ -286,6 +287,7 @@ def _html_deploy(number: int, deploy: Deploy) -> list[str]:
         ("Duration", f"{t.seconds:.1f} s"),
         ("Started", f"{utc(t.started)} by {t.user or '-'}"),
         ("Id", f"{t.id} (timeline {deploy.path.name})"),
+        *t.release_facts(),
     ]
     # The section id is built from the position, not from the input, so it is always valid.
     lines = [

@@ -110,10 +110,29 @@ class Timeline(_Record):
     started: AwareDatetime
     from_versions: dict[str, str | None] = Field(default_factory=dict)
     to_version: str | None = None
+    to_digest: str | None = None
+    release: dict[str, Any] | None = None  # what the release said it is (/model/info)
     result: str
     detail: str = ""
     seconds: float = Field(ge=0)
     events: list[Event]
+
+    def release_facts(self) -> list[tuple[str, str]]:
+        """The release's identity as (name, value) lines: digest, commit, tree, model."""
+        facts = [("Digest", self.to_digest)] if self.to_digest else []
+        release = self.release or {}
+        model = release.get("model") if isinstance(release.get("model"), dict) else {}
+        for name, value in (
+            ("Commit", release.get("commit")),
+            ("Tree", release.get("tree")),
+            ("Model", model.get("version") if model else None),
+            ("Model manifest", model.get("manifest_sha256") if model else None),
+            ("Data fingerprint", model.get("data_fingerprint") if model else None),
+        ):
+            if value:
+                facts.append((name, str(value)))
+        return facts
+
     benchmark: Benchmark | None = None
 
 

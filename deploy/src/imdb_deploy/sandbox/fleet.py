@@ -248,6 +248,18 @@ def children_of(pid: int, proc: Path = PROC) -> list[int]:
     return sorted(result)
 
 
+def stop_nginx(layout: HostLayout) -> int | None:
+    """SIGQUIT (graceful) to the own nginx master of a deploy layout on a sandbox host, then
+    harder; its PID if one ran. (`down()` stops the host's own; a second environment on the same
+    host stops its nginx with this.)"""
+    pid = nginx_master_pid(Path(layout.nginx_pid), layout.nginx_dir)
+    if pid is None:
+        return None
+    # SIGQUIT lets workers finish their requests, as the deploy's own shutdown would.
+    _terminate(pid, ((signal.SIGQUIT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
+    return pid
+
+
 def nginx_master_pid(pid_file: Path, nginx_dir: PurePosixPath, proc: Path = PROC) -> int | None:
     """The PID in an own nginx's pid file, if it is a live nginx master running from `nginx_dir`.
 
@@ -654,14 +666,7 @@ class Fleet:
         return names
 
     def _stop_nginx(self, host: SandboxHost) -> int | None:
-        """SIGQUIT (graceful) to the host's own nginx master, then harder; its PID if one ran."""
-        layout = host.layout
-        pid = nginx_master_pid(Path(layout.nginx_pid), layout.nginx_dir)
-        if pid is None:
-            return None
-        # SIGQUIT lets workers finish their requests, as the deploy's own shutdown would.
-        _terminate(pid, ((signal.SIGQUIT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
-        return pid
+        return stop_nginx(host.layout)
 
     def _unmount(self, host: SandboxHost) -> bool:
         """Unmount the host's storage and runroot until nothing remounts; True when clear."""

@@ -125,7 +125,9 @@ class Api:
 
     def __init__(self, settings: Settings, state: ModelState | None = None) -> None:
         self.settings = settings
-        self.state = state or ModelState(settings.artifact, threads=settings.onnx_threads)
+        self.state = state or ModelState(
+            settings.artifact, threads=settings.onnx_threads, release_file=settings.release_file
+        )
         self.metrics = Metrics(self.state)
         self._validator = MovieValidator(self.state.schema, settings.max_string_length)
         self.fastapi = self._build_fastapi()

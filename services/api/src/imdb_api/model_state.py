@@ -8,6 +8,7 @@ verification: without a verified predictor every prediction request gets 503.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import threading
@@ -54,6 +55,28 @@ def check_golden(predictor: Predictor, golden: list[dict[str, Any]]) -> list[str
     return problems
 
 
+def read_release(path: Path | None, artifact: Artifact) -> dict[str, Any] | None:
+    """The release record an image was built as (None without one). It must name this artifact:
+    a record of another model (a mislabelled image) is a verification failure."""
+    if path is None:
+        return None
+    try:
+        record = json.loads(path.read_text())
+        release, model = str(record["release"]), record["model"]
+        manifest_sha256 = str(model["manifest_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactVerificationError(
+            artifact.path, [f"release record {path} is unreadable: {exc!r}"]
+        ) from None
+    if manifest_sha256 != artifact.manifest["manifest_sha256"]:
+        raise ArtifactVerificationError(
+            artifact.path,
+            [f"release {release} names model manifest {manifest_sha256[:12]}, "
+             f"the artifact is {str(artifact.manifest['manifest_sha256'])[:12]}"],
+        )  # fmt: skip
+    return dict(record)
+
+
 class Status(str, enum.Enum):
     """Where the model is in its lifecycle."""
 
@@ -66,9 +89,12 @@ class Status(str, enum.Enum):
 class ModelState:
     """Holds the predictor once the artifact has been verified, or why there is none."""
 
-    def __init__(self, artifact: Path | None, threads: int = 1) -> None:
+    def __init__(
+        self, artifact: Path | None, threads: int = 1, release_file: Path | None = None
+    ) -> None:
         self.artifact = artifact
         self.threads = threads
+        self.release_file = release_file
         self.status = Status.NOT_CONFIGURED if artifact is None else Status.LOADING
         self.reasons: list[str] = (
             ["no artifact configured (set IMDB_API_ARTIFACT or --artifact)"]
@@ -102,13 +128,14 @@ class ModelState:
             problems = check_golden(predictor, artifact.manifest["golden"])
             if problems:
                 raise ArtifactVerificationError(artifact.path, problems)
+            release = read_release(self.release_file, artifact)
         except ArtifactVerificationError as exc:
             self._fail(exc.problems)
         except Exception as exc:  # any other failure must also leave the service unready
             logger.exception("artifact could not be loaded")
             self._fail([f"the artifact could not be loaded: {exc!r}"])
         else:
-            self._succeed(artifact, predictor, time.perf_counter() - start)
+            self._succeed(artifact, predictor, time.perf_counter() - start, release)
         finally:
             self._done.set()
 
@@ -122,12 +149,19 @@ class ModelState:
         """Wait until loading has finished (either way); False on timeout."""
         return self._done.wait(timeout)
 
-    def _succeed(self, artifact: Artifact, predictor: Predictor, seconds: float) -> None:
+    def _succeed(
+        self,
+        artifact: Artifact,
+        predictor: Predictor,
+        seconds: float,
+        release: dict[str, Any] | None = None,
+    ) -> None:
         self.schema = artifact.schema
         self.version = artifact.version
         self.public_manifest = {
             k: artifact.manifest[k] for k in PUBLIC_KEYS if k in artifact.manifest
         }
+        self.public_manifest["release"] = release
         self.predictor = predictor
         self.reasons = []
         # Published last: request handlers read `status` without a lock.

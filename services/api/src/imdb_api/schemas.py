@@ -90,3 +90,8 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] | None = None
     prediction_distribution: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    release: dict[str, Any] | None = Field(
+        default=None,
+        description="the release this image was built as: commit, tree, model, image digests "
+        "are in the registry's record (none when the service runs outside a release image)",
+    )

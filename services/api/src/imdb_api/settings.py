@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     artifact: Path | None = Field(
         default=None, description="model artifact directory (verified at start)"
     )
+    release_file: Path | None = Field(
+        default=None,
+        description="the release record the image was built as (/model/info shows it; its model "
+        "must be the artifact's, else the service is not ready)",
+    )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on")
     workers: int = Field(

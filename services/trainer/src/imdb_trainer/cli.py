@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,8 +17,17 @@ from rich.table import Table
 
 from imdb_model.artifact import ArtifactVerificationError, verify_artifact
 from imdb_model.schema import KNOWN_TITLE_TYPES
+from imdb_trainer.download import DEFAULT_BASE_URL, DEFAULT_MAX_BYTES, download_imdb
 from imdb_trainer.formats import DataError
 from imdb_trainer.publish import OutputExistsError
+from imdb_trainer.tracking import (
+    TrackingError,
+    TrackingUnavailableError,
+    ending_run_on_error,
+    finish_training_run,
+    start_training_run,
+    tag_release,
+)
 
 EXIT_OK: Final[int] = 0
 EXIT_ERROR: Final[int] = 1
@@ -26,6 +36,7 @@ EXIT_DATA: Final[int] = 3
 EXIT_GATE: Final[int] = 4
 EXIT_ARTIFACT: Final[int] = 5
 EXIT_EXISTS: Final[int] = 6
+EXIT_TRACKING: Final[int] = 7
 
 EPILOG: Final[str] = """exit codes:
   0  success
@@ -36,6 +47,8 @@ EPILOG: Final[str] = """exit codes:
      nothing was published
   5  artifact verification failed (tampered, incomplete or unusable artifact)
   6  the output directory already exists (train without --overwrite)
+  7  MLflow tracking failed (MLFLOW_TRACKING_URI set): before training, nothing was trained;
+     after it, the artifact was published all the same
 """
 
 ProgressCallback = Callable[[int], None]
@@ -63,6 +76,12 @@ def _title_types(text: str) -> tuple[str, ...]:
             f"unknown title types {unknown}; choose from {', '.join(KNOWN_TITLE_TYPES)}"
         )
     return types
+
+
+def _digest(text: str) -> str:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text} is not an image digest (sha256:<64 hex digits>)")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     trn.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
+    rel = command(
+        "track-release",
+        "tag the MLflow run of an artifact (MLFLOW_TRACKING_URI) with the release it became",
+    )
+    run_of = rel.add_mutually_exclusive_group(required=True)
+    run_of.add_argument(
+        "--artifact",
+        type=Path,
+        metavar="DIR",
+        help="artifact trained with tracking: its run is in DIR.mlflow-run.json, beside it",
+    )
+    run_of.add_argument("--run-id", help="the MLflow run id")
+    rel.add_argument("--release", required=True, metavar="TAG", help="the release, e.g. its tag")
+    rel.add_argument(
+        "--digest", type=_digest, metavar="sha256:HEX", help="the release image's digest"
+    )
+
     ev = command("evaluate", "print an artifact's metrics on a data set as JSON")
     ev.add_argument("--artifact", type=Path, required=True, help="artifact directory")
     ev.add_argument("--data", type=Path, required=True, help="directory with the two IMDb files")
@@ -187,6 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = command("verify", "check that an artifact is complete and untampered (exit 0 or 5)")
     ver.add_argument("artifact", type=Path, help="artifact directory")
+
+    dl = command(
+        "download",
+        "download title.basics.tsv.gz and title.ratings.tsv.gz, check them whole and print "
+        "their record (also written to DIR/download.json) as JSON; a failed download (exit 3) "
+        "leaves DIR as it was",
+    )
+    dl.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory to download into"
+    )
+    dl.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"http(s) URL the files are under (default {DEFAULT_BASE_URL})",
+    )
+    dl.add_argument(
+        "--max-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help=f"refuse a file larger than this many bytes (default {DEFAULT_MAX_BYTES})",
+    )
     return parser
 
 
@@ -284,14 +343,31 @@ def _train(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     if args.threads is not None:
         options.threads = args.threads
-    with _bars(err, args.quiet) as bars:
+    # MLflow, with MLFLOW_TRACKING_URI only: the run opens before training (exit 2 without
+    # mlflow, 7 without a server) and is logged after it, without ever unpublishing.
+    run = start_training_run(options)
+    with _bars(err, args.quiet) as bars, ending_run_on_error(run):
         outcome = train(options, progress=bars, log=None if args.quiet else err.print)
     out.print(_metrics_table(outcome.manifest))
+    tracked = finish_training_run(
+        run,
+        outcome,
+        log=None if args.quiet else err.print,
+        warn=lambda text: err.print(text, markup=False),
+    )
     if not outcome.gate.passed:
         for reason in outcome.gate.reasons:
             err.print(f"gate failed: {reason}")
         err.print("nothing was published")
         return EXIT_GATE
+    return EXIT_OK if tracked else EXIT_TRACKING
+
+
+def _track_release(args: argparse.Namespace) -> int:
+    done = tag_release(
+        release=args.release, digest=args.digest, run_id=args.run_id, artifact=args.artifact
+    )
+    _print_data(done)
     return EXIT_OK
 
 
@@ -322,6 +398,15 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _download(args: argparse.Namespace, err: Console) -> int:
+    with _bars(err, args.quiet) as bars:
+        record = download_imdb(
+            args.out, base_url=args.base_url, max_bytes=args.max_bytes, progress=bars
+        )
+    _print_data(record.to_dict())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (see EPILOG)."""
     args = build_parser().parse_args(argv)
@@ -330,8 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[], int]] = {
         "generate": lambda: _generate(args, err),
         "train": lambda: _train(args, out, err),
+        "track-release": lambda: _track_release(args),
         "evaluate": lambda: _evaluate(args, err),
         "verify": lambda: _verify(args),
+        "download": lambda: _download(args, err),
     }
     try:
         return commands[args.command]()
@@ -344,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputExistsError as exc:
         err.print(f"error: {exc}", markup=False)
         return EXIT_EXISTS
+    except TrackingUnavailableError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_USAGE
+    except TrackingError as exc:
+        err.print(f"tracking error: {exc}", markup=False)
+        return EXIT_TRACKING
 
 
 if __name__ == "__main__":  # pragma: no cover
