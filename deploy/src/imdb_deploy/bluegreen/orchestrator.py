@@ -785,6 +785,8 @@ class Orchestrator:
             self.digests[version] = digest
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
+            if self.outcome is not None:  # a refusal below names what was refused
+                self.outcome.to_version = version
             source = self.environment.promote_from
             if source is not None:  # only what passed there, as it passed there
                 wanted = self.digests.get(version) or self._resolve_digest(version)
