@@ -106,6 +106,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
+    if wanted == "integration":
+        items.sort(key=schedule_rank)  # stable: the order within a module stays
+
+
+# The integration layer's longest modules (each holds one worker for minutes: real deploys on
+# its fleet), longest first: xdist's loadscope hands modules out in collection order, and the
+# short ones then fill the gaps instead of one long module starting last and running alone.
+LONGEST_FIRST = (
+    "tests/sandbox/test_sandbox_deploy.py",
+    "tests/sandbox/test_sandbox_operations.py",
+    "tests/sandbox/test_sandbox_promote.py",
+)
+
+
+def schedule_rank(item: pytest.Item) -> int:
+    path = item.nodeid.partition("::")[0]
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 def stand_in(program: str, env: Any) -> bool:

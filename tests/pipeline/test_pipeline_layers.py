@@ -144,3 +144,16 @@ def test_only_cpythons_settrace_race_is_passed_over(capsys: pytest.CaptureFixtur
     )
     sys.unraisablehook(unraisable)
     assert "passed over CPython's settrace race in 'handle_stderr'" in capsys.readouterr().out
+
+
+def test_the_integration_layer_hands_out_its_longest_modules_first() -> None:
+    nodeids = [
+        "tests/api/test_api_process.py::test_a",
+        "tests/sandbox/test_sandbox_promote.py::test_b",
+        "tests/sandbox/test_sandbox_deploy.py::test_c[x]",
+        "tests/sandbox/test_sandbox_deploy.py::test_d",
+    ]
+    items = [types.SimpleNamespace(nodeid=nodeid) for nodeid in nodeids]
+    ordered = sorted(items, key=layers.schedule_rank)  # type: ignore[arg-type]
+    assert [item.nodeid for item in ordered] == [nodeids[2], nodeids[3], nodeids[1], nodeids[0]]
+    assert all((Path(__file__).parents[2] / path).is_file() for path in layers.LONGEST_FIRST)

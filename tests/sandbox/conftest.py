@@ -233,8 +233,11 @@ def environment_toml(
         # Loose p95 tolerance: the tests share two cores with everything else; the slow release
         # is 150 ms per prediction, far beyond it. One second per measurement (a deploy measures
         # twice): hundreds of answers from a good release, a dozen from the slow one.
+        # One request in several hundred may time out when another worker's load test has
+        # both cores (seen once in a few runs: 1 of 614); the zero-dropped tests still hold
+        # every request to 0, and a broken release fails far above this.
         "benchmark": "seconds = 1\nconnections = 2\np95_tolerance = 1.0\np95_slack_ms = 25\n"
-        "min_requests = 10",
+        "min_requests = 10\nmax_error_rate = 0.005",
     }
     settings.update(overrides)
     sections = "".join(f"\n[{name}]\n{body}\n" for name, body in settings.items())
