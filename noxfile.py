@@ -377,20 +377,21 @@ def train(session: nox.Session) -> None:
         session.error("usage: nox -s train [-- --imdb | -- --data DIR]")
     data = [f"--data={IMDB_DATA}"] if imdb else args or [f"--data={GENERATED_DATA}"]
     target = os.environ.get(CHAMPION_ENV_VAR, "sandbox-production")
-    # Generated data comes from the sources, which the stage key covers; posargs name other data;
-    # the champion is asked for anew each time (it changes with every promotion).
+    sync_locked(session, *TRACKING)
+    if not session.posargs and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
+        session.run(
+            "imdb-trainer", "generate", f"--out={GENERATED_DATA}", f"--rows={GENERATED_ROWS}"
+        )
+    # The generated data is part of the key (new data: a model-only release); posargs name
+    # other data, which is trained on every time.
     with reusable(
-        session, MODEL_DIR, reuse=not session.posargs, sources=MODEL_SOURCES, champion=target
+        session, MODEL_DIR, reuse=not session.posargs, sources=MODEL_SOURCES, champion=target,
+        data=stagecache.directory_digest(GENERATED_DATA),
     ) as reused:  # fmt: skip
         if reused:
             return
-        sync_locked(session, *TRACKING)
         if imdb:
             session.run("imdb-trainer", "download", f"--out={IMDB_DATA}")
-        elif not args and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
-            session.run(
-                "imdb-trainer", "generate", f"--out={GENERATED_DATA}", f"--rows={GENERATED_ROWS}"
-            )
         session.run(
             "python", "-m", "imdb_deploy.champion", "train", target, f"--out={CHAMPION_DIR}",
             f"--fallback={MODEL_DIR}", "--", *data, f"--out={MODEL_DIR}", "--overwrite",
