@@ -140,7 +140,6 @@ def test_fetch_champion_of_a_sandbox_that_is_not_up_is_none(
         raise champion.HostsUnreachableError("connection refused")
 
     monkeypatch.setattr(champion, "fetch", unreachable)
-    monkeypatch.setattr(engine_client, "connect", _Closable)
     (tmp_path / "c").mkdir()
     environment, version = champion.fetch_champion("sandbox-production", tmp_path / "c")
     assert (environment.name, version) == ("sandbox-production", None)
@@ -152,6 +151,17 @@ def test_fetch_champion_of_a_sandbox_that_is_not_up_is_none(
     assert champion.main(["fetch", "production", f"--out={tmp_path / 'c'}"]) == 1
 
 
-class _Closable:
-    def close(self) -> None:
-        pass
+def test_no_engine_is_needed_when_nothing_is_live(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_engine() -> None:
+        raise engine_client.EngineNotFoundError("no container engine")
+
+    monkeypatch.setattr(champion, "live_release", lambda environment: None)
+    monkeypatch.setattr(engine_client, "connect", no_engine)
+    assert champion.fetch(load_environment("production"), tmp_path / "c") is None
+    # With a release live, the engine is needed, and its absence is said.
+    monkeypatch.setattr(champion, "live_release", lambda environment: ("r1", "sha256:1"))
+    with pytest.raises(engine_client.EngineNotFoundError):
+        champion.fetch(load_environment("production"), tmp_path / "c")
+    assert champion.main(["fetch", "production", f"--out={tmp_path / 'c'}"]) == 1

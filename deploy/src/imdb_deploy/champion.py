@@ -127,12 +127,21 @@ def copy_out(client: docker.DockerClient, image: str, out: Path) -> dict[str, ob
     return data
 
 
-def fetch(environment: Environment, out: Path, client: docker.DockerClient) -> str | None:
+def fetch(
+    environment: Environment, out: Path, client: docker.DockerClient | None = None
+) -> str | None:
     """The live release's verified artifact into `out`; its release, or None when none is
-    live. `out` is replaced only by a verified artifact."""
+    live. `out` is replaced only by a verified artifact. Without `client`, the local engine is
+    connected to (and closed) only when a release is live: a new environment needs no engine."""
     live = live_release(environment)
     if live is None:
         return None
+    if client is None:
+        connected = engine_client.connect()
+        try:
+            return fetch(environment, out, connected)
+        finally:
+            connected.close()
     version, digest = live
     image = environment.image_ref(version, digest)
     try:
@@ -168,11 +177,7 @@ def fetch_champion(name: str, out: Path) -> tuple[Environment, str | None]:
     environment = load_environment(name)
     shutil.rmtree(out, ignore_errors=True)
     try:
-        client = engine_client.connect()
-        try:
-            return environment, fetch(environment, out, client)
-        finally:
-            client.close()
+        return environment, fetch(environment, out)
     except HostsUnreachableError as exc:
         if not environment.sandbox:
             raise
