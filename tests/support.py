@@ -13,7 +13,6 @@ import http.server
 import os
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,27 +181,18 @@ FIXTURE_ROWS = 3000
 FIXTURE_SEED = 7
 
 
-def _trainer(*args: str) -> None:
-    result = subprocess.run(
-        [artifact.trainer_executable(), "--quiet", *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise artifact.ArtifactError(f"imdb-trainer {args[0]} failed:\n{result.stderr[-2000:]}")
-
-
 def fixture_artifact(state: Path, rows: int = FIXTURE_ROWS, seed: int = FIXTURE_SEED) -> Path:
     """A test fixture model: trained (once per `state` directory) on generated data and
     verified; releases of the pipeline itself serve the model `nox -s train` published."""
     target = state / f"fixture-artifact-{rows}-{seed}"
     if (target / "manifest.json").is_file():
-        _trainer("verify", str(target))
+        artifact.run_trainer("verify", str(target))
         return target
     data = state / f"fixture-data-{rows}-{seed}"
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
-    _trainer("generate", "--out", str(data), "--rows", str(rows), "--seed", str(seed))
-    _trainer("train", "--data", str(data), "--out", str(target))
-    _trainer("verify", str(target))
+    artifact.run_trainer("generate", "--out", str(data), "--rows", str(rows), "--seed", str(seed))
+    artifact.run_trainer("train", "--data", str(data), "--out", str(target))
+    artifact.run_trainer("verify", str(target))
     return target

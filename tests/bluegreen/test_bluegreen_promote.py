@@ -40,8 +40,9 @@ def test_the_release_live_and_passed_everywhere_is_promotable() -> None:
     [
         ({"s1": live("r1", D1), "s2": live("r2", D2)}, "does not run one release"),
         ({"s1": live("r1", D1), "s2": live("r1", D2)}, "does not run one release"),
-        ({"s1": live(None, None), "s2": live(None, None)}, "runs no release"),
-        ({"s1": live("r1", None), "s2": live("r1", None)}, "runs no release by digest"),
+        ({"s1": live(None, None), "s2": live(None, None)}, "runs no release to promote"),
+        ({"s1": live("r1", D1), "s2": live(None, None)}, "does not run one release"),
+        ({"s1": live("r1", None), "s2": live("r1", None)}, "runs r1 without a recorded digest"),
         ({"s1": live("r1", D1), "s2": live("r1", D1, passed=False)}, "has not passed"),
     ],
 )
@@ -122,7 +123,7 @@ class _Planner:
 @pytest.mark.parametrize(
     ("answer", "build", "reason"),
     [
-        (DeployError("staging runs no release by digest to promote"), "true", "runs no release"),
+        (DeployError("staging runs no release to promote"), "true", "runs no release"),
         (("m1-t000000000000", D1), "true", "not of tree"),
         ("this tree", "false", "it is of this tree"),
     ],

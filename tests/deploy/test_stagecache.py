@@ -117,6 +117,21 @@ def test_outside_a_git_checkout_the_sources_cannot_be_fingerprinted(tmp_path: Pa
         stagecache.source_digest(tmp_path)
 
 
+def test_a_stage_may_read_only_some_of_the_sources(checkout: Path) -> None:
+    (checkout / "docs").mkdir()
+    (checkout / "docs" / "a.md").write_text("a\n")
+    (checkout / "srcx.py").write_text("x = 1\n")  # a name that only starts like src/
+    only_src = stagecache.source_digest(checkout, ["src"])
+    everything = stagecache.source_digest(checkout)
+    (checkout / "docs" / "a.md").write_text("b\n")
+    (checkout / "srcx.py").write_text("x = 2\n")
+    assert stagecache.source_digest(checkout, ["src"]) == only_src  # elsewhere: reused
+    assert stagecache.source_digest(checkout) != everything
+    (checkout / "src" / "app.py").write_text("print('changed')\n")
+    assert stagecache.source_digest(checkout, ["src"]) != only_src
+    assert stagecache.source_digest(checkout, [".gitignore"]) != only_src  # a single file
+
+
 def test_directory_digest_follows_content(tmp_path: Path) -> None:
     assert stagecache.directory_digest(tmp_path / "absent") == "missing"
     (tmp_path / "a").write_text("1")

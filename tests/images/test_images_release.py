@@ -27,6 +27,8 @@ def test_the_tag_changes_with_the_code_or_the_model_and_only_then() -> None:
     assert releases.release_tag("20261203.101500-22a474db", REVISION.tree) == tag  # same inputs
     assert releases.release_tag("20261203.101500-22a474db", "f" * 40) != tag  # code-only change
     assert releases.release_tag("20261204.090000-22a474db", REVISION.tree) != tag  # model-only
+    assert releases.is_of_tree(tag, REVISION.tree)
+    assert not releases.is_of_tree(tag, "f" * 40)
     with pytest.raises(releases.ReleaseError, match="not a git tree"):
         releases.release_tag("v", "abc")
     with pytest.raises(metadata.MetadataError):

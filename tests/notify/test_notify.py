@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from imdb_deploy import notify as notify_module
 from imdb_deploy.notify import (
     DeployEvent,
     NotifyConfigError,
@@ -26,7 +27,7 @@ from imdb_deploy.notify import (
     slack_payload,
     summary,
 )
-from imdb_deploy.outbound import Secret
+from imdb_deploy.outbound import Delivery, Secret
 from tests.notify.receivers import (
     LOCALHOST,
     WEBHOOK_PATH,
@@ -149,6 +150,29 @@ def test_a_malformed_variable_is_named_but_its_value_is_not_shown(
     with pytest.raises(NotifyConfigError, match=re.escape(message)) as info:
         NotifySettings.from_environ({**base, variable: value})
     assert value not in str(info.value)
+
+
+def test_announce_sends_and_says_how_each_channel_went(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        notify_module, "notify",
+        lambda event, settings: [
+            Delivery("slack", True, 0.12, None),
+            Delivery("email", False, 5.0, "timed out"),
+        ],
+    )  # fmt: skip
+    assert notify_module.announce(make_event(), {})
+    assert capsys.readouterr().out.splitlines() == [
+        "notification slack: sent in 0.12 s",
+        "notification email: NOT sent (timed out) in 5.00 s",
+    ]
+    # A malformed setting: nothing is sent, and the reason (never the value) is said.
+    assert not notify_module.announce(make_event(), {"MLOPS_NOTIFY_TIMEOUT_S": "nan"})
+    captured = capsys.readouterr()
+    assert "notifications off: " in captured.err
+    assert "nan" not in captured.err
+    assert captured.out == ""
 
 
 def test_secrets_are_masked_in_reprs() -> None:

@@ -22,7 +22,7 @@ from typing import ClassVar
 import pytest
 
 from imdb_deploy.bluegreen.orchestrator import DeployError
-from tests.sandbox.conftest import Sandbox, under_load
+from tests.sandbox.conftest import Sandbox, failed_requests, under_load
 from tests.support import serving
 
 pytestmark = pytest.mark.integration
@@ -46,9 +46,7 @@ def test_zero_dropped_requests_during_deploy_and_rollback(sandbox: Sandbox, tmp_
         ):
             results, seconds = under_load(sandbox, tmp_path, action)
             total = sum(r["requests"] for r in results)
-            failed = sum(
-                r[k] for r in results for k in ("connect", "read", "write", "status", "timeout")
-            )
+            failed = failed_requests(results)
             worst = max(r["max_ms"] for r in results)
             rate = total / seconds / hosts
             print(

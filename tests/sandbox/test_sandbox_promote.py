@@ -21,6 +21,7 @@ from imdb_deploy.bluegreen import cli
 from imdb_deploy.bluegreen.config import REPO_ROOT, Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
 from imdb_deploy.images import metadata
+from imdb_deploy.images import release as release_identity
 from imdb_deploy.sandbox.fleet import stop_nginx
 from imdb_model import verify_artifact
 from tests.sandbox.conftest import Sandbox, environment_toml, failed_requests, under_load
@@ -94,7 +95,7 @@ def test_production_runs_only_what_passed_staging_by_the_same_digest(
     production = pair.deployer(pair.production)
     try:
         # Nothing on staging yet: nothing to promote; refused, audited, nothing changed.
-        with pytest.raises(DeployError, match="runs no release by digest"):
+        with pytest.raises(DeployError, match="runs no release to promote"):
             production.promote(pair.staging, approve=True)
         assert pair.audit(pair.production)["result"] == "refused"
         assert pair.served(pair.production) == [None, None]
@@ -222,7 +223,7 @@ def test_the_promote_command_line(pair: Pair, capsys: pytest.CaptureFixture[str]
     assert "already live on every host" in capsys.readouterr().out
     # CD on main: staging runs a release of this very tree, so promote it rather than build
     # (unless the checkout changed since the releases were built: then build).
-    same_tree = v2.endswith("-t" + metadata.git_revision(REPO_ROOT).tree[:12])
+    same_tree = release_identity.is_of_tree(v2, metadata.git_revision(REPO_ROOT).tree)
     assert cli.main(["promote", "--plan", toml]) == 0
     planned = capsys.readouterr()
     assert planned.out == f"build={'false' if same_tree else 'true'}\n"

@@ -18,6 +18,7 @@ be read, or the artifact fails verification. train: the trainer's exit code (4: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -34,7 +35,7 @@ from docker.errors import DockerException
 
 from imdb_deploy import notify
 from imdb_deploy.bluegreen.config import ConfigError, Environment, current_user, load_environment
-from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
+from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, running_release
 from imdb_deploy.images import build, engine_client
 from imdb_deploy.images.artifact import trainer_executable
 from imdb_model import ArtifactVerificationError, verify_artifact
@@ -61,17 +62,10 @@ def live_release(environment: Environment) -> tuple[str, str] | None:
         raise HostsUnreachableError(str(exc)) from None
     finally:
         reader.close()
-    live = {(state.live_version, state.live_digest) for state in states.values()}
-    if live == {(None, None)}:
-        return None
-    if len(live) != 1:
-        raise ChampionError(
-            f"{environment.name} does not run one release: {sorted(map(str, live))}"
-        )
-    version, digest = live.pop()
-    if version is None or digest is None:
-        raise ChampionError(f"{environment.name} runs {version} without a recorded digest")
-    return version, digest
+    try:
+        return running_release(environment.name, states)
+    except DeployError as exc:
+        raise ChampionError(str(exc)) from None
 
 
 def safe_extract(archive: bytes, target: Path, top: str) -> None:
@@ -137,12 +131,15 @@ def fetch(
     if live is None:
         return None
     if client is None:
-        connected = engine_client.connect()
-        try:
-            return fetch(environment, out, connected)
-        finally:
-            connected.close()
-    version, digest = live
+        with contextlib.closing(engine_client.connect()) as connected:
+            return copy_release_model(environment, *live, out, connected)
+    return copy_release_model(environment, *live, out, client)
+
+
+def copy_release_model(
+    environment: Environment, version: str, digest: str, out: Path, client: docker.DockerClient
+) -> str:
+    """Pull `version` by `digest` and put its verified artifact into `out`; returns `version`."""
     image = environment.image_ref(version, digest)
     try:
         client.images.pull(image, auth_config=build.registry_auth(os.environ))
@@ -215,18 +212,11 @@ def gated_training(name: str, out: Path, fallback: Path | None, trainer_args: Se
 
 def announce_refusal(environment: str, detail: str, seconds: float) -> None:
     """Tell Slack and e-mail (when configured) that no release was made, and why."""
-    try:
-        settings = notify.NotifySettings.from_environ(os.environ)
-    except notify.NotifyConfigError as exc:
-        print(f"notifications off: {exc}", file=sys.stderr)
-        return
     event = notify.DeployEvent(
         environment=environment, action="release", result="refused", from_versions={},
         to_version=None, user=current_user(), seconds=seconds, detail=detail,
     )  # fmt: skip
-    for delivery in notify.notify(event, settings):
-        state = "sent" if delivery.ok else f"NOT sent ({delivery.error})"
-        print(f"notification {delivery.name}: {state}")
+    notify.announce(event, os.environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

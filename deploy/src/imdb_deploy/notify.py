@@ -27,6 +27,7 @@ import logging
 import math
 import smtplib
 import ssl
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -367,6 +368,20 @@ def notify(event: DeployEvent, settings: NotifySettings) -> list[Delivery]:
     for delivery in deliveries:
         _log(delivery, event, settings)
     return deliveries
+
+
+def announce(event: DeployEvent, environ: Mapping[str, str]) -> bool:
+    """Send `event` where `environ` configures it and print how each channel went; False (and
+    the reason on stderr) when a notification variable is malformed, so nothing was sent."""
+    try:
+        settings = NotifySettings.from_environ(environ)
+    except NotifyConfigError as exc:
+        print(f"notifications off: {exc}", file=sys.stderr)
+        return False
+    for delivery in notify(event, settings):
+        state = "sent" if delivery.ok else f"NOT sent ({delivery.error})"
+        print(f"notification {delivery.name}: {state} in {delivery.seconds:.2f} s")
+    return True
 
 
 def _log(delivery: Delivery, event: DeployEvent, settings: NotifySettings) -> None:

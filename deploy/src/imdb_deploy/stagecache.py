@@ -81,16 +81,7 @@ def source_digest(root: Path, only: Sequence[str] = ()) -> str:
     reads, so a change elsewhere does not run it again."""
     files = source_files(root)
     if only:
-        prefixes = tuple(prefix.rstrip("/") for prefix in only)
-        files = [
-            path
-            for path in files
-            if any(
-                (relative := path.relative_to(root).as_posix()) == prefix
-                or relative.startswith(prefix + "/")
-                for prefix in prefixes
-            )
-        ]
+        files = [p for p in files if any(p.relative_to(root).is_relative_to(o) for o in only)]
     return tree_digest(files, root)
 
 

@@ -117,11 +117,6 @@ def status_table(rows: Sequence[dict[str, object]]) -> str:
 
 def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None:
     """Tell Slack and e-mail (when configured) how it went; a failing receiver is only logged."""
-    try:
-        settings = notify.NotifySettings.from_environ(environ)
-    except notify.NotifyConfigError as exc:
-        print(f"notifications off: {exc}", file=sys.stderr)
-        return
     event = notify.DeployEvent(
         environment=outcome.environment,
         action="rollback" if outcome.action == "rollback" else "deploy",
@@ -133,9 +128,8 @@ def announce(outcome: Outcome, report: Path, environ: Mapping[str, str]) -> None
         detail=outcome.detail,
         report_path=str(report),
     )
-    for delivery in notify.notify(event, settings):
-        state = "sent" if delivery.ok else f"NOT sent ({delivery.error})"
-        print(f"notification {delivery.name}: {state} in {delivery.seconds:.2f} s")
+    if not notify.announce(event, environ):
+        return
     marker_settings = markers.MarkerSettings.from_environ(environ)
     if outcome.to_version and (marker_settings.pushgateway or marker_settings.grafana_url):
         marker = markers.DeployMarker(
@@ -185,17 +179,16 @@ def _plan_promotion(orchestrator: Orchestrator, source: str) -> int:
     try:
         version, digest = orchestrator.promotable(source)
     except DeployError as exc:
-        print(f"plan: build a release ({exc})", file=sys.stderr)
-        print("build=true")
-        return 0
-    if version.rpartition("-t")[2] != tree[: releases.TREE_LENGTH]:
-        print(f"plan: build a release ({source} runs {version}, not of tree {tree[:12]})",
-              file=sys.stderr)  # fmt: skip
-        print("build=true")
-        return 0
-    print(f"plan: promote {version} ({digest}) from {source}: it is of this tree",
-          file=sys.stderr)  # fmt: skip
-    print("build=false")
+        build, reason = True, f"build a release ({exc})"
+    else:
+        build = not releases.is_of_tree(version, tree)
+        reason = (
+            f"build a release ({source} runs {version}, not of tree {tree[:12]})"
+            if build
+            else f"promote {version} ({digest}) from {source}: it is of this tree"
+        )
+    print(f"plan: {reason}", file=sys.stderr)
+    print(f"build={str(build).lower()}")
     return 0
 
 

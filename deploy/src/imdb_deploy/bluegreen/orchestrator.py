@@ -683,12 +683,12 @@ class Orchestrator:
                 f"hosts not ready for a {outcome.action}: {self._failures_text(failures)}"
             )
         outcome.from_versions = {name: states[name].live_version for name in states}
-        for state in states.values():
-            self.digests = {**state.digests, **self.digests}
+        for state in states.values():  # what the caller gave comes first
+            for known, digest in state.digests.items():
+                self.digests.setdefault(known, digest)
         version, reuse = version_for(states)
         outcome.to_version = version
-        outcome.to_digest = self.digests.get(version) or self._resolve_digest(version)
-        self.digests[version] = outcome.to_digest
+        outcome.to_digest = self._digest_of(version)
         already = all(
             state.live_version == version and state.live_digest == outcome.to_digest
             for state in states.values()
@@ -705,13 +705,16 @@ class Orchestrator:
         version_for: Callable[[dict[str, HostState]], tuple[str, bool]],
         approve: bool,
         confirm: Callable[[str], str] | None,
+        *,
         force: bool = False,
+        requested: str | None = None,
     ) -> Outcome:
         """The frame around every release: states, approval, lock, heartbeat, audit. A deploy
-        of the version every host already runs does nothing, unless `force`."""
+        of the version every host already runs does nothing, unless `force`. `requested` is
+        the release asked for, named by the audit entry even when it is refused."""
         env = self.environment
         self._t0 = time.monotonic()
-        outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, None)
+        outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, requested)
         self.outcome = outcome
         token = new_id() + new_id()
         try:
@@ -785,15 +788,13 @@ class Orchestrator:
             self.digests[version] = digest
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
-            if self.outcome is not None:  # a refusal below names what was refused
-                self.outcome.to_version = version
             source = self.environment.promote_from
             if source is not None:  # only what passed there, as it passed there
-                wanted = self.digests.get(version) or self._resolve_digest(version)
-                passed_release(source, self._source_states(source), version, wanted)
+                passed = self._source_states(source)
+                passed_release(source, passed, version, self._digest_of(version))
             return version, False
 
-        return self._run("deploy", target, approve, confirm, force)
+        return self._run("deploy", target, approve, confirm, force=force, requested=version)
 
     def promote(
         self,
@@ -844,9 +845,12 @@ class Orchestrator:
         finally:
             reader.close()
 
-    def _resolve_digest(self, version: str) -> str:
-        """The digest the registry serves for `version` now (loopback registries only: a real
-        environment deploys a release from the job that built it, or promotes one)."""
+    def _digest_of(self, version: str) -> str:
+        """The digest `version` runs by: given, recorded by the hosts, or else what the registry
+        serves for it now (loopback registries only: a real environment deploys a release from
+        the job that built it, or promotes one); asked once, then kept."""
+        if version in self.digests:
+            return self.digests[version]
         location, _, repository = self.environment.image.partition("/")
         try:
             digest, _ = RegistryClient(location).manifest(repository, version)
@@ -857,6 +861,7 @@ class Orchestrator:
             ) from None
         if not digest:
             raise DeployError(f"the registry named no digest for {version}")
+        self.digests[version] = digest
         return digest
 
     def rollback(
@@ -882,7 +887,7 @@ class Orchestrator:
                 return previous, False
             return version, kept == {version}
 
-        return self._run("rollback", target, approve, confirm)
+        return self._run("rollback", target, approve, confirm, requested=version)
 
     def setup(self) -> dict[str, list[str]]:
         """Prepare every host (safe to repeat): tools present (installed on Debian as root),
@@ -1057,17 +1062,28 @@ def served_release(model_info: str) -> dict[str, object]:
         return {}
 
 
+def running_release(name: str, states: Mapping[str, HostState]) -> tuple[str, str] | None:
+    """(release, digest) every host of environment `name` runs, None when none runs any;
+    DeployError when the hosts disagree or a release has no recorded digest."""
+    live = {(state.live_version, state.live_digest) for state in states.values()}
+    if live == {(None, None)}:
+        return None
+    if len(live) != 1:
+        raise DeployError(f"{name} does not run one release: {sorted(map(str, live))}")
+    version, digest = live.pop()
+    if version is None or digest is None:
+        raise DeployError(f"{name} runs {version} without a recorded digest")
+    return version, digest
+
+
 def promotable_release(source: Environment, states: Mapping[str, HostState]) -> tuple[str, str]:
     """(release, digest) live on every host of `source` and benchmark-passed on each; else
     DeployError saying what is missing."""
-    live = {(state.live_version, state.live_digest) for state in states.values()}
-    if len(live) != 1:
-        raise DeployError(f"{source.name} does not run one release: {sorted(map(str, live))}")
-    version, digest = live.pop()
-    if version is None or digest is None:
-        raise DeployError(f"{source.name} runs no release by digest to promote")
-    passed_release(source.name, states, version, digest)
-    return version, digest
+    running = running_release(source.name, states)
+    if running is None:
+        raise DeployError(f"{source.name} runs no release to promote")
+    passed_release(source.name, states, *running)
+    return running
 
 
 def passed_release(source: str, states: Mapping[str, HostState], version: str, digest: str) -> None:

@@ -27,7 +27,8 @@ def trainer_executable() -> str:
     return found
 
 
-def _trainer(*args: str) -> None:
+def run_trainer(*args: str) -> None:
+    """`imdb-trainer --quiet ARGS`, quietly; ArtifactError with its stderr when it fails."""
     result = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [trainer_executable(), "--quiet", *args], capture_output=True, text=True, check=False
     )
@@ -37,4 +38,4 @@ def _trainer(*args: str) -> None:
 
 def verify_artifact(path: Path) -> None:
     """`imdb-trainer verify PATH` on this machine (raises ArtifactError when it fails)."""
-    _trainer("verify", str(path))
+    run_trainer("verify", str(path))

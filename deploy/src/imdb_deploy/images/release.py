@@ -20,7 +20,7 @@ import io
 import json
 import tarfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,7 @@ class Release:
         return asdict(self)
 
     def with_images(self, images: Mapping[str, Mapping[str, str]]) -> Release:
-        merged = {**self.images, **{k: dict(v) for k, v in images.items()}}
-        return Release(**{**vars(self), "images": merged})
+        return replace(self, images={**self.images, **{k: dict(v) for k, v in images.items()}})
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Release:
@@ -108,6 +107,11 @@ def release_tag(model_version: str, tree: str) -> str:
     if len(tree) < TREE_LENGTH:
         raise ReleaseError(f"{tree!r} is not a git tree id")
     return metadata.check_tag(f"{model_version}-t{tree[:TREE_LENGTH]}")
+
+
+def is_of_tree(tag: str, tree: str) -> bool:
+    """Whether release `tag` was built from git tree `tree` (its `-t<tree12>` suffix)."""
+    return tag.rpartition("-t")[2] == tree[:TREE_LENGTH]
 
 
 def new_release(

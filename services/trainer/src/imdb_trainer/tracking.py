@@ -64,7 +64,7 @@ MLFLOW_QUIET_DEFAULTS: Final[Mapping[str, str]] = {
 }
 INSTALL_HINT: Final[str] = (
     "install the trainer's `tracking` extra (`pip install 'imdb-trainer[tracking]'`; in this "
-    "repository `uv sync` installs it with the `test` group)"
+    "repository `uv sync` installs it with the `tracking` group)"
 )
 
 Log = Callable[[str], None]
