@@ -26,10 +26,13 @@ $(UV):
 bootstrap: $(UV) ## Install the pinned uv into .tools/ (the other targets do it on demand)
 
 system-packages: ## Install the Debian packages behind the real parts (podman, registry, debootstrap)
-	bash deploy/system-packages.sh
+	bash deploy/system-packages.sh $(SYSTEM_PACKAGES_FLAGS)
 
 # A warm pipeline reuses each stage that already passed on exactly the same inputs (MLOPS_STAGE_CACHE=0 reruns all).
 pipeline: export MLOPS_STAGE_CACHE ?= 1
+# Releases are multi-arch: amd64 and arm64 (built and parity-checked under qemu), one signed list.
+pipeline: export MLOPS_PLATFORMS ?= linux/amd64,linux/arm64
+pipeline: SYSTEM_PACKAGES_FLAGS := --arm64
 pipeline: $(UV) system-packages ## The main job: every stage on the built-in defaults (generated data)
 	$(TIMED) $(NOX) -t pipeline --stop-on-first-error
 

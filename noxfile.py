@@ -416,7 +416,9 @@ def images(session: nox.Session) -> None:
     its record (digests included) in reports/release.json and the registry. Starts (or reuses)
     the local engine and registry first (`integration` shares them: one layer cache, one base
     image, one registry); the tests build there too. Posargs go to the build
-    (`-- --platform=linux/arm64`, `--export=DIR`, `--no-cache`, ...).
+    (`--export=DIR`, `--no-cache`, ...). MLOPS_PLATFORMS (default linux/amd64; `make pipeline`
+    and CD: linux/amd64,linux/arm64) names the platforms: each release tag is one signed manifest
+    list of them, and an emulated arm64 API image must give the model's golden answers first.
     """
     artifact = Path(os.environ.get("MLOPS_ARTIFACT") or MODEL_DIR)
     if not (artifact / "manifest.json").is_file():
@@ -430,9 +432,10 @@ def images(session: nox.Session) -> None:
     scans = [REPORTS / f"{kind}-image-{name}.{ext}" for name in SERVICES for kind, ext in SCANS]
     osv_dir = os.environ.get(OSV_OFFLINE_DIR_VAR)
     reuse = not session.posargs and bool(osv_dir) and pushed_images_present(summary)
+    platforms = os.environ.get("MLOPS_PLATFORMS", "linux/amd64")
     with reusable(
-        session, summary, REPORTS / "release.json", *scans, reuse=reuse,
-        model=stagecache.directory_digest(artifact),
+        session, summary, REPORTS / "release.json", REPORTS / "image-scan.json", *scans,
+        reuse=reuse, model=stagecache.directory_digest(artifact), platforms=platforms,
         advisories=stagecache.directory_digest(Path(osv_dir)) if osv_dir else "online",
     ) as reused:  # fmt: skip
         if reused:

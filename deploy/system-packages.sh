@@ -4,12 +4,34 @@
 # (Prometheus) to check metrics and rules, wrk to load the API in benchmarks, and qemu-user-static
 # with binfmt-support to build and run arm64 images under emulation (`--arm64` registers it);
 # openssh-server, nginx and curl for the sandbox fleet's simulated hosts (util-linux gives flock);
-# prometheus-pushgateway for the monitoring stack's deploy markers (its tests run a real one).
+# prometheus-pushgateway for the monitoring stack's deploy markers (its tests run a real one);
+# gnupg to sign releases (podman image sign) and read the hosts' public keys.
 # As root on Debian they are installed when missing; elsewhere the missing ones are named, and
 # with CI=true that is an error.
+#
+#   bash deploy/system-packages.sh [--arm64] [--trivy]
+#
+# --trivy also installs Trivy, the image scanner of `nox -s images` (the GitHub workflows' image
+# jobs ask for it): one pinned release, its tarball checked against the pinned sha256 before any
+# of it is unpacked, as /usr/local/bin/trivy. Without it `images` records that the images' OS
+# packages were not scanned.
 set -euo pipefail
+# Trivy's pinned release and the sha256 of its Linux tarballs, as published in that release's
+# trivy_<version>_checksums.txt. To move the pin, change all three together.
+TRIVY_VERSION=0.70.0
+TRIVY_SHA256_64bit=8b4376d5d6befe5c24d503f10ff136d9e0c49f9127a4279fd110b727929a5aa9
+TRIVY_SHA256_ARM64=2f6bb988b553a1bbac6bdd1ce890f5e412439564e17522b88a4541b4f364fc8d
+arm64=false
+trivy=false
+for arg in "$@"; do
+    case $arg in
+        --arm64) arm64=true ;;
+        --trivy) trivy=true ;;
+        *) echo "usage: $0 [--arm64] [--trivy]" >&2; exit 2 ;;
+    esac
+done
 packages=(podman runc debootstrap docker-registry prometheus wrk qemu-user-static binfmt-support
-          openssh-server nginx-light curl util-linux prometheus-pushgateway)
+          openssh-server nginx-light curl util-linux prometheus-pushgateway gnupg)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -22,6 +44,37 @@ enable_arm64_emulation() {
         || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
     [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || update-binfmts --enable qemu-aarch64
 }
+# The pinned Trivy as /usr/local/bin/trivy, unless that version is installed already. A download
+# whose sha256 differs from the pin is refused before it is unpacked.
+install_trivy() (
+    if [[ $(trivy --version 2>/dev/null | head -n 1) == "Version: $TRIVY_VERSION" ]]; then
+        return 0
+    fi
+    case $(uname -m) in
+        x86_64 | amd64) arch=64bit sha256=$TRIVY_SHA256_64bit ;;
+        aarch64 | arm64) arch=ARM64 sha256=$TRIVY_SHA256_ARM64 ;;
+        *) echo "trivy: no pinned release for $(uname -m)" >&2; return 1 ;;
+    esac
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "trivy $TRIVY_VERSION is not installed (installing it needs root)" >&2
+        [[ ${CI:-} != true ]]
+        return
+    fi
+    asset="trivy_${TRIVY_VERSION}_Linux-${arch}.tar.gz"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    echo "installing trivy $TRIVY_VERSION ($asset, sha256 $sha256)"
+    curl --fail --silent --show-error --location --proto '=https' --retry 3 \
+        --output "$work/$asset" \
+        "https://github.com/aquasecurity/trivy/releases/download/v$TRIVY_VERSION/$asset"
+    if ! echo "$sha256  $work/$asset" | sha256sum --check --strict --status -; then
+        echo "trivy: $asset does not match its pinned sha256 $sha256: not installed" >&2
+        return 1
+    fi
+    tar -xzf "$work/$asset" -C "$work" trivy
+    install -m 0755 "$work/trivy" /usr/local/bin/trivy
+    /usr/local/bin/trivy --version
+)
 if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
         echo "missing system packages: ${missing[*]} (needed for the container tests and images)" >&2
@@ -32,6 +85,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [[ ${1:-} == --arm64 ]]; then
+if [[ $arm64 == true ]]; then
     enable_arm64_emulation
+fi
+if [[ $trivy == true ]]; then
+    install_trivy
 fi

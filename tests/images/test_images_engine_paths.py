@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,15 @@ from imdb_deploy.images import (
     build,
     context,
     engine_client,
+    manifest_list,
     metadata,
+    publish,
     retention,
     scan,
     services,
 )
 from imdb_deploy.images.platforms import PLATFORMS, Platform
-from imdb_deploy.supply_chain import audit
+from imdb_deploy.supply_chain import audit, signing
 from tests.images.fakes import FakeClient, FakeImage, inventory_output
 
 REVISION = metadata.Revision("f" * 40, 1700000000, dirty=False, tree="e" * 40)
@@ -294,6 +297,28 @@ def test_cli_build_push_export_summary_and_release(
     client = FakeClient()
     monkeypatch.setattr(engine_client, "ensure_platform_base", lambda *a: "base")
     monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
+    # The list and the signatures are made by Podman's CLI from the registry: stand-ins here
+    # (tests/images/test_images_publish.py and the sandbox deploy tests run the real ones).
+    lists: list[tuple[list[str], list[str]]] = []
+    signed: list[tuple[str, list[str]]] = []
+    list_digest = "sha256:" + "e" * 64
+
+    def publish_list(instances: list[str], tags: list[str], environ: object) -> str:
+        lists.append((instances, tags))
+        return list_digest
+
+    def attach(client: object, signer: object, repository: str, release: str,
+               digests: list[str], **kwargs: object) -> str:  # fmt: skip
+        signed.append((repository, digests))
+        return signing.carrier_reference(repository, release)
+
+    @contextlib.contextmanager
+    def signer(environ: object, registry: str) -> Iterator[signing.Signer]:
+        yield signing.Signer(tmp_path / "gnupg", "F" * 40)
+
+    monkeypatch.setattr(manifest_list, "publish", publish_list)
+    monkeypatch.setattr(publish, "attach_signatures", attach)
+    monkeypatch.setattr(signing, "release_signer", signer)
     argv = ["build", "--registry=127.0.0.1:5000", "--push", f"--export={tmp_path / 'tars'}",
             f"--reports={tmp_path / 'reports'}", f"--artifact={tmp_path / 'model'}"]  # fmt: skip
     assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 0
@@ -313,9 +338,21 @@ def test_cli_build_push_export_summary_and_release(
     assert (record["commit"], record["tree"], record["dirty"]) == ("f" * 40, "e" * 40, False)
     assert record["model"] == {"version": MANIFEST["version"], "manifest_sha256": "d" * 64,
                                "data_fingerprint": "c" * 64, "metrics": {"rmse": 1.0}}  # fmt: skip
+    # Each service: its amd64 image pushed by digest, one list of it under the release's tags,
+    # signed (the list and its platforms), the signatures published beside it.
     assert {k: v["digest"] for k, v in record["images"].items()} == {
-        "api": "sha256:" + "d" * 64, "trainer": "sha256:" + "d" * 64
+        "api": list_digest, "trainer": list_digest
     }  # fmt: skip
+    api = record["images"]["api"]
+    assert api["platform:linux/amd64"] == "sha256:" + "d" * 64
+    assert api["signed_by"] == "F" * 40
+    assert api["signatures"] == f"127.0.0.1:5000/mlops-imdb-api-signatures:sha256-{'e' * 64}"
+    assert f"127.0.0.1:5000/mlops-imdb-api:{RELEASE}-amd64" in client.images.pushed
+    assert lists[0] == (
+        [f"127.0.0.1:5000/mlops-imdb-api@sha256:{'d' * 64}"],
+        [f"127.0.0.1:5000/mlops-imdb-api:{RELEASE}", "127.0.0.1:5000/mlops-imdb-api:ffffffffffff"],
+    )
+    assert signed[0] == ("127.0.0.1:5000/mlops-imdb-api", [list_digest])
     # ... pushed beside the images, as an image of its own that holds it.
     reference = f"127.0.0.1:5000/mlops-imdb-release:{RELEASE}"
     assert reference in client.images.pushed

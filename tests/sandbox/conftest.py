@@ -27,11 +27,12 @@ import pytest
 
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.orchestrator import Orchestrator
-from imdb_deploy.images import build, metadata, services
+from imdb_deploy.images import build, manifest_list, metadata, publish, services
 from imdb_deploy.images import release as release_identity
 from imdb_deploy.images.platforms import PLATFORMS
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
+from imdb_deploy.supply_chain import signing
 from imdb_model import verify_artifact
 from tests.support import SharedEngine, fixture_artifact, loopback, shared_engine
 
@@ -59,6 +60,12 @@ class Releases:
     mislabelled: str  # ready, but serves another version than its tag: the smoke test fails
     corrupt: str  # a layer's bytes changed in the registry after the push: the pull refuses it
     slow: str  # a good release whose every prediction takes 150 ms: the benchmark gate fails
+    # Every release above is signed with the key at `signing_key` (its public half); these are
+    # refused by the hosts' engines at pull:
+    signing_key: str
+    unsigned: str  # pushed without signatures
+    foreign: str  # signed, by another key
+    moved: str  # its carrier holds v1's valid signature, moved to this digest's place
 
 
 def derived_image(
@@ -160,13 +167,53 @@ def build_releases(engine: SharedEngine, repo_root: Path, work: Path) -> Release
     }
     for name, dockerfile in faults.items():
         derived_image(client, base, f"{image}:{v1}-{name}", dockerfile)
-    build.push(client, [f"{image}:{tag}" for tag in (v1, v2, slow, *(f"{v1}-{n}" for n in faults))])
+    untrusted = ("unsigned", "foreign", "moved")
+    for name in untrusted:
+        derived_image(client, base, f"{image}:{v1}-{name}", f"LABEL io.mlops-imdb.note={name}")
+    tags = [
+        f"{image}:{tag}" for tag in (v1, v2, slow, *(f"{v1}-{n}" for n in (*faults, *untrusted)))
+    ]
+    digests = {
+        tag.rpartition(":")[2]: build.pushed_digest(tag, d)
+        for tag, d in build.push(client, tags).items()
+    }
+    public_key = sign_releases(client, image, digests, work, v1)
     repository = image.partition("/")[2]
     corrupt_top_layer(engine.registry, engine.registry_storage, repository, f"{v1}-corrupt")
     return Releases(
         engine.registry, image, v1, v2,
         f"{v1}-never-ready", f"{v1}-tampered", f"{v1}-mislabelled", f"{v1}-corrupt", slow,
+        str(public_key), f"{v1}-unsigned", f"{v1}-foreign", f"{v1}-moved",
     )  # fmt: skip
+
+
+def sign_releases(
+    client: docker.DockerClient, image: str, digests: dict[str, str], work: Path, v1: str
+) -> Path:
+    """Sign every release in `digests` (tag -> digest) as `nox -s images` does, except the
+    untrusted ones; returns the public key file the test environment trusts."""
+    signer = signing.new_key(work / "gnupg", "mlops-imdb e2e releases")
+    public_key = work / "signing.asc"
+    public_key.write_text(signer.public_key())
+    env = dict(os.environ)
+    for tag, digest in digests.items():
+        if tag.endswith(("-unsigned", "-foreign", "-moved")):
+            continue
+        publish.attach_signatures(client, signer, image, digest, [digest], environ=env)
+    other = signing.new_key(work / "gnupg-other", "someone else")
+    foreign = digests[f"{v1}-foreign"]
+    publish.attach_signatures(client, other, image, foreign, [foreign], environ=env)
+    # v1's signature, filed under the digest of `moved`: the engine must see it names another.
+    moved = digests[f"{v1}-moved"]
+    directory = work / "moved-signature"
+    with manifest_list.podman_cli_env(manifest_list.registry_of(image), env) as cli_env:
+        signing.sign(signer, image, digests[v1], directory, cli_env)
+    source = directory / signing.lookaside_entry(image, digests[v1])
+    source.rename(directory / signing.lookaside_entry(image, moved))
+    carrier = signing.carrier_reference(image, moved)
+    publish.scratch_image(client, carrier, signing.carrier_files(directory), {})
+    build.push(client, [carrier])
+    return public_key
 
 
 def demo(work: Path, seed: int) -> Path:
@@ -216,6 +263,7 @@ def environment_toml(
     http_port: int = HTTP_PORT,
     app_ports: dict[str, int] = APP_PORTS,
     top: str = "",
+    signing_key: str = "",
     **overrides: str,
 ) -> str:
     """A sandbox environment on the test fleet; `overrides` replace whole sections, `top` adds
@@ -239,6 +287,10 @@ def environment_toml(
         "benchmark": "seconds = 1\nconnections = 2\np95_tolerance = 1.0\np95_slack_ms = 25\n"
         "min_requests = 10\nmax_error_rate = 0.005",
     }
+    if signing_key:
+        settings["signing"] = (
+            f'public_key = "{signing_key}"\ncontainers_config = "~/.config/containers"'
+        )
     settings.update(overrides)
     sections = "".join(f"\n[{name}]\n{body}\n" for name, body in settings.items())
     return f"""\
@@ -349,7 +401,9 @@ def sandbox(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Ite
     state = tmp_path_factory.mktemp("fleet")
     roots = tmp_path_factory.mktemp("roots")
     toml = state / "e2e.toml"
-    toml.write_text(environment_toml(state, releases.image, roots))
+    toml.write_text(
+        environment_toml(state, releases.image, roots, signing_key=releases.signing_key)
+    )
     environment = load_environment(str(toml))
     fleet = fleet_of([environment], state, registry=releases.registry)
     os.environ[SECRET_VARIABLE] = "e2e-" + secrets.token_hex(12)

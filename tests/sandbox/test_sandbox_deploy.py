@@ -114,6 +114,10 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
         ("tampered", "model.onnx"),
         ("mislabelled", "serves release"),
         ("corrupt", "Digest did not match"),
+        # Refused by the hosts' engines (policy.json), whatever the deploy code does:
+        ("unsigned", "A signature was required, but no signature exists"),
+        ("foreign", "Source image rejected"),
+        ("moved", "Source image rejected"),
     ],
 )
 def test_a_broken_release_leaves_the_previous_one_serving(
@@ -132,6 +136,31 @@ def test_a_broken_release_leaves_the_previous_one_serving(
     finally:
         deployer.close()
     sandbox.assert_settled(sandbox.releases.v1, "failed")
+
+
+def test_the_hosts_engine_itself_requires_the_signature(sandbox: Sandbox) -> None:
+    """setup installed the policy in each host's engine configuration: a pull by hand, outside
+    the deploy code, is refused for an unsigned image and accepted for a signed one."""
+    environment, releases = sandbox.environment, sandbox.releases
+    deployer = sandbox.orchestrator()
+    try:
+        host = environment.hosts[0]
+        runner = deployer.runners[host.name]
+        policy = json.loads(runner.run("cat ~/.config/containers/policy.json").stdout)
+        (requirement,) = policy["transports"]["docker"][environment.image]
+        assert requirement["type"] == "signedBy"
+        unsigned = runner.run(
+            commands.pull(f"{environment.image}:{releases.unsigned}"), check=False
+        )
+        assert not unsigned.ok
+        assert "A signature was required, but no signature exists" in unsigned.stderr
+        digest = deployer._digest_of(releases.v2)
+        layout = environment.layout(host)
+        fetched = runner.run(commands.fetch_signatures(environment, digest, layout))
+        assert fetched.stdout.strip() == "signatures fetched"
+        runner.run(commands.pull(environment.image_ref(releases.v2, digest)))
+    finally:
+        deployer.close()
 
 
 def test_ssh_connection_dropped_mid_deploy(sandbox: Sandbox) -> None:

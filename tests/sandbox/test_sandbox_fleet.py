@@ -57,6 +57,8 @@ def test_fleet_paths_live_under_the_state_dir(tmp_path: Path) -> None:
         "CONTAINERS_CONF": str(engine / "containers.conf"),
         "CONTAINERS_STORAGE_CONF": str(engine / "storage.conf"),
         "CONTAINERS_REGISTRIES_CONF": str(engine / "registries.conf"),
+        # Its own home: the engine's user configuration (policy.json, registries.d) is there.
+        "HOME": str(tmp_path / "sandbox" / "hosts" / "staging-2" / "home"),
     }
     assert host.layout.nginx_pid == ROOT / "staging-2" / "nginx" / "nginx.pid"
     with pytest.raises(KeyError):

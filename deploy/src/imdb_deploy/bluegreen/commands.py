@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from imdb_deploy.bluegreen.config import Environment, Host
 from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.supply_chain import signing
 
 # Exit code of a refused lock, so the caller can tell "held by someone" from a failure.
 LOCK_HELD = 3
@@ -157,6 +159,51 @@ def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
         f"then {nginx_reload(environment, layout)}; "
         f"else nginx {_nginx_args(environment, layout)}; fi"
     )
+
+
+# ---- image trust (the engine verifies signatures; see imdb_deploy.supply_chain.signing) -----
+
+
+def home_directory() -> str:
+    """Prints the SSH user's home (what `~/` in `containers_config` means on that host)."""
+    return 'printf "%s" "$HOME"'
+
+
+@dataclass(frozen=True)
+class TrustFiles:
+    """Where setup puts an environment's image trust in the host's engine configuration."""
+
+    config_dir: PurePosixPath
+
+    @property
+    def policy(self) -> PurePosixPath:
+        return self.config_dir / "policy.json"
+
+    def registries_d(self, environment: Environment) -> PurePosixPath:
+        return self.config_dir / "registries.d" / f"mlops-imdb-{environment.name}.yaml"
+
+    def public_key(self, environment: Environment) -> PurePosixPath:
+        return self.config_dir / "keys" / f"mlops-imdb-{environment.name}.asc"
+
+
+def trust_config_dir(configured: str, home: str) -> PurePosixPath:
+    """`containers_config` with a leading `~/` made absolute with the host's `home`."""
+    if configured.startswith("~/"):
+        if not home.startswith("/"):
+            raise ValueError(f"the host's home {home!r} is not an absolute path")
+        return PurePosixPath(home) / configured[2:]
+    return PurePosixPath(configured)
+
+
+def make_trust_directories(files: TrustFiles, layout: HostLayout) -> str:
+    dirs = [files.config_dir / "registries.d", files.config_dir / "keys", layout.signatures_dir]
+    return "mkdir -p " + " ".join(q(directory) for directory in dirs)
+
+
+def fetch_signatures(environment: Environment, digest: str, layout: HostLayout) -> str:
+    """The release's published signatures into the host's lookaside directory."""
+    carrier = signing.carrier_reference(environment.image, digest)
+    return signing.fetch_signatures(carrier, layout.signatures_dir)
 
 
 # ---- files -------------------------------------------------------------------------------------

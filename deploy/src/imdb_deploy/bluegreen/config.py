@@ -153,6 +153,21 @@ class BenchmarkSettings(_Strict):
     rollback: bool = Field(default=True, description="roll back automatically on a regression")
 
 
+class SigningSettings(_Strict):
+    """Whose signature this environment's hosts require on its images (see
+    imdb_deploy.supply_chain.signing); `fab setup` installs the policy that says so."""
+
+    public_key: Path = Field(
+        description="the ASCII-armoured GPG public key releases must be signed with"
+    )
+    containers_config: str = Field(
+        default="/etc/containers",
+        pattern=r"^(/|~/)[^\n]*$",
+        description="the engine's configuration directory on the hosts: policy.json and "
+        "registries.d/ go there (`~/` is the SSH user's home: the sandbox's per-host one)",
+    )
+
+
 class Approval(_Strict):
     required: bool = False
     github_environment: str | None = Field(
@@ -196,6 +211,9 @@ class Environment(_Strict):
     drain: DrainSettings = DrainSettings()
     lock: LockSettings = LockSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
+    signing: SigningSettings | None = Field(
+        default=None, description="none: the hosts pull any image the registry hands them"
+    )
     hosts: tuple[Host, ...] = Field(min_length=1)
     # The directory its file was read from: where the environment it promotes from is found.
     _directory: Path = PrivateAttr(default=ENVIRONMENTS_DIR)
@@ -303,6 +321,9 @@ def _resolve_paths(environment: Environment, repo_root: Path) -> Environment:
         }
     )
     update: dict[str, object] = {"ssh": ssh}
+    if environment.signing is not None:
+        key = local(environment.signing.public_key)
+        update["signing"] = environment.signing.model_copy(update={"public_key": key})
     if environment.sandbox and not environment.deploy_root.is_absolute():
         # Sandbox hosts share this machine's file system: their roots live in the checkout.
         update["deploy_root"] = PurePosixPath(repo_root) / environment.deploy_root

@@ -10,6 +10,8 @@ read the state, resume or roll back:
     <root>/benchmarks.json   the post-deploy benchmark's figures per release (the baselines)
     <root>/env/<colour>.env  the container's settings and secrets (mode 600)
     <root>/nginx/            the site config, the upstream include and (own nginx) its prefix
+    <root>/signatures/       the releases' signatures (containers/image lookaside layout), read
+                             by the engine when it verifies a pull
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class HostLayout:
 
     def env_file(self, colour: str) -> PurePosixPath:
         return self.env_dir / f"{colour}.env"
+
+    @property
+    def signatures_dir(self) -> PurePosixPath:
+        return self.root / "signatures"
 
     @property
     def nginx_dir(self) -> PurePosixPath:

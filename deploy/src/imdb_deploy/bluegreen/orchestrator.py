@@ -39,6 +39,7 @@ from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
 from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
 from imdb_deploy.images.retention import RegistryClient, RetentionError
+from imdb_deploy.supply_chain import signing
 
 T = TypeVar("T")
 
@@ -405,8 +406,18 @@ class Orchestrator:
         else:
             digest = self.digests[version]
             image = env.image_ref(version, digest)
-            how = runner.run(commands.ensure_image(image)).stdout.strip()
-            self.step(host.name, "image", f"{image} {how}")
+            if env.signing is not None:
+                if not digest:
+                    raise DeployError(
+                        f"{env.name} requires signed images, verified by digest; no digest is "
+                        f"known for {version} (pass --digest, or deploy a release `images` built)"
+                    )
+                fetched = runner.run(commands.fetch_signatures(env, digest, layout))
+                self.step(host.name, "signatures", fetched.stdout.strip())
+            pulled = runner.run(commands.ensure_image(image), check=False)
+            if not pulled.ok:
+                raise DeployError(f"{host.name}: pull of {image} refused: {pulled.stderr.strip()}")
+            self.step(host.name, "image", f"{image} {pulled.stdout.strip()}")
             values = env.app_environment(self.environ)
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
             run = commands.run_container(env, host, colour, version, layout, digest=digest)
@@ -443,8 +454,16 @@ class Orchestrator:
         self._write_upstream(host, colour, commands.write_file(layout.journal, journal.dump()))
         # nginx reloads asynchronously: the switch is done when nginx answers with the new model.
         url = commands.public_url(self.environment, host, "/model/info")
+        # Until the reload is done, the old workers may still proxy to the old colour, which
+        # can be gone (a redeploy after its container vanished): an error then means "not yet".
         deadline = time.monotonic() + 15
-        while (served := self._served_release(host, url)) != version:
+        while True:
+            try:
+                served = self._served_release(host, url)
+            except RemoteError as error:
+                served = f"nothing ({error})"
+            if served == version:
+                break
             if time.monotonic() > deadline:
                 raise DeployError(f"{host.name}: nginx still serves {served} after the switch")
             time.sleep(0.05)
@@ -904,6 +923,8 @@ class Orchestrator:
                 runner.run(commands.install_packages(missing), timeout_s=900)
                 done.append(f"installed {missing}")
             runner.run(commands.make_directories(layout))
+            if env.signing is not None:
+                done.append(self._install_trust(host))
             if env.nginx.mode == "own":
                 runner.put_text(layout.nginx_conf, commands.nginx_main_conf(env, layout))
             runner.put_text(commands.site_path(env, layout), commands.site_conf(env, host, layout))
@@ -921,6 +942,25 @@ class Orchestrator:
         if failures:
             raise DeployError(f"setup failed: {self._failures_text(failures)}")
         return results
+
+    def _install_trust(self, host: Host) -> str:
+        """The host's engine requires this environment's signature on its image repository:
+        the public key, policy.json (merged with the host's own) and the lookaside location."""
+        env, runner, layout = self.environment, self.runners[host.name], self._layout(host)
+        if env.signing is None:
+            raise DeployError(f"{env.name} names no signing key")
+        home = runner.run(commands.home_directory()).stdout
+        files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
+        key = env.signing.public_key.read_text()
+        fingerprint = signing.public_key_fingerprint(key)
+        runner.run(commands.make_trust_directories(files, layout))
+        runner.put_text(files.public_key(env), key)
+        existing = runner.run(commands.read_file(files.policy)).stdout
+        policy = signing.merged_policy(existing, env.image, files.public_key(env))
+        runner.put_text(files.policy, policy)
+        registries_d = signing.registries_d(env.image, layout.signatures_dir)
+        runner.put_text(files.registries_d(env), registries_d)
+        return f"pulls of {env.image} require a signature by {fingerprint}"
 
     def prune(self) -> set[str]:
         """Remove releases beyond `keep_releases` from every host, under the lock (a deploy

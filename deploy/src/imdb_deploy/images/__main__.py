@@ -1,6 +1,6 @@
 """`python -m imdb_deploy.images build|prune`: service images through the Docker Engine API.
 
-    build [--service api|trainer|all] [--artifact DIR] [--platform linux/amd64|linux/arm64]
+    build [--service api|trainer|all] [--artifact DIR] [--platform linux/amd64[,linux/arm64]]
           [--push] [--export DIR] [--registry HOST:PORT] [--scan] [--no-cache]
     prune [--service ...] [--keep N] [--protect VERSION_OR_TAG ...] [--registry HOST:PORT]
           [--dry-run]
@@ -16,17 +16,27 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import docker
 
 from imdb_deploy.engine import base_image, local, registry
-from imdb_deploy.images import build, engine_client, metadata, retention, scan, services
+from imdb_deploy.images import (
+    build,
+    engine_client,
+    metadata,
+    parity,
+    publish,
+    retention,
+    scan,
+    services,
+)
 from imdb_deploy.images import release as releases
 from imdb_deploy.images.artifact import trainer_executable
-from imdb_deploy.images.platforms import parse_platform
+from imdb_deploy.images.platforms import Platform, parse_platform
+from imdb_deploy.supply_chain import signing
 
 REPORTS = Path("reports")
 
@@ -45,9 +55,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--artifact", type=Path, default=os.environ.get("MLOPS_ARTIFACT"),
                    help="the trained model artifact the API image serves (required for it; "
                    "env MLOPS_ARTIFACT; `nox -s train` publishes artifacts/model)")  # fmt: skip
-    b.add_argument("--platform", default="linux/amd64", help="linux/amd64 or linux/arm64")
+    b.add_argument("--platform", default=os.environ.get("MLOPS_PLATFORMS", "linux/amd64"),
+                   help="linux/amd64, linux/arm64 or both, comma-separated: with --push, one "
+                   "manifest list per release tag (env MLOPS_PLATFORMS)")  # fmt: skip
     b.add_argument("--registry", default=default_registry(), help="HOST:PORT (env MLOPS_REGISTRY)")
-    b.add_argument("--push", action="store_true", help="push both tags to the registry")
+    b.add_argument("--push", action="store_true", help="push: platforms, signed lists, record")
     b.add_argument("--export", type=Path, metavar="DIR", help="docker save each image into DIR")
     b.add_argument("--scan", action="store_true", help="SBOM, pip-audit and Trivy per image")
     b.add_argument("--no-cache", action="store_true", help="build without the layer cache")
@@ -70,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_build(args: argparse.Namespace) -> int:
     root = Path.cwd()
-    target = parse_platform(args.platform)
+    targets = parse_platforms(args.platform)
     cache_dir = base_image.default_cache_dir()
     selected = services.select(args.service)
     art = args.artifact
@@ -80,71 +92,115 @@ def cmd_build(args: argparse.Namespace) -> int:
             "`nox -s train` (artifacts/model) and pass --artifact DIR or set MLOPS_ARTIFACT"
         )
     client = engine_client.connect()
+    failures: list[str] = []
+    built: list[tuple[build.BuiltImage, dict[str, object]]] = []
     try:
-        base = engine_client.ensure_platform_base(
-            client, target, engine_client.base_source(client), cache_dir
-        )
         revision = metadata.git_revision(root)
-        built = []
-        for service in selected:
-            image = build.build_service(
-                client, root, service, target, base_image=base, revision=revision,
-                cache_dir=cache_dir, registry=args.registry, artifact=art, nocache=args.no_cache,
-                source=metadata.source_url(os.environ),
-            )  # fmt: skip
-            print(f"built {service.name} {image.image_id[:19]} in {image.seconds:.1f} s: "
-                  + ", ".join(image.tags))  # fmt: skip
-            record = asdict(image)
-            record.pop("log")
-            if args.push:
-                auth = build.registry_auth(os.environ)
-                pushed = build.push(client, image.tags, auth)
-                record["pushed"] = {tag: build.pushed_digest(tag, d) for tag, d in pushed.items()}
-                print(f"pushed {', '.join(image.tags)}")
-            if args.export is not None:
-                record["export"] = str(build.export(client, image.reference, args.export))
-                print(f"exported {record['export']}")
-            built.append((image, record))
-        if args.push:
-            release = publish_release(client, built, args.registry, args.reports)
-            if release is not None and art is not None:
-                tag_tracked_run(art, release)
-        failures: list[str] = []
+        source = engine_client.base_source(client)
+        for target in targets:
+            base = engine_client.ensure_platform_base(client, target, source, cache_dir)
+            for service in selected:
+                image = build.build_service(
+                    client, root, service, target, base_image=base, revision=revision,
+                    cache_dir=cache_dir, registry=args.registry, artifact=art,
+                    nocache=args.no_cache, source=metadata.source_url(os.environ),
+                )  # fmt: skip
+                print(f"built {service.name} ({target.docker}) {image.image_id[:19]} in "
+                      f"{image.seconds:.1f} s: " + ", ".join(image.tags))  # fmt: skip
+                record = asdict(image)
+                record.pop("log")
+                if args.export is not None:
+                    record["export"] = str(build.export(client, image.reference, args.export))
+                    print(f"exported {record['export']}")
+                built.append((image, record))
+        if len(targets) > 1 and art is not None:
+            parity.check_release(client, [i for i, _ in built if i.release], art, args.reports)
         if args.scan:
             osv = os.environ.get("OSV_OFFLINE_DIR")
             failures = scan.scan_all(
                 client,
-                [(i.reference, i.service + build.platform_suffix(target), i.version, i.platform)
-                 for i, _ in built],
+                [(i.reference, scan_name(i), i.version, i.platform) for i, _ in built],
                 args.reports, Path(osv) if osv else None,
             )  # fmt: skip
+        if args.push and failures:
+            print("images: not pushed: the scans failed", file=sys.stderr)
+        elif args.push:
+            publish_all(client, built, args, art)
     finally:
         client.close()
     args.reports.mkdir(parents=True, exist_ok=True)
-    summary = args.reports / f"images-{target.suffix}.json"
-    summary.write_text(json.dumps([record for _, record in built], indent=2) + "\n")
+    for target in targets:
+        summary = args.reports / f"images-{target.suffix}.json"
+        records = [record for image, record in built if image.platform == target.docker]
+        summary.write_text(json.dumps(records, indent=2) + "\n")
     for failure in failures:
         print(f"images: FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
+def parse_platforms(value: str) -> list[Platform]:
+    """`linux/amd64,linux/arm64` -> both, in that order, each once."""
+    targets: list[Platform] = []
+    for name in value.split(","):
+        target = parse_platform(name)
+        if target not in targets:
+            targets.append(target)
+    return targets
+
+
+def scan_name(image: build.BuiltImage) -> str:
+    return image.service + build.platform_suffix(parse_platform(image.platform))
+
+
+def publish_all(
+    client: docker.DockerClient,
+    built: Sequence[tuple[build.BuiltImage, dict[str, object]]],
+    args: argparse.Namespace,
+    artifact: Path | None,
+) -> None:
+    """Each service's platforms as one signed list, then the release record."""
+    published: dict[str, dict[str, str]] = {}
+    with signing.release_signer(os.environ, args.registry) as signer:
+        for service in dict.fromkeys(image.service for image, _ in built):
+            mine = [(image, record) for image, record in built if image.service == service]
+            names = {scan_name(image) for image, _ in mine}
+            evidence = publish.evidence_files(
+                sorted(p for p in args.reports.glob("*-image-*") if _evidence_of(p, names))
+            )
+            done = publish.publish_service(
+                client, [image for image, _ in mine], signer, evidence, os.environ
+            )
+            for image, record in mine:
+                record["pushed"] = {
+                    **dict.fromkeys(publish.list_tags(image), done["digest"]),
+                    publish.platform_tag(image): done[f"platform:{image.platform}"],
+                }
+            published[service] = done
+    release = publish_release(client, built, published, args.registry, args.reports)
+    if release is not None and artifact is not None:
+        tag_tracked_run(artifact, release)
+
+
+def _evidence_of(path: Path, names: set[str]) -> bool:
+    """Whether report `path` (`<kind>-image-<name>.<ext>`) is about one of the images `names`."""
+    stem = path.name.partition("-image-")[2].partition(".")[0]
+    return stem in names
+
+
 def publish_release(
     client: docker.DockerClient,
     built: Sequence[tuple[build.BuiltImage, dict[str, object]]],
+    published: Mapping[str, Mapping[str, str]],
     registry: str | None,
     reports: Path,
 ) -> releases.Release | None:
-    """The release record of the API image just pushed, with the digest of every image pushed
-    with it: into reports/release.json and, as an image of its own, into the registry."""
+    """The release record of the API image just pushed, with what was published of every image
+    (list digest, platforms, evidence, signatures): into reports/release.json and, as an image
+    of its own, into the registry."""
     api = next((image for image, _ in built if image.release is not None), None)
     if api is None or api.release is None:
         return None
-    images = {}
-    for image, record in built:
-        pushed = record.get("pushed")
-        digest = pushed.get(image.reference, "") if isinstance(pushed, dict) else ""
-        images[image.service] = {"reference": image.reference, "digest": str(digest)}
-    release = api.release.with_images(images)
+    release = api.release.with_images(published)
     path = releases.write(release, reports / "release.json")
     reference = releases.build_record_image(client, release, registry)
     build.push(client, [reference], build.registry_auth(os.environ))

@@ -8,8 +8,17 @@ the Debian packages in dpkg's status file. From it:
                                             the PyPI and Debian packages as components
   reports/pip-audit-image-<name>.json       `imdb_deploy.supply_chain.audit` over the image's
                                             third-party Python packages (OSV_OFFLINE_DIR honoured)
-  reports/trivy-image-<name>.json           Trivy's vulnerability scan of the saved image, when
-                                            the `trivy` binary is installed
+  reports/trivy-image-<name>.json           Trivy's vulnerability scan of the saved image (OS and
+                                            language packages), when the `trivy` binary is
+                                            installed: HIGH and CRITICAL findings that have a
+                                            fix fail the build
+  reports/image-scan.json                   per image: its SBOM, pip-audit and Trivy reports and
+                                            whether its OS packages were scanned, and if not why
+                                            (the deployment report says so in plain words)
+
+Where Trivy is not installed the OS packages are NOT scanned, and that is said (printed and
+recorded), not skipped quietly; with MLOPS_REQUIRE_TRIVY=1 (the GitHub workflows that install
+Trivy set it) it is a failure.
 
 pip-audit needs hashed requirements; the image holds no wheel files, so each line carries the
 sha256 of the distribution's installed RECORD: well-formed, and pip-audit checks only that a hash
@@ -19,11 +28,13 @@ is present (`--disable-pip`), never that it matches.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +79,11 @@ if status.is_file():
 print(json.dumps({"python": sys.version.split()[0], "distributions": dists, "debs": debs}))
 """
 PROJECT_PREFIX = "imdb-"
+# Set to 1 where Trivy is installed on purpose (the GitHub workflows): then a missing one fails.
+REQUIRE_TRIVY_VAR = "MLOPS_REQUIRE_TRIVY"
+# The per-image summary of the scans, beside the reports it names.
+SUMMARY_FILE = "image-scan.json"
+TRIVY_MISSING = "trivy is not installed here (pip-audit covered the Python packages)"
 
 
 class ScanError(RuntimeError):
@@ -171,21 +187,72 @@ def audit_requirements(found: Inventory) -> str:
 
 
 def trivy_argv(trivy: str, tarball: Path, report: Path) -> list[str]:
+    """Trivy over a saved image: fails (exit 1) on HIGH or CRITICAL vulnerabilities with a fix."""
     return [
         trivy, "image", "--quiet", "--input", str(tarball), "--format", "json",
         "--output", str(report), "--scanners", "vuln", "--severity", "HIGH,CRITICAL",
-        "--exit-code", "1",
+        "--ignore-unfixed", "--exit-code", "1",
     ]  # fmt: skip
+
+
+def trivy_required(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a missing `trivy` is a failure (MLOPS_REQUIRE_TRIVY=1), not a recorded note."""
+    environ = os.environ if environ is None else environ
+    return environ.get(REQUIRE_TRIVY_VAR, "").strip() == "1"
 
 
 @dataclass(frozen=True)
 class ScanResult:
-    """Where the reports went and whether the image passed."""
+    """Where the reports went, whether the OS packages were scanned, and whether it passed."""
 
+    name: str  # the image's name, mlops-imdb-<service>[-<arch>]
+    reference: str
+    platform: str
     sbom: Path
     audit_report: Path
     trivy_report: Path | None
+    trivy_installed: bool
+    os_packages_scanned: bool
+    reason: str  # why the OS packages were not scanned; empty when they were
     failures: list[str]
+
+    def record(self) -> dict[str, object]:
+        """This image's entry in reports/image-scan.json (the reports named relative to it)."""
+        return {
+            "name": self.name,
+            "reference": self.reference,
+            "platform": self.platform,
+            "scanned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sbom": self.sbom.name,
+            "pip_audit": self.audit_report.name,
+            "trivy": None if self.trivy_report is None else self.trivy_report.name,
+            "trivy_installed": self.trivy_installed,
+            "os_packages_scanned": self.os_packages_scanned,
+            "reason": self.reason,
+            "passed": not self.failures,
+        }
+
+
+def run_trivy(
+    client: docker.DockerClient, image: str, trivy: str, report: Path
+) -> tuple[bool, str, list[str]]:
+    """Trivy over the saved image: (OS packages scanned, why not, failures)."""
+    report.unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one
+    with tempfile.TemporaryDirectory(prefix="mlops-trivy-") as tmp:
+        tarball = build.export(client, image, Path(tmp))
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            trivy_argv(trivy, tarball, report), check=False
+        )
+    if result.returncode == 0:
+        return True, "", []
+    if not report.is_file():
+        reason = f"trivy failed (exit {result.returncode}) before writing its report"
+        return False, reason, [f"OS packages of {image} NOT scanned: {reason}"]
+    return (
+        True,
+        "",
+        [f"trivy found HIGH/CRITICAL vulnerabilities with a fix in {image}, see {report}"],
+    )
 
 
 def scan_image(
@@ -197,8 +264,13 @@ def scan_image(
     platform: str,
     reports: Path,
     osv_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ScanResult:
-    """SBOM, pip-audit and (when installed) Trivy for one image; `failures` empty means passed."""
+    """SBOM, pip-audit and (when installed) Trivy for one image; `failures` empty means passed.
+
+    Without Trivy the OS packages are not scanned: printed, recorded in the result, and a failure
+    when `trivy_required(environ)`.
+    """
     reports.mkdir(parents=True, exist_ok=True)
     found = inventory(client, image)
     image_id = str(client.images.get(image).id)
@@ -213,20 +285,47 @@ def scan_image(
     status = audit.audit(requirements, audit_report, osv_dir)
     if status != audit.EXIT_OK:
         failures.append(f"pip-audit of {image} failed (exit {status}), see {audit_report}")
-    trivy_report = None
+    trivy_file = reports / f"trivy-image-{name}.json"
     trivy = shutil.which("trivy")
     if trivy is not None:
-        trivy_report = reports / f"trivy-image-{name}.json"
-        with tempfile.TemporaryDirectory(prefix="mlops-trivy-") as tmp:
-            tarball = build.export(client, image, Path(tmp))
-            result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                trivy_argv(trivy, tarball, trivy_report), check=False
-            )
-        if result.returncode != 0:
-            failures.append(f"trivy found HIGH/CRITICAL vulnerabilities in {image}")
+        scanned, reason, trivy_failures = run_trivy(client, image, trivy, trivy_file)
+        failures += trivy_failures
     else:
-        print("scan: trivy not installed, skipped (GitHub Actions installs it)")
-    return ScanResult(sbom_file, audit_report, trivy_report, failures)
+        trivy_file.unlink(missing_ok=True)  # an earlier run's report is not this image's
+        scanned, reason = False, TRIVY_MISSING
+        print(f"scan {image}: OS packages NOT scanned for vulnerabilities: {reason}")
+        if trivy_required(environ):
+            failures.append(
+                f"OS packages of {image} NOT scanned for vulnerabilities: {reason}; "
+                f"{REQUIRE_TRIVY_VAR}=1 requires trivy"
+            )
+    return ScanResult(
+        name=IMAGE_PREFIX + name,
+        reference=image,
+        platform=platform,
+        sbom=sbom_file,
+        audit_report=audit_report,
+        trivy_report=trivy_file if trivy_file.is_file() else None,
+        trivy_installed=trivy is not None,
+        os_packages_scanned=scanned,
+        reason=reason,
+        failures=failures,
+    )
+
+
+def write_summary(results: Sequence[ScanResult], path: Path) -> Path:
+    """Write (or update) reports/image-scan.json: one entry per image, these results replacing
+    the entries of the same images (a build for another platform keeps the others')."""
+    names = {result.name for result in results}
+    try:
+        earlier = json.loads(path.read_text())["images"]
+        kept = [e for e in earlier if isinstance(e, dict) and e.get("name") not in names]
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = []  # none yet, or not ours to keep
+    entries = sorted([*kept, *(r.record() for r in results)], key=lambda e: str(e.get("name")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": entries}, indent=2) + "\n")
+    return path
 
 
 def scan_all(
@@ -234,11 +333,12 @@ def scan_all(
     images: Sequence[tuple[str, str, str, str]],
     reports: Path,
     osv_dir: Path | None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Scan (image, name, version, platform) tuples; returns all failures."""
-    failures: list[str] = []
-    for image, name, version, platform in images:
-        failures += scan_image(
+    """Scan (image, name, version, platform) tuples, write reports/image-scan.json; returns all
+    failures."""
+    results = [
+        scan_image(
             client,
             image,
             name=name,
@@ -246,5 +346,10 @@ def scan_all(
             platform=platform,
             reports=reports,
             osv_dir=osv_dir,
-        ).failures
-    return failures
+            environ=environ,
+        )
+        for image, name, version, platform in images
+    ]
+    summary = write_summary(results, reports / SUMMARY_FILE)
+    print(f"scan summary: {summary}")
+    return [failure for result in results for failure in result.failures]

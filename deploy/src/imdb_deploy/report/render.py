@@ -13,9 +13,13 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from imdb_deploy.report.plots import host_label, latency_png, timeline_png
 from imdb_deploy.report.timeline import Benchmark, Deploy, HostBenchmark
+
+if TYPE_CHECKING:
+    from imdb_deploy.report.cli import ImageScan
 
 TITLE = "Deployment report"
 # Step details longer than this are cut in the step tables (the failure detail is shown whole).
@@ -109,6 +113,19 @@ def _summary_cells(deploy: Deploy) -> list[str]:
     ]  # fmt: skip
 
 
+def image_scan_sentence(scan: ImageScan) -> str:
+    """What the report says of one image's OS packages, in plain words (formatted, not escaped)."""
+    if scan.os_packages_scanned:
+        report = scan.trivy_report or "(its report was not kept)"
+        return f"OS packages of {scan.name} were scanned for vulnerabilities: Trivy report {report}"
+    why = (
+        "trivy not installed where the image was built"
+        if not scan.trivy_installed
+        else scan.reason or "no reason recorded"
+    )
+    return f"OS packages of {scan.name} were not scanned for vulnerabilities ({why})"
+
+
 def _step_rows(deploy: Deploy) -> list[tuple[list[str], bool]]:
     """The step table's rows (formatted, not escaped) and whether each step was ok."""
     rows: list[tuple[list[str], bool]] = []
@@ -187,8 +204,18 @@ def _md_deploy(number: int, deploy: Deploy) -> list[str]:
     return lines
 
 
-def markdown(deploys: Sequence[Deploy], generated: datetime) -> str:
-    """The report in Markdown: an overview table, then per deploy its facts and tables."""
+def _md_image_scans(scans: Sequence[ImageScan]) -> list[str]:
+    """What the images' vulnerability scans covered; nothing when no summary was found."""
+    if not scans:
+        return []
+    return ["## Image scans", "", *(f"- {md(image_scan_sentence(s))}" for s in scans), ""]
+
+
+def markdown(
+    deploys: Sequence[Deploy], generated: datetime, image_scans: Sequence[ImageScan] = ()
+) -> str:
+    """The report in Markdown: an overview table, what the images' scans covered (when known),
+    then per deploy its facts and tables."""
     lines = [
         f"# {TITLE}",
         "",
@@ -196,6 +223,7 @@ def markdown(deploys: Sequence[Deploy], generated: datetime) -> str:
         "",
         *_md_table(SUMMARY_HEADER, [_summary_cells(d) for d in deploys]),
         "",
+        *_md_image_scans(image_scans),
     ]
     for number, deploy in enumerate(deploys, 1):
         lines += _md_deploy(number, deploy)
@@ -229,6 +257,7 @@ pre { white-space: pre-wrap; word-break: break-word; margin: 0.3rem 0; }
 figure { margin: 0.5rem 0 1rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #d1d9e0; }
 figcaption { color: #59636e; font-size: 0.85rem; }
+ul.scans li.unscanned { color: #9a6700; font-weight: 600; }
 """
 
 # Columns right-aligned as numbers, by table.
@@ -349,7 +378,21 @@ def _html_deploy(number: int, deploy: Deploy) -> list[str]:
     return lines
 
 
-def html_page(deploys: Sequence[Deploy], generated: datetime) -> str:
+def _html_image_scans(scans: Sequence[ImageScan]) -> list[str]:
+    """What the images' vulnerability scans covered; nothing when no summary was found."""
+    if not scans:
+        return []
+    items = [
+        f'<li class="{"scanned" if s.os_packages_scanned else "unscanned"}">'
+        f"{h(image_scan_sentence(s))}</li>"
+        for s in scans
+    ]
+    return ["<h2>Image scans</h2>", '<ul class="scans">', *items, "</ul>"]
+
+
+def html_page(
+    deploys: Sequence[Deploy], generated: datetime, image_scans: Sequence[ImageScan] = ()
+) -> str:
     """The report as one self-contained HTML page (plots embedded, no external resources)."""
     summary = _html_table(
         ["#", *SUMMARY_HEADER],
@@ -372,6 +415,7 @@ def html_page(deploys: Sequence[Deploy], generated: datetime) -> str:
         f'<p class="meta">Generated {h(utc(generated))} from {len(deploys)} timeline(s), '
         "in time order.</p>",
         *summary,
+        *_html_image_scans(image_scans),
     ]
     for number, deploy in enumerate(deploys, 1):
         lines += _html_deploy(number, deploy)

@@ -2,7 +2,8 @@
 
 The fleet's hosts are those of the sandbox environments in deploy/environments (`sandbox = true`).
 `up` starts the registry and one sshd per host, then prepares every host over SSH with the
-deploy's own `setup` (nginx, directories), exactly as on real hosts, and starts Prometheus
+deploy's own `setup` (nginx, directories, the policy that requires the sandbox's release
+signing key, made here once under .state/signing), exactly as on real hosts, and starts Prometheus
 (127.0.0.1:9090, scraping every sandbox host) and a Pushgateway (127.0.0.1:9091, deploy markers).
 `down` stops everything.
 """
@@ -21,14 +22,18 @@ from imdb_deploy.engine import local, registry
 from imdb_deploy.monitoring.stack import MonitoringError, MonitoringStack
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of, sandbox_environments
+from imdb_deploy.supply_chain import signing
 
 STATE_DIR = REPO_ROOT / ".state" / "sandbox"
 MONITORING_STATE = REPO_ROOT / ".state" / "monitoring"
+SIGNING_STATE = REPO_ROOT / signing.SANDBOX_STATE
 
 
 def up(environments: Sequence[Environment], fleet: Fleet) -> int:
     address = registry.LocalRegistry(local.state_dir() / "registry", fleet.registry).start()
     print(f"registry: {address}")
+    signer = signing.sandbox_signer(SIGNING_STATE)
+    print(f"release signing key: {signer.fingerprint} ({SIGNING_STATE / 'sandbox.asc'})")
     fleet.up()
     for host in fleet.status():
         print(f"sshd: {host['name']} on {host['ssh']}")

@@ -474,7 +474,14 @@ class Fleet:
             "CONTAINERS_CONF": str(engine / "containers.conf"),
             "CONTAINERS_STORAGE_CONF": str(engine / "storage.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(engine / "registries.conf"),
+            # A home of its own: the engine reads ~/.config/containers/policy.json and
+            # registries.d/ there first, so each host has its own image trust, as real hosts
+            # have their own /etc/containers.
+            "HOME": str(self.home(host)),
         }
+
+    def home(self, host: SandboxHost) -> Path:
+        return self.host_dir(host) / "home"
 
     # ------------------------------------------------------------ up
 
@@ -526,6 +533,7 @@ class Fleet:
             Path(engine["CONTAINERS_REGISTRIES_CONF"]), registries_conf([self.registry])
         )
         self.graphroot(host).mkdir(parents=True, exist_ok=True)
+        self.home(host).mkdir(parents=True, exist_ok=True)
         config = sshd_config(
             address=host.address,
             port=host.ssh_port,

@@ -1,0 +1,133 @@
+"""Platform parity: every platform's API image of a release gives the model's golden answers.
+
+Before a multi-platform release is pushed, each platform's API image is started (arm64 under
+qemu on an amd64 machine) and asked for the golden examples of the model's manifest in one
+batch; each answer must match the manifest's expected rating, so all platforms agree with the
+booster that made them. A pass is remembered by image id in reports/platform-parity.json:
+the same images are not run again (a warm rebuild of an unchanged release).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.models.containers import Container
+
+from imdb_deploy.images import build
+from imdb_deploy.images.platforms import EMULATED_AARCH64_CPUINFO, parse_platform
+
+# Ratings are 1-10; the manifest's golden examples were checked to this closeness at training.
+TOLERANCE = 1e-3
+# Under emulation the API loads its model in tens of seconds.
+READY_TIMEOUT_S = 300.0
+RECORD = "platform-parity.json"
+
+
+class ParityError(build.BuildError):
+    """A platform's image does not give the model's golden answers."""
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def mismatches(golden: Sequence[Mapping[str, Any]], ratings: Sequence[float]) -> list[str]:
+    """What differs between the manifest's golden examples and one image's answers."""
+    if len(ratings) != len(golden):
+        return [f"{len(ratings)} answers to {len(golden)} golden examples"]
+    return [
+        f"golden example {i}: {got!r}, the model says {example['expected']!r}"
+        for i, (example, got) in enumerate(zip(golden, ratings, strict=True))
+        if not math.isclose(float(got), float(example["expected"]), abs_tol=TOLERANCE)
+    ]
+
+
+def _post_json(url: str, body: object, timeout: float = 30) -> Any:
+    request = urllib.request.Request(  # noqa: S310 - loopback http, built here
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+        return json.loads(answer.read())
+
+
+def _wait_ready(container: Container, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback http
+                return
+        except (OSError, urllib.error.URLError):
+            container.reload()
+            logs = container.logs(tail=20).decode(errors="replace")
+            if container.status != "running":
+                raise ParityError(f"{container.image}: exited before ready:\n{logs}") from None
+            if time.monotonic() > deadline:
+                raise ParityError(f"not ready within {timeout:.0f} s:\n{logs}") from None
+            time.sleep(1)
+
+
+def answers(client: docker.DockerClient, image: build.BuiltImage, movies: list[Any]) -> list[float]:
+    """Start `image` on a free loopback port, ask for `movies` in one batch, remove it."""
+    port = free_loopback_port()
+    volumes = {}
+    with tempfile.TemporaryDirectory(prefix="mlops-parity-") as directory:
+        if not parse_platform(image.platform).is_native():
+            # qemu 7.2 shows the host's x86 /proc/cpuinfo, which onnxruntime cannot read.
+            cpuinfo = Path(directory) / "cpuinfo"
+            cpuinfo.write_text(EMULATED_AARCH64_CPUINFO)
+            volumes[str(cpuinfo)] = {"bind": "/proc/cpuinfo", "mode": "ro"}
+        container = client.containers.run(
+            image.image_id,
+            detach=True,
+            read_only=True,
+            network_mode="host",
+            environment={"IMDB_API_PORT": str(port), "IMDB_API_HOST": "127.0.0.1"},
+            volumes=volumes,
+        )
+        try:
+            _wait_ready(container, f"http://127.0.0.1:{port}/ready", READY_TIMEOUT_S)
+            body = _post_json(f"http://127.0.0.1:{port}/predict/batch", {"movies": movies})
+            return [float(rating) for rating in body["averageRatings"]]
+        finally:
+            container.remove(force=True)
+
+
+def check_release(
+    client: docker.DockerClient,
+    api_images: Sequence[build.BuiltImage],
+    artifact: Path,
+    reports: Path,
+) -> None:
+    """Each API image gives the golden answers of `artifact`'s model, or ParityError."""
+    golden = json.loads((artifact / "manifest.json").read_text())["golden"]
+    record_path = reports / RECORD
+    try:
+        passed: dict[str, Any] = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        passed = {}
+    movies = [example["input"] for example in golden]
+    for image in api_images:
+        if image.image_id in passed:
+            print(f"parity {image.platform}: passed before (image {image.image_id[:19]}), reused")
+            continue
+        started = time.monotonic()
+        problems = mismatches(golden, answers(client, image, movies))
+        if problems:
+            raise ParityError(f"{image.platform} API image: " + "; ".join(problems))
+        seconds = time.monotonic() - started
+        print(f"parity {image.platform}: {len(golden)} golden answers match ({seconds:.0f} s)")
+        passed[image.image_id] = {"platform": image.platform, "seconds": round(seconds, 1)}
+    reports.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(passed, indent=2, sort_keys=True) + "\n")
