@@ -237,6 +237,7 @@ def test_audit_entry_is_the_outcome_without_its_events() -> None:
         "from_versions": {"h1": "v1", "h2": None},
         "to_version": "v2",
         "to_digest": None,
+        "signed_by": "",
         "release": None,
         "result": "failed",
         "detail": "prepare failed",
@@ -368,7 +369,11 @@ def test_status_table_names_the_release_digest_and_commit() -> None:
     }  # fmt: skip
     lines = cli.status_table([row]).splitlines()
     assert lines[2].split()[4] == "m-t0123"
-    assert lines[3].split() == ["digest", "sha256:abc", "commit", "c0ffee", "model", "m"]
+    assert lines[3].split() == [
+        "digest", "sha256:abc", "commit", "c0ffee", "model", "m", "unsigned"
+    ]  # fmt: skip
+    signed = cli.status_table([{**row, "signed_by": "F" * 40}]).splitlines()
+    assert signed[3].split()[-3:] == ["signed", "by", "F" * 40]
 
 
 def test_status_table_without_hosts_is_just_the_header() -> None:

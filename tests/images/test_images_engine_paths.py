@@ -298,7 +298,7 @@ def test_cli_build_push_export_summary_and_release(
     monkeypatch.setattr(engine_client, "ensure_platform_base", lambda *a: "base")
     monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
     # The list and the signatures are made by Podman's CLI from the registry: stand-ins here
-    # (tests/images/test_images_publish.py and the sandbox deploy tests run the real ones).
+    # (tests/images/test_images_manifest_list.py and the sandbox deploy tests run the real ones).
     lists: list[tuple[list[str], list[str]]] = []
     signed: list[tuple[str, list[str]]] = []
     list_digest = "sha256:" + "e" * 64
@@ -319,6 +319,8 @@ def test_cli_build_push_export_summary_and_release(
     monkeypatch.setattr(manifest_list, "publish", publish_list)
     monkeypatch.setattr(publish, "attach_signatures", attach)
     monkeypatch.setattr(signing, "release_signer", signer)
+    github_output = tmp_path / "github-output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(github_output))
     argv = ["build", "--registry=127.0.0.1:5000", "--push", f"--export={tmp_path / 'tars'}",
             f"--reports={tmp_path / 'reports'}", f"--artifact={tmp_path / 'model'}"]  # fmt: skip
     assert run_cli(argv, monkeypatch, client, tmp_path / "cache") == 0
@@ -353,6 +355,10 @@ def test_cli_build_push_export_summary_and_release(
         [f"127.0.0.1:5000/mlops-imdb-api:{RELEASE}", "127.0.0.1:5000/mlops-imdb-api:ffffffffffff"],
     )
     assert signed[0] == ("127.0.0.1:5000/mlops-imdb-api", [list_digest])
+    # In GitHub Actions: what the CD workflow attests.
+    assert github_output.read_text() == (
+        f"api-image=127.0.0.1:5000/mlops-imdb-api\napi-digest={list_digest}\n"
+    )
     # ... pushed beside the images, as an image of its own that holds it.
     reference = f"127.0.0.1:5000/mlops-imdb-release:{RELEASE}"
     assert reference in client.images.pushed

@@ -166,3 +166,19 @@ def test_pipeline_stops_before_deploying_anything_a_gate_refused(repo_root: Path
     assert re.findall(r"^(\S+): export MLOPS_STAGE_CACHE", makefile, re.MULTILINE) == ["pipeline"]
     order = [session["session"] for session in nox_list(repo_root, "-t", "pipeline")]
     assert order[-1] == "deliver"
+
+
+def test_releases_are_built_multi_arch_signed_and_attested_in_cd(repo_root: Path) -> None:
+    cd = yaml.safe_load((repo_root / ".github" / "workflows" / "cd.yml").read_text())
+    images = cd["jobs"]["images"]
+    build = next(step for step in images["steps"] if step.get("id") == "images")
+    assert build["env"]["MLOPS_PLATFORMS"] == "linux/amd64,linux/arm64"
+    assert build["env"]["MLOPS_SIGNING_KEY"] == "${{ secrets.SIGNING_KEY }}"
+    assert build["env"]["MLOPS_REQUIRE_TRIVY"] == "1"
+    attest = next(s for s in images["steps"] if "attest-build-provenance" in s.get("uses", ""))
+    assert attest["with"]["subject-digest"] == "${{ steps.images.outputs.api-digest }}"
+    assert images["permissions"]["attestations"] == "write"
+    assert images["environment"] == "signing"
+    # make pipeline builds the same way.
+    makefile = (repo_root / "Makefile").read_text()
+    assert "pipeline: export MLOPS_PLATFORMS ?= linux/amd64,linux/arm64" in makefile

@@ -55,6 +55,7 @@ def ok_deploy() -> dict[str, Any]:
         "user": "root", "started": "2026-11-26T15:47:38+00:00",
         "from_versions": {"staging-1": "v0", "staging-2": None}, "to_version": "v1",
         "to_digest": "sha256:" + "d" * 64,
+        "signed_by": "B" * 40,
         "release": {"release": "v1", "commit": "c" * 40, "tree": "e" * 40,
                     "model": {"version": "m1", "manifest_sha256": "f" * 64,
                               "data_fingerprint": "a" * 64}},
@@ -343,6 +344,7 @@ def test_markdown_keeps_any_line_break_inside_its_table_cell() -> None:
 
 def test_html_is_well_formed_and_self_contained(parsed: _Page, page: str) -> None:
     assert f"<dt>Digest</dt><dd>sha256:{'d' * 64}</dd>" in page  # the release the hosts run
+    assert f"(verified by the hosts at pull)</dt><dd>{'B' * 40}</dd>" in page
     assert parsed.open == []
     assert parsed.tags[0] == "html"
     assert "script" not in parsed.tags

@@ -106,9 +106,12 @@ def status_table(rows: Sequence[dict[str, object]]) -> str:
             f"{row.get('colour') or '-'!s:<7} {row.get('version') or '-'!s:<40} {health}"
         )
         if row.get("digest") or row.get("commit"):
+            # The digest a signed environment runs is a release's manifest list; its hosts'
+            # engines required the key's signature on it (and on their platform's image).
+            signed = f"signed by {row['signed_by']}" if row.get("signed_by") else "unsigned"
             lines.append(
                 f"    digest {row.get('digest') or '-'}  commit {row.get('commit') or '-'}  "
-                f"model {row.get('model_version') or '-'}"
+                f"model {row.get('model_version') or '-'}  {signed}"
             )
         if row.get("error"):
             lines.append(f"    {row['error']}")

@@ -95,6 +95,8 @@ class Outcome:
     from_versions: dict[str, str | None]
     to_version: str | None
     to_digest: str | None = None  # the release's image digest, which the hosts run
+    # The key whose signature the hosts' engines required on it ("": none required).
+    signed_by: str = ""
     release: dict[str, object] | None = None  # what the release says it is (/model/info)
     result: str = "running"
     detail: str = ""
@@ -133,11 +135,24 @@ class Orchestrator:
         }
         self._t0 = time.monotonic()
         self.outcome: Outcome | None = None
+        self._trusted_key: str | None = None
         self._events_lock = threading.Lock()
         # Release -> image digest, from the caller and the hosts' records: hosts run by digest.
         self.digests: dict[str, str] = {}
 
     # ---- plumbing ----------------------------------------------------------------------------
+
+    def trusted_key(self) -> str:
+        """The fingerprint of the key the hosts require releases to be signed with ("": the
+        environment names none). Read from the environment's key file once."""
+        if self._trusted_key is None:
+            settings = self.environment.signing
+            try:
+                key = "" if settings is None else settings.public_key.read_text()
+                self._trusted_key = signing.public_key_fingerprint(key) if key else ""
+            except (OSError, signing.SigningError) as error:
+                raise DeployError(f"{self.environment.name}'s signing key: {error}") from None
+        return self._trusted_key
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -708,6 +723,7 @@ class Orchestrator:
         version, reuse = version_for(states)
         outcome.to_version = version
         outcome.to_digest = self._digest_of(version)
+        outcome.signed_by = self.trusted_key()
         already = all(
             state.live_version == version and state.live_digest == outcome.to_digest
             for state in states.values()
@@ -1015,6 +1031,7 @@ class Orchestrator:
                     colour=state.live,
                     version=state.live_version,
                     digest=state.live_digest,
+                    signed_by=self.trusted_key(),
                     kept=state.kept_version,
                     healthy=ready.ok,
                     interrupted_switch=bool(journal.strip()),

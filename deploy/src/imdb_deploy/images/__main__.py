@@ -205,7 +205,19 @@ def publish_release(
     reference = releases.build_record_image(client, release, registry)
     build.push(client, [reference], build.registry_auth(os.environ))
     print(f"release {release.release}: record {path}, pushed as {reference}")
+    github_output(release)
     return release
+
+
+def github_output(release: releases.Release) -> None:
+    """In GitHub Actions, the API list's repository and digest as step outputs (`api-image`,
+    `api-digest`): the CD workflow attests the build provenance of exactly that digest."""
+    output = os.environ.get("GITHUB_OUTPUT")
+    api = release.images.get("api", {})
+    if output and api.get("digest"):
+        repository = api["reference"].rpartition(":")[0]
+        with Path(output).open("a") as lines:
+            lines.write(f"api-image={repository}\napi-digest={api['digest']}\n")
 
 
 def tag_tracked_run(artifact: Path, release: releases.Release) -> None:

@@ -20,11 +20,7 @@ from pathlib import Path
 
 from imdb_deploy.engine.podman import registries_conf
 from imdb_deploy.images.build import REGISTRY_PASSWORD_VAR, REGISTRY_USER_VAR, BuildError
-from imdb_deploy.supply_chain.signing import podman
-
-
-def is_loopback(registry: str) -> bool:
-    return registry.startswith(("127.", "localhost"))
+from imdb_deploy.supply_chain.signing import is_loopback, podman
 
 
 def registry_of(reference: str) -> str:

@@ -1,9 +1,9 @@
 """Platform parity: every platform's API image of a release gives the model's golden answers.
 
 Before a multi-platform release is pushed, each platform's API image is started (arm64 under
-qemu on an amd64 machine) and asked for the golden examples of the model's manifest in one
-batch; each answer must match the manifest's expected rating, so all platforms agree with the
-booster that made them. A pass is remembered by image id in reports/platform-parity.json:
+qemu on an amd64 machine) and asked for each golden example of the model's manifest; each
+answer must match the manifest's expected rating, so all platforms agree with the booster
+that made them. A pass is remembered by image id in reports/platform-parity.json:
 the same images are not run again (a warm rebuild of an unchanged release).
 """
 
@@ -43,6 +43,17 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def as_request(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A golden example's input (IMDb's columns: `isAdult` 0/1, genres comma-separated) as
+    the API's request takes it."""
+    movie = dict(record)
+    if movie.get("isAdult") in (0, 1):
+        movie["isAdult"] = bool(movie["isAdult"])
+    if isinstance(movie.get("genres"), str):  # IMDb's comma-separated form
+        movie["genres"] = [genre for genre in movie["genres"].split(",") if genre] or None
+    return movie
+
+
 def mismatches(golden: Sequence[Mapping[str, Any]], ratings: Sequence[float]) -> list[str]:
     """What differs between the manifest's golden examples and one image's answers."""
     if len(ratings) != len(golden):
@@ -79,7 +90,7 @@ def _wait_ready(container: Container, url: str, timeout: float) -> None:
 
 
 def answers(client: docker.DockerClient, image: build.BuiltImage, movies: list[Any]) -> list[float]:
-    """Start `image` on a free loopback port, ask for `movies` in one batch, remove it."""
+    """Start `image` on a free loopback port, ask for each of `movies`, remove it."""
     port = free_loopback_port()
     volumes = {}
     with tempfile.TemporaryDirectory(prefix="mlops-parity-") as directory:
@@ -98,8 +109,13 @@ def answers(client: docker.DockerClient, image: build.BuiltImage, movies: list[A
         )
         try:
             _wait_ready(container, f"http://127.0.0.1:{port}/ready", READY_TIMEOUT_S)
-            body = _post_json(f"http://127.0.0.1:{port}/predict/batch", {"movies": movies})
-            return [float(rating) for rating in body["averageRatings"]]
+            # One request per example: the golden inputs mix value forms (genres as a list or
+            # a string) that one batch's columns may not.
+            url = f"http://127.0.0.1:{port}/predict"
+            return [float(_post_json(url, movie)["averageRating"]) for movie in movies]
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            detail = error.read().decode(errors="replace") if hasattr(error, "read") else ""
+            raise ParityError(f"{image.platform} API image: {error} {detail}".strip()) from None
         finally:
             container.remove(force=True)
 
@@ -117,7 +133,7 @@ def check_release(
         passed: dict[str, Any] = json.loads(record_path.read_text())
     except (OSError, ValueError):
         passed = {}
-    movies = [example["input"] for example in golden]
+    movies = [as_request(example["input"]) for example in golden]
     for image in api_images:
         if image.image_id in passed:
             print(f"parity {image.platform}: passed before (image {image.image_id[:19]}), reused")

@@ -98,7 +98,9 @@ def publish_service(
         tag = scratch_image(client, evidence_tag(repository, list_digest), evidence, labels)
         record["evidence"] = f"{repository}@{_push_one(client, tag, auth)}"
         signed.append(record["evidence"].rpartition("@")[2])
-    carrier = attach_signatures(client, signer, repository, list_digest, signed, environ=environ)
+    carrier = attach_signatures(
+        client, signer, repository, list_digest, signed, environ=environ, lists=[list_digest]
+    )
     return {
         "reference": tags[0],
         "digest": list_digest,

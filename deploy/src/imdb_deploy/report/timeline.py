@@ -111,6 +111,7 @@ class Timeline(_Record):
     from_versions: dict[str, str | None] = Field(default_factory=dict)
     to_version: str | None = None
     to_digest: str | None = None
+    signed_by: str = ""  # the key the hosts required its signature by ("" none, or older runs)
     release: dict[str, Any] | None = None  # what the release said it is (/model/info)
     result: str
     detail: str = ""
@@ -120,6 +121,8 @@ class Timeline(_Record):
     def release_facts(self) -> list[tuple[str, str]]:
         """The release's identity as (name, value) lines: digest, commit, tree, model."""
         facts = [("Digest", self.to_digest)] if self.to_digest else []
+        if self.signed_by:
+            facts.append(("Signed by (verified by the hosts at pull)", self.signed_by))
         release = self.release or {}
         model = release.get("model") if isinstance(release.get("model"), dict) else {}
         for name, value in (

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import shlex
@@ -36,6 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 SIGNING_KEY_VAR = "MLOPS_SIGNING_KEY"  # ASCII-armoured private key (a CI secret)
 SANDBOX_STATE = Path(".state/signing")
@@ -66,11 +68,25 @@ def carrier_reference(image: str, digest: str) -> str:
     return f"{carrier_repository(image)}:sha256-{hex_digest}"
 
 
+def is_loopback(registry: str) -> bool:
+    """127.0.0.0/8, [::1] or localhost, with or without a port (never a prefix match)."""
+    host = urlsplit(f"//{registry}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def repository_path(image: str) -> str:
-    """`registry/path/name` -> `path/name`: how the lookaside layout names a repository."""
+    """`registry/path/name` -> `path/name`: how the lookaside layout names a repository
+    (Docker Hub's one-word names are `library/<name>`, as the engine normalises them)."""
     first, _, rest = image.partition("/")
     looks_like_registry = "." in first or ":" in first or first == "localhost"
-    return rest if rest and looks_like_registry else image
+    path = rest if rest and looks_like_registry else image
+    hub = not (rest and looks_like_registry) or first in ("docker.io", "index.docker.io")
+    return f"library/{path}" if hub and "/" not in path else path
 
 
 def lookaside_entry(image: str, digest: str) -> PurePosixPath:
@@ -94,7 +110,15 @@ def merged_policy(existing: str, image: str, key_path: PurePosixPath) -> str:
     if not isinstance(policy, dict):
         raise SigningError("the host's policy.json is not a JSON object")
     policy.setdefault("default", [{"type": "insecureAcceptAnything"}])
-    docker = policy.setdefault("transports", {}).setdefault("docker", {})
+    transports = policy.setdefault("transports", {})
+    docker = transports.setdefault("docker", {}) if isinstance(transports, dict) else None
+    if not isinstance(docker, dict):
+        raise SigningError(
+            'the host\'s policy.json: "transports" and its "docker" must be JSON objects'
+        )
+    # The carrier of the signatures needs no trust (a signature verifies or not), and must be
+    # pullable on a host whose default is to reject.
+    docker[carrier_repository(image)] = [{"type": "insecureAcceptAnything"}]
     docker[image] = [
         {
             "type": "signedBy",
@@ -209,7 +233,7 @@ def release_signer(environ: Mapping[str, str], registry: str) -> Iterator[Signer
         with tempfile.TemporaryDirectory(prefix="mlops-signing-") as home:
             yield import_key(Path(home) / "gnupg", armoured)
         return
-    if not registry.startswith(("127.", "localhost")):
+    if not is_loopback(registry):
         raise SigningError(
             f"no signing key for {registry}: set {SIGNING_KEY_VAR} to the ASCII-armoured "
             "private key (CD: the SIGNING_KEY secret); releases are never pushed unsigned"
