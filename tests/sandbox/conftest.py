@@ -211,7 +211,7 @@ def sign_releases(
     source = directory / signing.lookaside_entry(image, digests[v1])
     source.rename(directory / signing.lookaside_entry(image, moved))
     carrier = signing.carrier_reference(image, moved)
-    publish.scratch_image(client, carrier, signing.carrier_files(directory), {})
+    release_identity.scratch_image(client, carrier, signing.carrier_files(directory), {})
     build.push(client, [carrier])
     return public_key
 

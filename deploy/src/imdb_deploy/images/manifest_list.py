@@ -20,7 +20,7 @@ from pathlib import Path
 
 from imdb_deploy.engine.podman import registries_conf
 from imdb_deploy.images.build import REGISTRY_PASSWORD_VAR, REGISTRY_USER_VAR, BuildError
-from imdb_deploy.supply_chain.signing import is_loopback, podman
+from imdb_deploy.supply_chain.signing import SigningError, is_loopback, podman, run_tool
 
 
 def registry_of(reference: str) -> str:
@@ -48,12 +48,10 @@ def podman_cli_env(registry: str, environ: Mapping[str, str]) -> Iterator[dict[s
 
 
 def _podman(argv: Sequence[str], env: Mapping[str, str], what: str) -> str:
-    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [podman(), *argv], env=dict(env), capture_output=True, text=True, check=False, timeout=600
-    )
-    if done.returncode != 0:
-        raise BuildError(f"{what} failed: {done.stderr.strip()[-800:]}")
-    return done.stdout
+    try:
+        return run_tool([podman(), *argv], what, env=env, timeout=600)
+    except SigningError as error:
+        raise BuildError(str(error)) from None
 
 
 def assemble_argv(name: str, instances: Sequence[str]) -> list[list[str]]:

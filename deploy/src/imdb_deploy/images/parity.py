@@ -9,13 +9,12 @@ the same images are not run again (a warm rebuild of an unchanged release).
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,21 +64,34 @@ def mismatches(golden: Sequence[Mapping[str, Any]], ratings: Sequence[float]) ->
     ]
 
 
-def _post_json(url: str, body: object, timeout: float = 30) -> Any:
-    request = urllib.request.Request(  # noqa: S310 - loopback http, built here
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
-        return json.loads(answer.read())
+class _RefusedError(OSError):
+    """The API answered with an error status."""
 
 
-def _wait_ready(container: Container, url: str, timeout: float) -> None:
+def _request(port: int, method: str, path: str, body: object = None, timeout: float = 30) -> Any:
+    """One HTTP request to the container on 127.0.0.1:`port` (plain HTTP, loopback only)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        connection.request(method, path, data, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        text = answer.read()
+        if answer.status != 200:
+            raise _RefusedError(
+                f"{method} {path}: HTTP {answer.status}: {text.decode(errors='replace')}"
+            )
+        return json.loads(text)
+    finally:
+        connection.close()
+
+
+def _wait_ready(container: Container, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback http
-                return
-        except (OSError, urllib.error.URLError):
+            _request(port, "GET", "/ready", timeout=5)
+            return
+        except (OSError, ValueError):
             container.reload()
             logs = container.logs(tail=20).decode(errors="replace")
             if container.status != "running":
@@ -108,14 +120,13 @@ def answers(client: docker.DockerClient, image: build.BuiltImage, movies: list[A
             volumes=volumes,
         )
         try:
-            _wait_ready(container, f"http://127.0.0.1:{port}/ready", READY_TIMEOUT_S)
-            # One request per example: the golden inputs mix value forms (genres as a list or
-            # a string) that one batch's columns may not.
-            url = f"http://127.0.0.1:{port}/predict"
-            return [float(_post_json(url, movie)["averageRating"]) for movie in movies]
+            _wait_ready(container, port, READY_TIMEOUT_S)
+            return [
+                float(_request(port, "POST", "/predict", movie)["averageRating"])
+                for movie in movies
+            ]
         except (OSError, KeyError, TypeError, ValueError) as error:
-            detail = error.read().decode(errors="replace") if hasattr(error, "read") else ""
-            raise ParityError(f"{image.platform} API image: {error} {detail}".strip()) from None
+            raise ParityError(f"{image.platform} API image: {error}") from None
         finally:
             container.remove(force=True)
 

@@ -13,39 +13,17 @@ Everything is signed with one key; hosts verify with their engine (signing.py).
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import docker
 
-from imdb_deploy.images import build, manifest_list
+from imdb_deploy.images import build, manifest_list, release
 from imdb_deploy.images.platforms import parse_platform
 from imdb_deploy.supply_chain import signing
 
 EVIDENCE_SUFFIX = ".evidence"
-
-
-def scratch_image(
-    client: docker.DockerClient, tag: str, files: Mapping[str, bytes], labels: Mapping[str, str]
-) -> str:
-    """An image of just `files` (FROM scratch), labelled, tagged `tag`; returns `tag`."""
-    label_words = " ".join(f"{name}={json.dumps(value)}" for name, value in labels.items())
-    dockerfile = "FROM scratch\n" + "".join(f"COPY {name} /{name}\n" for name in sorted(files))
-    if label_words:
-        dockerfile += f"LABEL {label_words}\n"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in {"Dockerfile": dockerfile.encode(), **files}.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
-    return tag
 
 
 def platform_tag(image: build.BuiltImage) -> str:
@@ -95,7 +73,7 @@ def publish_service(
     signed = [list_digest]
     if evidence:
         labels = {"io.mlops-imdb.evidence.of": f"{repository}@{list_digest}"}
-        tag = scratch_image(client, evidence_tag(repository, list_digest), evidence, labels)
+        tag = release.scratch_image(client, evidence_tag(repository, list_digest), evidence, labels)
         record["evidence"] = f"{repository}@{_push_one(client, tag, auth)}"
         signed.append(record["evidence"].rpartition("@")[2])
     carrier = attach_signatures(
@@ -133,7 +111,7 @@ def attach_signatures(
     carrier = signing.carrier_reference(repository, release_digest)
     labels = {"io.mlops-imdb.signatures.of": f"{repository}@{release_digest}",
               "io.mlops-imdb.signatures.key": signer.fingerprint}  # fmt: skip
-    scratch_image(client, carrier, files, labels)
+    release.scratch_image(client, carrier, files, labels)
     build.push(client, [carrier], build.registry_auth(environ))
     print(f"signed by {signer.fingerprint}: {len(files)} signatures in {carrier}")
     return carrier

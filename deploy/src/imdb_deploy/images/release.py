@@ -148,23 +148,33 @@ def record_reference(registry: str | None, tag: str) -> str:
     return f"{metadata.repository(registry, RECORD_REPOSITORY)}:{metadata.check_tag(tag)}"
 
 
-def build_record_image(client: docker.DockerClient, release: Release, registry: str | None) -> str:
-    """The record as an image of one file (`/release.json`, FROM scratch), labelled with the
-    release, so that the registry that holds the release holds its record; returns its tag."""
-    reference = record_reference(registry, release.release)
-    body = json.dumps(release.record(), indent=2, sort_keys=True).encode() + b"\n"
-    dockerfile = (
-        "FROM scratch\nCOPY release.json /release.json\n"
-        f'LABEL org.opencontainers.image.version="{release.release}" '
-        f'org.opencontainers.image.revision="{release.commit}" '
-        'io.mlops-imdb.release.record="1"\n'
-    ).encode()
+def scratch_image(
+    client: docker.DockerClient, tag: str, files: Mapping[str, bytes], labels: Mapping[str, str]
+) -> str:
+    """An image of just `files` (FROM scratch), labelled, tagged `tag`; returns `tag`."""
+    label_words = " ".join(f"{name}={json.dumps(value)}" for name, value in labels.items())
+    dockerfile = "FROM scratch\n" + "".join(f"COPY {name} /{name}\n" for name in sorted(files))
+    if label_words:
+        dockerfile += f"LABEL {label_words}\n"
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile), (RELEASE_FILE, body)):
+        for name, data in {"Dockerfile": dockerfile.encode(), **files}.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=reference, pull=False, rm=True)
-    return reference
+    client.images.build(fileobj=context, custom_context=True, tag=tag, pull=False, rm=True)
+    return tag
+
+
+def build_record_image(client: docker.DockerClient, release: Release, registry: str | None) -> str:
+    """The record as an image of one file (`/release.json`, FROM scratch), labelled with the
+    release, so that the registry that holds the release holds its record; returns its tag."""
+    body = json.dumps(release.record(), indent=2, sort_keys=True).encode() + b"\n"
+    labels = {
+        "org.opencontainers.image.version": release.release,
+        "org.opencontainers.image.revision": release.commit,
+        "io.mlops-imdb.release.record": "1",
+    }
+    reference = record_reference(registry, release.release)
+    return scratch_image(client, reference, {RELEASE_FILE: body}, labels)

@@ -140,21 +140,36 @@ def registries_d(image: str, lookaside: PurePosixPath) -> str:
 # ---- keys (GnuPG) ------------------------------------------------------------------------------
 
 
+def run_tool(
+    argv: Sequence[str],
+    what: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 300,
+) -> str:
+    """Run a tool (gpg, podman) with a fixed argv; its stdout, or SigningError with the end of
+    its stderr."""
+    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        list(argv),
+        input=stdin,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise SigningError(f"{what} failed: {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
 def _gpg(gnupghome: Path, *args: str, stdin: str | None = None) -> str:
     gpg = shutil.which("gpg")
     if gpg is None:
         raise SigningError("`gpg` is not installed (Debian: apt-get install gnupg)")
-    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [gpg, "--batch", "--homedir", str(gnupghome), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise SigningError(f"gpg {args[0]} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout
+    argv = [gpg, "--batch", "--homedir", str(gnupghome), *args]
+    return run_tool(argv, f"gpg {args[0]}", stdin=stdin, timeout=120)
 
 
 def _fingerprints(colons: str, record: str = "fpr") -> list[str]:
@@ -274,16 +289,8 @@ def sign(
     reference = f"{image}@{digest}"
     env = {**(os.environ if environ is None else environ), "GNUPGHOME": str(signer.gnupghome)}
     for instances in (False, True) if is_list else (False,):
-        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            sign_argv(signer, reference, directory, instances=instances),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            raise SigningError(f"signing {reference} failed: {done.stderr.strip()[-800:]}")
+        argv = sign_argv(signer, reference, directory, instances=instances)
+        run_tool(argv, f"signing {reference}", env=env)
     return sorted(directory.rglob("signature-*"))
 
 
