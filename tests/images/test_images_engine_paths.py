@@ -285,6 +285,8 @@ def run_cli(
     a test never writes into the user's own ~/.cache."""
     monkeypatch.setattr(engine_client, "connect", lambda *a, **k: client)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    # `make pipeline` exports MLOPS_PLATFORMS for its images stage: the default here is amd64.
+    monkeypatch.delenv("MLOPS_PLATFORMS", raising=False)
     return cli.main(list(argv))
 
 
@@ -387,6 +389,17 @@ def test_cli_build_refuses_an_api_image_without_a_trained_model(
     assert not client.api.builds
     # The trainer image alone ships no model and needs none.
     assert run_cli([*argv, "--service=trainer"], monkeypatch, client, tmp_path / "cache") == 0
+
+
+def test_cli_platforms_come_from_mlops_platforms_and_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLOPS_PLATFORMS", "linux/amd64,linux/arm64")
+    args = cli.parser().parse_args(["build"])
+    assert [p.docker for p in cli.parse_platforms(args.platform)] == ["linux/amd64", "linux/arm64"]
+    assert [p.docker for p in cli.parse_platforms("linux/arm64/v8,linux/arm64")] == ["linux/arm64"]
+    with pytest.raises(ValueError, match="unsupported platform"):
+        cli.parse_platforms("linux/amd64,windows/amd64")
 
 
 def test_cli_build_scan_failure_fails(
