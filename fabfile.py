@@ -31,7 +31,7 @@ def _run(action: str, env: str, **options: object) -> None:
 
 @task(help={"env": "environment name", "version": "release tag (default: the last built)",
             "digest": "image digest (default: the one its build recorded)",
-            "approve": "approval for production (CI)"})  # fmt: skip
+            "approve": cli.APPROVE_HELP})  # fmt: skip
 def deploy(
     c: Context, env: str = DEFAULT_ENV, version: str = "", digest: str = "", approve: bool = False
 ) -> None:
@@ -40,14 +40,14 @@ def deploy(
 
 
 @task(help={"env": "environment name (it names the one it promotes from)",
-            "approve": "approval for production (CI)"})  # fmt: skip
+            "approve": cli.APPROVE_HELP})  # fmt: skip
 def promote(c: Context, env: str = "sandbox-production", approve: bool = False) -> None:
     """Deploy exactly the release live and benchmark-passed on the environment E promotes from."""
     _run("promote", env, approve=approve)
 
 
 @task(help={"env": "environment name", "version": "release to return to (default: previous)",
-            "approve": "approval for production (CI)"})  # fmt: skip
+            "approve": cli.APPROVE_HELP})  # fmt: skip
 def rollback(c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False) -> None:
     """Back to the previous release (a proxy switch when it is kept), or to a given version."""
     _run("rollback", env, version=version, approve=approve)

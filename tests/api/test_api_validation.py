@@ -12,7 +12,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from imdb_api.validation import FIELDS, MAX_ERRORS, InvalidRequestError, MovieValidator
+from imdb_api.validation import (
+    FIELDS,
+    MAX_ERRORS,
+    MAX_NAME_SHOWN,
+    InvalidRequestError,
+    MovieValidator,
+    shown_name,
+)
 from imdb_model import GENRES, FeatureSchema
 
 from .conftest import MOVIE, make_api
@@ -72,6 +79,26 @@ def test_invalid_fields_are_422_with_their_location(
     assert [{"loc": loc, "type": kind}] == [
         {"loc": e["loc"], "type": e["type"]} for e in body["errors"]
     ]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_an_unknown_field_name_is_quoted_only_up_to_a_short_length(
+    artifact: Path, path: str
+) -> None:
+    """A 2 MiB key is named by its start and its length, not echoed back (twice)."""
+    api = make_api(artifact, max_body_bytes=8 * 1024 * 1024)
+    key = "k" * (2 * 1024 * 1024)
+    body = MOVIE | {key: 1} if path == "/predict" else {"movies": [MOVIE], key: 1}
+    with TestClient(api) as client:
+        response = client.post(path, content=orjson.dumps(body), headers=JSON_HEADERS)
+    assert response.status_code == 422
+    assert len(response.content) < 2000
+    (error,) = response.json()["errors"]
+    shown = f"{'k' * MAX_NAME_SHOWN}... ({len(key)} characters)"
+    assert error["loc"][-1] == shown
+    assert error["type"] == "extra_forbidden"
+    # A short unknown name is still quoted whole.
+    assert shown_name("tconst") == "tconst"
 
 
 def test_missing_title_and_non_objects(small_client: TestClient) -> None:

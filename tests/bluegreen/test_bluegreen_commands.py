@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -378,7 +379,7 @@ def test_list_containers_filters_on_the_environment_label(tmp_path: Path) -> Non
 
 
 def test_nginx_commands_point_an_own_nginx_at_its_prefix(tmp_path: Path) -> None:
-    env = make_env(tmp_path / "with space")
+    env = make_env(tmp_path / "with-dash.and.dots")
     layout = env.layout(env.hosts[0])
     own_args = ["-c", str(layout.nginx_conf), "-p", f"{layout.nginx_dir}/"]
     assert shlex.split(commands.nginx_test(env, layout)) == ["nginx", "-t", "-q", *own_args]
@@ -452,6 +453,33 @@ def test_site_conf_proxies_the_public_port_to_the_upstream(tmp_path: Path) -> No
     assert "upstream mlops_imdb_test_env {" in text
     assert "proxy_pass http://mlops_imdb_test_env;" in text
     assert f"include {layout.upstream_conf};" in text
+
+
+def _location(text: str, where: str) -> list[str]:
+    """The directives of one `location <where> { ... }` block of a site config."""
+    body = text.split(f"location {where} {{\n", 1)[1].split("\n    }", 1)[0]
+    return [line.strip() for line in body.splitlines()]
+
+
+def test_the_public_port_serves_the_api_only(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    text = commands.site_conf(env, env.hosts[0], env.layout(env.hosts[0]))
+    metrics = _location(text, "= /metrics")
+    assert metrics[:2] == ["allow 127.0.0.0/8;", "deny all;"]
+    assert "proxy_pass http://mlops_imdb_test_env;" in metrics
+    assert _location(text, commands.DOCS_LOCATION) == ["return 404;"]
+    assert "proxy_pass http://mlops_imdb_test_env;" in _location(text, "/")
+    # Opened on purpose: the monitoring network reads /metrics, the docs are public.
+    opened = env.model_copy(
+        update={
+            "nginx": env.nginx.model_copy(
+                update={"metrics_allow": (IPv4Network("10.9.0.0/16"),), "public_docs": True}
+            )
+        }
+    )
+    text = commands.site_conf(opened, opened.hosts[0], opened.layout(opened.hosts[0]))
+    assert _location(text, "= /metrics")[:2] == ["allow 10.9.0.0/16;", "deny all;"]
+    assert "proxy_pass http://mlops_imdb_test_env;" in _location(text, commands.DOCS_LOCATION)
 
 
 def write_nginx_files(env: Environment, colour: str) -> HostLayout:

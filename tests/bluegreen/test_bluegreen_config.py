@@ -38,6 +38,8 @@ def _toml_value(value: object) -> str:
     if isinstance(value, Mapping):
         items = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
         return "{ " + items + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
 
 
@@ -378,6 +380,50 @@ def test_invalid_values_are_refused(load: Loader, change: dict[str, Any]) -> Non
     data.update(change)
     with pytest.raises(ConfigError):
         load("target", data)
+
+
+def _host(**values: object) -> dict[str, Any]:
+    return {"hosts": [{"name": "web-1", "address": "10.0.0.1", **values}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        # What nginx configs and shell commands take unquoted is refused in the file instead.
+        ({"deploy_root": "/srv/mlops imdb"}, "deploy_root"),
+        ({"deploy_root": "/srv/x;rm -rf /"}, "deploy_root"),
+        (_host(deploy_root="/srv/{x}"), "hosts.0.deploy_root"),
+        (_host(address="web 1.example"), "hosts.0.address"),
+        (_host(address="a;b"), "hosts.0.address"),
+        (_host(http_address="10.0.0.1"), "hosts.0.http_address"),
+        (_host(http_address="10.0.0.1:99999"), "hosts.0.http_address"),
+        (_host(http_address="10.0.0.1:80; include /etc/passwd"), "hosts.0.http_address"),
+        (_host(app_bind="localhost"), "hosts.0.app_bind"),
+        ({"image": "Registry.example/API:latest"}, "image"),
+        ({"nginx": {"port": 0}}, "nginx.port"),
+        ({"nginx": {"user": "www data"}}, "nginx.user"),
+        ({"nginx": {"metrics_allow": ["10.0.0.0/33"]}}, "nginx.metrics_allow.0"),
+        ({"app": {"bind": "0.0.0.0:80"}}, "app.bind"),
+    ],
+)
+def test_addresses_ports_and_paths_are_checked_naming_file_and_field(
+    load: Loader, env_dir: Path, change: dict[str, Any], field: str
+) -> None:
+    data = base_data()
+    data.update(change)
+    with pytest.raises(ConfigError) as error:
+        load("target", data)
+    message = str(error.value)
+    assert message.startswith(f"{env_dir / 'target.toml'}:"), message
+    assert f"\n{field}\n" in message, message
+
+
+def test_the_public_port_serves_the_api_only_by_default(load: Loader) -> None:
+    nginx = load("target", base_data()).nginx
+    assert [str(network) for network in nginx.metrics_allow] == ["127.0.0.0/8"]
+    assert nginx.public_docs is False
+    opened = load("target", _with(base_data(), "nginx", metrics_allow=["10.1.0.0/16"]))
+    assert [str(network) for network in opened.nginx.metrics_allow] == ["10.1.0.0/16"]
 
 
 # ---- settings, secrets and redaction -----------------------------------------------------------

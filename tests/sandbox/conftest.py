@@ -309,6 +309,8 @@ command_timeout_s = 60
 mode = "own"
 port = {http_port}
 user = "www-data"
+# Only this machine's main loopback address reads /metrics (test_the_public_port_...).
+metrics_allow = ["127.0.0.1/32"]
 
 [app]
 ports = {{ blue = {app_ports['blue']}, green = {app_ports['green']} }}

@@ -10,6 +10,7 @@ fleet of its own when the integration session runs them in parallel.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -161,6 +162,34 @@ def test_the_hosts_engine_itself_requires_the_signature(sandbox: Sandbox) -> Non
         runner.run(commands.pull(environment.image_ref(releases.v2, digest)))
     finally:
         deployer.close()
+
+
+def _get(address: str, path: str, source: str) -> tuple[int, bytes]:
+    """GET through a host's nginx from the loopback address `source`."""
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5, source_address=(source, 0))
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def test_the_public_port_serves_the_api_only(sandbox: Sandbox) -> None:
+    """/metrics for the monitoring addresses only (here 127.0.0.1), the documentation not at
+    all; the API itself for everyone."""
+    sandbox.ensure_live(sandbox.releases.v1)
+    address = sandbox.environment.http_address(sandbox.environment.hosts[0])
+    stranger = "127.0.0.2"
+    assert _get(address, "/model/info", stranger)[0] == 200
+    assert _get(address, "/ready", stranger)[0] == 200
+    assert _get(address, "/metrics", stranger)[0] == 403
+    status, body = _get(address, "/metrics", "127.0.0.1")
+    assert status == 200
+    assert b"# TYPE" in body
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert _get(address, path, "127.0.0.1")[0] == 404, path
 
 
 def test_ssh_connection_dropped_mid_deploy(sandbox: Sandbox) -> None:

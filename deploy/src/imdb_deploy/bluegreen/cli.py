@@ -92,6 +92,14 @@ def save_outcome(outcome: Outcome, directory: Path | None = None) -> Path:
     return path
 
 
+APPROVE_HELP = (
+    "approval for an environment that requires it (production): accepted in GitHub Actions "
+    "from the environment's protected GitHub environment; elsewhere a person confirms. It "
+    "guards against mistakes, not people: GITHUB_ACTIONS and MLOPS_GITHUB_ENVIRONMENT can be "
+    "set by hand, so the real control is who holds the deploy and signing keys"
+)
+
+
 def status_table(rows: Sequence[dict[str, object]]) -> str:
     header = f"{'host':<14} {'ssh':<18} {'http':<26} {'colour':<7} {'release':<40} health"
     lines = [header, "-" * len(header)]
@@ -296,9 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("deploy", "rollback"):
         sub = actions.add_parser(name)
         sub.add_argument("--version", help="the release tag (<model version>-t<tree>)")
-        sub.add_argument("--approve", action="store_true", help="approval for production (CI)")
+        sub.add_argument("--approve", action="store_true", help=APPROVE_HELP)
     promoting = actions.add_parser("promote")
-    promoting.add_argument("--approve", action="store_true", help="approval for production (CI)")
+    promoting.add_argument("--approve", action="store_true", help=APPROVE_HELP)
     promoting.add_argument(
         "--plan", action="store_true", help="say whether CD must build first (build=true|false)"
     )

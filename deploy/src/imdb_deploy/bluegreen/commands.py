@@ -94,9 +94,24 @@ http {{
 """
 
 
+# FastAPI's documentation routes: off the public site unless `nginx.public_docs`.
+DOCS_LOCATION = r"~ ^/(docs|redoc|openapi\.json)(/|$)"
+
+
 def site_conf(environment: Environment, host: Host, layout: HostLayout) -> str:
-    """The site: the public port proxies to whichever colour upstream.conf names."""
+    """The site: the public port proxies the API to whichever colour upstream.conf names;
+    /metrics only to `nginx.metrics_allow`, the documentation only with `nginx.public_docs`."""
     upstream = f"mlops_imdb_{environment.name.replace('-', '_')}"
+    proxy = f"""\
+        proxy_pass http://{upstream};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Request-Id $request_id;
+        proxy_connect_timeout 2s;
+        proxy_read_timeout 30s;"""
+    allow = "".join(f"        allow {network};\n" for network in environment.nginx.metrics_allow)
+    docs = proxy if environment.nginx.public_docs else "        return 404;"
     return f"""\
 # Written by `fab setup` for environment {environment.name}; the deploy switches colours by
 # rewriting {layout.upstream_conf} and reloading nginx.
@@ -108,14 +123,15 @@ server {{
     listen {environment.http_address(host)};
     keepalive_timeout {environment.nginx.client_keepalive_s:g}s;
     client_max_body_size 8m;
+    location = /metrics {{
+{allow}        deny all;
+{proxy}
+    }}
+    location {DOCS_LOCATION} {{
+{docs}
+    }}
     location / {{
-        proxy_pass http://{upstream};
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Request-Id $request_id;
-        proxy_connect_timeout 2s;
-        proxy_read_timeout 30s;
+{proxy}
     }}
 }}
 """

@@ -13,17 +13,20 @@ repository root, so every command works from a checkout wherever it lives.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -49,6 +52,38 @@ class ConfigError(ValueError):
     """An environment file is missing, malformed, or asks for a secret that is not set."""
 
 
+# What goes unquoted into nginx configs and units must be plain: letters, digits, `._-/` (and a
+# leading `~/` where a home is meant). Every such field is checked here, so the error names the
+# environment file and the field instead of nginx (or a shell) failing on a host later.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_PATTERN = rf"^(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])$"
+SAFE_PATH_PATTERN = r"^(?:~/|/)?[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*/?$"
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9.-]*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$"
+HostName = Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]
+
+
+def _safe_path(value: PurePosixPath | Path | None) -> PurePosixPath | Path | None:
+    if value is not None and not re.match(SAFE_PATH_PATTERN, str(value)):
+        raise ValueError(f"{str(value)!r}: use letters, digits and ._-/ only")
+    return value
+
+
+def _http_address(value: str | None) -> str | None:
+    """`host:port`: a host name or address, and a port 1-65535."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not (host and re.match(HOST_PATTERN, host) and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+def _ip_address(value: str | None) -> str | None:
+    if value is not None:
+        ipaddress.ip_address(value)  # ValueError names the value
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,7 +106,21 @@ class NginxSettings(_Strict):
         "system: the host's nginx, with the site in /etc/nginx/conf.d",
     )
     port: int = Field(default=80, ge=1, le=65535, description="the public HTTP port")
-    user: str = Field(default="www-data", description="worker user of an own nginx")
+    user: str = Field(
+        default="www-data",
+        pattern=r"^[a-z_][a-z0-9_-]*$",
+        description="worker user of an own nginx",
+    )
+    metrics_allow: tuple[IPvAnyNetwork, ...] = Field(
+        default=(IPv4Network("127.0.0.0/8"),),
+        description="who may read /metrics on the public port (Prometheus); anyone else gets "
+        "403. The public port serves the API; metrics are for the monitoring network only",
+    )
+    public_docs: bool = Field(
+        default=False,
+        description="serve the API's documentation (/docs, /redoc, /openapi.json) on the public "
+        "port; off: 404 there (the containers still serve it on their own ports)",
+    )
     client_keepalive_s: float = Field(
         default=0,
         ge=0,
@@ -84,6 +133,7 @@ class NginxSettings(_Strict):
 class AppSettings(_Strict):
     ports: dict[str, int] = Field(default={"blue": 8101, "green": 8102})
     bind: str = Field(default="127.0.0.1", description="address the containers listen on")
+    _checked_bind = field_validator("bind")(_ip_address)
     settings: dict[str, str] = Field(default={}, description="IMDB_API_* settings, plain values")
     secrets: dict[str, str] = Field(
         default={}, description="container variable -> name of the deployer's variable"
@@ -162,7 +212,7 @@ class SigningSettings(_Strict):
     )
     containers_config: str = Field(
         default="/etc/containers",
-        pattern=r"^(/|~/)[^\n]*$",
+        pattern=r"^(?:~/|/)[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*/?$",
         description="the engine's configuration directory on the hosts: policy.json and "
         "registries.d/ go there (`~/` is the SSH user's home: the sandbox's per-host one)",
     )
@@ -179,11 +229,15 @@ class Approval(_Strict):
 
 class Host(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    address: str = Field(description="SSH address")
+    address: HostName = Field(description="SSH address: a host name or an IP address")
     ssh_port: int | None = Field(default=None, ge=1, le=65535)
     http_address: str | None = Field(default=None, description="where its nginx listens")
-    app_bind: str | None = None
+    app_bind: str | None = Field(default=None, description="IP address the containers bind")
     deploy_root: PurePosixPath | None = None
+
+    _checked_http_address = field_validator("http_address")(_http_address)
+    _checked_app_bind = field_validator("app_bind")(_ip_address)
+    _checked_root = field_validator("deploy_root")(_safe_path)
 
 
 class Environment(_Strict):
@@ -192,7 +246,9 @@ class Environment(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
     sandbox: bool = Field(default=False, description="hosts of the local sandbox fleet")
-    image: str = Field(description="repository, without tag: <registry>/mlops-imdb-api")
+    image: str = Field(
+        pattern=IMAGE_PATTERN, description="repository, without tag: <registry>/mlops-imdb-api"
+    )
     deploy_root: PurePosixPath = PurePosixPath("/srv/mlops-imdb")
     strategy: Literal["all-or-nothing", "rolling"] = "all-or-nothing"
     batch_size: int = Field(default=1, ge=1, description="hosts per batch in rolling mode")
@@ -217,6 +273,8 @@ class Environment(_Strict):
     hosts: tuple[Host, ...] = Field(min_length=1)
     # The directory its file was read from: where the environment it promotes from is found.
     _directory: Path = PrivateAttr(default=ENVIRONMENTS_DIR)
+
+    _checked_root = field_validator("deploy_root")(_safe_path)
 
     def sibling(self, name: str) -> Environment:
         """Another environment of the same directory (the one this one promotes from)."""

@@ -49,6 +49,18 @@ def _error(loc: Loc, msg: str, kind: str) -> ErrorItem:
     return {"loc": list(loc), "msg": msg, "type": kind}
 
 
+# An unknown field is named in the answer's `loc` and `detail`: a client's 2 MiB key must not
+# come back twice, so names are quoted up to this many characters.
+MAX_NAME_SHOWN: Final[int] = 64
+
+
+def shown_name(key: str) -> str:
+    """`key` as an answer quotes it: whole when short, else its start and its length."""
+    if len(key) <= MAX_NAME_SHOWN:
+        return key
+    return f"{key[:MAX_NAME_SHOWN]}... ({len(key)} characters)"
+
+
 # Type expressions for msgspec, built at run time from the served schema.
 
 
@@ -135,7 +147,7 @@ class MovieValidator:
                 if key not in _FIELD_SET:
                     errors.append(
                         _error(
-                            (*loc, key),
+                            (*loc, shown_name(key)),
                             f"unknown field; allowed fields: {', '.join(FIELDS)}",
                             "extra_forbidden",
                         )
@@ -249,7 +261,11 @@ class MovieValidator:
         errors: list[ErrorItem] = []
         if len(body) > 1:
             errors.extend(
-                _error(("body", key), "unknown field; allowed fields: movies", "extra_forbidden")
+                _error(
+                    ("body", shown_name(key)),
+                    "unknown field; allowed fields: movies",
+                    "extra_forbidden",
+                )
                 for key in body
                 if key != "movies"
             )
