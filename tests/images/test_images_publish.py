@@ -133,12 +133,12 @@ class FakePodman:
         self.fail_push = fail_push
         self.pushes = 0
 
-    def podman(self, argv: Sequence[str], env: Mapping[str, str], what: str) -> str:
+    def podman(self, argv: Sequence[str], env: Mapping[str, str]) -> str:
         self.calls.append(list(argv))
         self.envs.append(dict(env))
         if list(argv[:2]) == ["manifest", "push"]:
             if self.pushes == self.fail_push:
-                raise BuildError(f"{what} failed: denied")
+                raise BuildError(f"`podman {' '.join(argv[:2])}` failed (125): denied")
             digest_file = Path(argv[argv.index("--digestfile") + 1])
             digest_file.write_text(self.digests[self.pushes % len(self.digests)] + "\n")
             self.pushes += 1
@@ -210,7 +210,7 @@ def test_platforms_of_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
     }  # fmt: skip
     asked: list[list[str]] = []
 
-    def inspect(argv: Sequence[str], env: Mapping[str, str], what: str) -> str:
+    def inspect(argv: Sequence[str], env: Mapping[str, str]) -> str:
         asked.append(list(argv))
         return json.dumps(index)
 
@@ -234,7 +234,7 @@ def test_platforms_of_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_what_is_not_a_list_is_refused(monkeypatch: pytest.MonkeyPatch, answer: str) -> None:
-    monkeypatch.setattr(manifest_list, "_podman", lambda argv, env, what: answer)
+    monkeypatch.setattr(manifest_list, "_podman", lambda argv, env: answer)
     with pytest.raises(BuildError, match="is not a manifest list"):
         manifest_list.platforms_of(f"{REPOSITORY}:{VERSION}", {})
 

@@ -1,4 +1,5 @@
-"""Background processes that outlive one command, tracked by PID file.
+"""Processes: tools run to completion (`run_tool`), and background processes that outlive one
+command, tracked by PID file.
 
 A PID file records the PID and the exact argv, so a stale file whose PID the kernel has since
 given to another program is recognised and never signalled.
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,36 @@ from pathlib import Path
 
 class ProcessError(RuntimeError):
     """A background process could not be started or stopped."""
+
+
+def run_tool(
+    argv: Sequence[str],
+    *,
+    error: type[Exception] = ProcessError,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 300.0,
+) -> str:
+    """Run a tool (found on PATH) to completion with a fixed argv; its stdout, or `error` naming
+    the command, its exit status and the end of its stderr."""
+    executable = shutil.which(argv[0])
+    if executable is None:
+        raise error(f"`{argv[0]}` is not installed (not on PATH)")
+    completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [executable, *argv[1:]],
+        input=stdin,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if completed.returncode != 0:
+        command = " ".join(argv[:3])
+        raise error(
+            f"`{command}` failed ({completed.returncode}): {completed.stderr.strip()[-800:]}"
+        )
+    return completed.stdout
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from imdb_deploy.engine.podman import registries_conf
+from imdb_deploy.engine.processes import run_tool
 from imdb_deploy.images.build import REGISTRY_PASSWORD_VAR, REGISTRY_USER_VAR, BuildError
-from imdb_deploy.supply_chain.signing import SigningError, is_loopback, podman, run_tool
+from imdb_deploy.supply_chain.signing import is_loopback, podman
 
 
 def registry_of(reference: str) -> str:
@@ -47,11 +48,8 @@ def podman_cli_env(registry: str, environ: Mapping[str, str]) -> Iterator[dict[s
         yield env
 
 
-def _podman(argv: Sequence[str], env: Mapping[str, str], what: str) -> str:
-    try:
-        return run_tool([podman(), *argv], what, env=env, timeout=600)
-    except SigningError as error:
-        raise BuildError(str(error)) from None
+def _podman(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    return run_tool([podman(), *argv], error=BuildError, env=env, timeout=600)
 
 
 def assemble_argv(name: str, instances: Sequence[str]) -> list[list[str]]:
@@ -79,11 +77,11 @@ def publish(
     with podman_cli_env(registry, dict(os.environ if environ is None else environ)) as env:
         try:
             for argv in assemble_argv(name, instances):
-                _podman(argv, env, f"podman {' '.join(argv[:2])}")
+                _podman(argv, env)
             for tag in tags:
                 with tempfile.TemporaryDirectory(prefix="mlops-list-") as directory:
                     digest_file = Path(directory) / "digest"
-                    _podman(push_argv(name, tag, digest_file), env, f"push of the list {tag}")
+                    _podman(push_argv(name, tag, digest_file), env)
                     digests.add(digest_file.read_text().strip())
         finally:
             subprocess.run(  # noqa: S603 - fixed argv; the local list only
@@ -99,7 +97,7 @@ def platforms_of(reference: str, environ: Mapping[str, str] | None = None) -> di
     with podman_cli_env(
         registry_of(reference), dict(os.environ if environ is None else environ)
     ) as env:
-        raw = _podman(["manifest", "inspect", reference], env, f"inspect of {reference}")
+        raw = _podman(["manifest", "inspect", reference], env)
     try:
         entries = json.loads(raw)["manifests"]
         return {

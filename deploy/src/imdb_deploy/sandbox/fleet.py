@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from imdb_deploy.engine.podman import (
     registries_conf,
     unmount_below,
 )
-from imdb_deploy.engine.processes import ManagedProcess, wait_until
+from imdb_deploy.engine.processes import ManagedProcess, run_tool, wait_until
 from imdb_deploy.engine.registry import DEFAULT_REGISTRY_ADDRESS
 
 # sshd re-executes itself for every connection and insists on an absolute path to do so.
@@ -336,22 +335,7 @@ class _SshdListener(ManagedProcess):
 
 def _run(argv: list[str], env: Mapping[str, str] | None = None, timeout: float = 120.0) -> str:
     """Run a tool to completion; its stdout, or SandboxError with its stderr."""
-    executable = shutil.which(argv[0])
-    if executable is None:
-        raise SandboxError(f"`{argv[0]}` not found")
-    completed = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [executable, *argv[1:]],
-        env=None if env is None else dict(env),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if completed.returncode != 0:
-        raise SandboxError(
-            f"`{' '.join(argv)}` failed ({completed.returncode}): {completed.stderr.strip()}"
-        )
-    return completed.stdout
+    return run_tool(argv, error=SandboxError, env=env, timeout=timeout)
 
 
 def _ensure_key(private: Path, comment: str) -> bool:

@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
+
+from imdb_deploy.engine.processes import run_tool
 
 SIGNING_KEY_VAR = "MLOPS_SIGNING_KEY"  # ASCII-armoured private key (a CI secret)
 SANDBOX_STATE = Path(".state/signing")
@@ -140,36 +141,10 @@ def registries_d(image: str, lookaside: PurePosixPath) -> str:
 # ---- keys (GnuPG) ------------------------------------------------------------------------------
 
 
-def run_tool(
-    argv: Sequence[str],
-    what: str,
-    *,
-    env: Mapping[str, str] | None = None,
-    stdin: str | None = None,
-    timeout: float = 300,
-) -> str:
-    """Run a tool (gpg, podman) with a fixed argv; its stdout, or SigningError with the end of
-    its stderr."""
-    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        list(argv),
-        input=stdin,
-        env=None if env is None else dict(env),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise SigningError(f"{what} failed: {done.stderr.strip()[-800:]}")
-    return done.stdout
-
-
 def _gpg(gnupghome: Path, *args: str, stdin: str | None = None) -> str:
-    gpg = shutil.which("gpg")
-    if gpg is None:
-        raise SigningError("`gpg` is not installed (Debian: apt-get install gnupg)")
-    argv = [gpg, "--batch", "--homedir", str(gnupghome), *args]
-    return run_tool(argv, f"gpg {args[0]}", stdin=stdin, timeout=120)
+    """gpg on `gnupghome` (Debian: apt-get install gnupg)."""
+    argv = ["gpg", "--batch", "--homedir", str(gnupghome), *args]
+    return run_tool(argv, error=SigningError, stdin=stdin, timeout=120)
 
 
 def _fingerprints(colons: str, record: str = "fpr") -> list[str]:
@@ -290,7 +265,7 @@ def sign(
     env = {**(os.environ if environ is None else environ), "GNUPGHOME": str(signer.gnupghome)}
     for instances in (False, True) if is_list else (False,):
         argv = sign_argv(signer, reference, directory, instances=instances)
-        run_tool(argv, f"signing {reference}", env=env)
+        run_tool(argv, error=SigningError, env=env)
     return sorted(directory.rglob("signature-*"))
 
 
