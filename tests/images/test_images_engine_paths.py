@@ -321,6 +321,9 @@ def test_cli_build_push_export_summary_and_release(
     monkeypatch.setattr(manifest_list, "publish", publish_list)
     monkeypatch.setattr(publish, "attach_signatures", attach)
     monkeypatch.setattr(signing, "release_signer", signer)
+    # A report an earlier build left behind is no evidence of this one (no --scan here).
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "sbom-image-api.cdx.json").write_text("{}")
     github_output = tmp_path / "github-output"
     monkeypatch.setenv("GITHUB_OUTPUT", str(github_output))
     argv = ["build", "--registry=127.0.0.1:5000", "--push", f"--export={tmp_path / 'tars'}",
@@ -350,6 +353,7 @@ def test_cli_build_push_export_summary_and_release(
     api = record["images"]["api"]
     assert api["platform:linux/amd64"] == "sha256:" + "d" * 64
     assert api["signed_by"] == "F" * 40
+    assert "evidence" not in api
     assert api["signatures"] == f"127.0.0.1:5000/mlops-imdb-api-signatures:sha256-{'e' * 64}"
     assert f"127.0.0.1:5000/mlops-imdb-api:{RELEASE}-amd64" in client.images.pushed
     assert lists[0] == (
@@ -407,7 +411,12 @@ def test_cli_build_scan_failure_fails(
 ) -> None:
     monkeypatch.setattr(engine_client, "ensure_platform_base", lambda *a: "base")
     monkeypatch.setattr(metadata, "git_revision", lambda root: REVISION)
-    monkeypatch.setattr(scan, "scan_all", lambda *a: ["finding"])
+    failed = scan.ScanResult(
+        name="mlops-imdb-trainer", reference="r/x:1", platform="linux/amd64",
+        sbom=tmp_path / "sbom", audit_report=tmp_path / "audit", trivy_report=None,
+        trivy_installed=False, os_packages_scanned=False, reason="", failures=["finding"],
+    )  # fmt: skip
+    monkeypatch.setattr(scan, "scan_all", lambda *a: [failed])
     argv = ["build", "--service=trainer", "--scan", f"--reports={tmp_path}"]
     assert run_cli(argv, monkeypatch, FakeClient(), tmp_path / "cache") == 1
 

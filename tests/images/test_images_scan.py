@@ -191,10 +191,13 @@ def test_scan_all_writes_the_image_scan_summary(
         (REFERENCE, "api", "1", "linux/amd64"),
         ("r/mlops-imdb-trainer:1", "trainer", "1", "linux/amd64"),
     ]
-    failures = scan.scan_all(
+    results = scan.scan_all(
         client, images, tmp_path, None, {"MLOPS_REQUIRE_TRIVY": "1"}  # type: ignore[arg-type]
     )
-    assert len(failures) == 2
+    assert [len(result.failures) for result in results] == [1, 1]
+    assert [path.name for path in results[0].reports] == [
+        "sbom-image-api.cdx.json", "pip-audit-image-api.json"
+    ]  # fmt: skip
     entries = {entry["name"]: entry for entry in json.loads(summary.read_text())["images"]}
     assert sorted(entries) == ["mlops-imdb-api", "mlops-imdb-api-arm64", "mlops-imdb-trainer"]
     assert entries["mlops-imdb-api-arm64"] == {
@@ -218,7 +221,8 @@ def test_an_unreadable_summary_is_replaced(
     monkeypatch.setattr(shutil, "which", lambda name: None)
     summary = tmp_path / "image-scan.json"
     summary.write_text("{ half")
-    assert scan.scan_all(client, [(REFERENCE, "api", "1", "linux/amd64")], tmp_path, None, {}) == []  # type: ignore[arg-type]
+    (result,) = scan.scan_all(client, [(REFERENCE, "api", "1", "linux/amd64")], tmp_path, None, {})  # type: ignore[arg-type]
+    assert result.failures == []
     assert [e["name"] for e in json.loads(summary.read_text())["images"]] == ["mlops-imdb-api"]
 
 

@@ -967,8 +967,8 @@ class Orchestrator:
             raise DeployError(f"{env.name} names no signing key")
         home = runner.run(commands.home_directory()).stdout
         files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
+        fingerprint = self.trusted_key()  # read and checked once for all hosts
         key = env.signing.public_key.read_text()
-        fingerprint = signing.public_key_fingerprint(key)
         runner.run(commands.make_trust_directories(files, layout))
         runner.put_text(files.public_key(env), key)
         existing = runner.run(commands.read_file(files.policy)).stdout

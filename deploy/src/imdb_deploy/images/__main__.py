@@ -92,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             "`nox -s train` (artifacts/model) and pass --artifact DIR or set MLOPS_ARTIFACT"
         )
     client = engine_client.connect()
-    failures: list[str] = []
+    scans: list[scan.ScanResult] = []
     built: list[tuple[build.BuiltImage, dict[str, object]]] = []
     try:
         revision = metadata.git_revision(root)
@@ -117,15 +117,16 @@ def cmd_build(args: argparse.Namespace) -> int:
             parity.check_release(client, [i for i, _ in built if i.release], art, args.reports)
         if args.scan:
             osv = os.environ.get("OSV_OFFLINE_DIR")
-            failures = scan.scan_all(
+            scans = scan.scan_all(
                 client,
                 [(i.reference, scan_name(i), i.version, i.platform) for i, _ in built],
                 args.reports, Path(osv) if osv else None,
             )  # fmt: skip
+        failures = [failure for result in scans for failure in result.failures]
         if args.push and failures:
             print("images: not pushed: the scans failed", file=sys.stderr)
         elif args.push:
-            publish_all(client, built, args, art)
+            publish_all(client, built, scans, args, art)
     finally:
         client.close()
     args.reports.mkdir(parents=True, exist_ok=True)
@@ -155,18 +156,21 @@ def scan_name(image: build.BuiltImage) -> str:
 def publish_all(
     client: docker.DockerClient,
     built: Sequence[tuple[build.BuiltImage, dict[str, object]]],
+    scans: Sequence[scan.ScanResult],
     args: argparse.Namespace,
     artifact: Path | None,
 ) -> None:
-    """Each service's platforms as one signed list, then the release record."""
+    """Each service's platforms as one signed list, with this build's scan reports of them as
+    its evidence, then the release record."""
     published: dict[str, dict[str, str]] = {}
     with signing.release_signer(os.environ, args.registry) as signer:
         for service in dict.fromkeys(image.service for image, _ in built):
             mine = [(image, record) for image, record in built if image.service == service]
-            names = {scan_name(image) for image, _ in mine}
+            references = {image.reference for image, _ in mine}
             evidence = publish.evidence_files(
-                sorted(p for p in args.reports.glob("*-image-*") if _evidence_of(p, names))
-            )
+                [path for result in scans if result.reference in references
+                 for path in result.reports]
+            )  # fmt: skip
             done = publish.publish_service(
                 client, [image for image, _ in mine], signer, evidence, os.environ
             )
@@ -179,12 +183,6 @@ def publish_all(
     release = publish_release(client, built, published, args.registry, args.reports)
     if release is not None and artifact is not None:
         tag_tracked_run(artifact, release)
-
-
-def _evidence_of(path: Path, names: set[str]) -> bool:
-    """Whether report `path` (`<kind>-image-<name>.<ext>`) is about one of the images `names`."""
-    stem = path.name.partition("-image-")[2].partition(".")[0]
-    return stem in names
 
 
 def publish_release(

@@ -216,6 +216,11 @@ class ScanResult:
     reason: str  # why the OS packages were not scanned; empty when they were
     failures: list[str]
 
+    @property
+    def reports(self) -> list[Path]:
+        """The reports this scan wrote: the evidence a release carries for the image."""
+        return [self.sbom, self.audit_report, *([self.trivy_report] if self.trivy_report else [])]
+
     def record(self) -> dict[str, object]:
         """This image's entry in reports/image-scan.json (the reports named relative to it)."""
         return {
@@ -334,9 +339,9 @@ def scan_all(
     reports: Path,
     osv_dir: Path | None,
     environ: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Scan (image, name, version, platform) tuples, write reports/image-scan.json; returns all
-    failures."""
+) -> list[ScanResult]:
+    """Scan (image, name, version, platform) tuples and write reports/image-scan.json; each
+    result's `failures` say what failed."""
     results = [
         scan_image(
             client,
@@ -352,4 +357,4 @@ def scan_all(
     ]
     summary = write_summary(results, reports / SUMMARY_FILE)
     print(f"scan summary: {summary}")
-    return [failure for result in results for failure in result.failures]
+    return results
