@@ -28,7 +28,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -276,28 +275,6 @@ def carrier_files(directory: Path) -> dict[str, bytes]:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
-
-
-# ---- host commands (pure) ----------------------------------------------------------------------
-
-
-def fetch_signatures(carrier: str, lookaside: PurePosixPath) -> str:
-    """Copy a release's published signatures into the host's lookaside directory.
-
-    Prints `signatures fetched` or `no signatures published`; in the second case the pull that
-    follows is what refuses (the engine's policy), so this step never decides trust itself.
-    """
-    q = shlex.quote
-    target = q(str(lookaside))
-    return (
-        f"mkdir -p {target} && "
-        f"if podman pull --quiet {q(carrier)} >/dev/null 2>&1; then "
-        f"c=$(podman create {q(carrier)} none) && "
-        f'podman cp "$c":/{CARRIER_ROOT}/. {target}/ ; status=$?; '
-        f'podman rm "$c" >/dev/null; podman rmi {q(carrier)} >/dev/null; '
-        '[ "$status" -eq 0 ] && echo signatures fetched; '
-        "else echo no signatures published; fi"
-    )
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
