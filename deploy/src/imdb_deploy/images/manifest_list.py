@@ -20,7 +20,7 @@ from pathlib import Path
 
 from imdb_deploy.engine.podman import registries_conf
 from imdb_deploy.engine.processes import run_tool
-from imdb_deploy.images.build import REGISTRY_PASSWORD_VAR, REGISTRY_USER_VAR, BuildError
+from imdb_deploy.images.build import BuildError, registry_auth
 from imdb_deploy.supply_chain.signing import is_loopback, podman
 
 
@@ -38,10 +38,11 @@ def podman_cli_env(registry: str, environ: Mapping[str, str]) -> Iterator[dict[s
         conf = Path(directory) / "registries.conf"
         conf.write_text(registries_conf([registry] if is_loopback(registry) else []))
         env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
-        user, password = environ.get(REGISTRY_USER_VAR), environ.get(REGISTRY_PASSWORD_VAR)
-        if user and password:
+        credentials = registry_auth(environ)
+        if credentials is not None:
             auth = Path(directory) / "auth.json"
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            pair = f"{credentials['username']}:{credentials['password']}"
+            token = base64.b64encode(pair.encode()).decode()
             auth.touch(mode=0o600)
             auth.write_text(json.dumps({"auths": {registry: {"auth": token}}}))
             env["REGISTRY_AUTH_FILE"] = str(auth)
