@@ -31,12 +31,15 @@ def _run(action: str, env: str, **options: object) -> None:
 
 @task(help={"env": "environment name", "version": "release tag (default: the last built)",
             "digest": "image digest (default: the one its build recorded)",
-            "approve": cli.APPROVE_HELP})  # fmt: skip
+            "approve": cli.APPROVE_HELP, "hosts": cli.HOSTS_HELP,
+            "partial": cli.PARTIAL_HELP})  # fmt: skip
 def deploy(
-    c: Context, env: str = DEFAULT_ENV, version: str = "", digest: str = "", approve: bool = False
-) -> None:
+    c: Context, env: str = DEFAULT_ENV, version: str = "", digest: str = "",
+    approve: bool = False, hosts: str = "", partial: bool = False,
+) -> None:  # fmt: skip
     """Blue-green deploy of a release, by digest, to every host of an environment."""
-    _run("deploy", env, version=version, digest=digest, approve=approve)
+    _run("deploy", env, version=version, digest=digest, approve=approve, hosts=hosts,
+         partial=partial)  # fmt: skip
 
 
 @task(help={"env": "environment name (it names the one it promotes from)",
@@ -47,10 +50,14 @@ def promote(c: Context, env: str = "sandbox-production", approve: bool = False) 
 
 
 @task(help={"env": "environment name", "version": "release to return to (default: previous)",
-            "approve": cli.APPROVE_HELP})  # fmt: skip
-def rollback(c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False) -> None:
+            "approve": cli.APPROVE_HELP, "hosts": cli.HOSTS_HELP,
+            "partial": cli.PARTIAL_HELP})  # fmt: skip
+def rollback(
+    c: Context, env: str = DEFAULT_ENV, version: str = "", approve: bool = False,
+    hosts: str = "", partial: bool = False,
+) -> None:  # fmt: skip
     """Back to the previous release (a proxy switch when it is kept), or to a given version."""
-    _run("rollback", env, version=version, approve=approve)
+    _run("rollback", env, version=version, approve=approve, hosts=hosts, partial=partial)
 
 
 @task(help={"env": "environment name", "json": "machine-readable output"})

@@ -18,11 +18,11 @@ import pytest
 
 from imdb_deploy.bluegreen import cli, commands
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
+from imdb_deploy.bluegreen.errors import ApprovalError, LockHeldError
 from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.bluegreen.lock import EnvironmentLock
 from imdb_deploy.bluegreen.orchestrator import (
-    ApprovalError,
     Event,
-    LockHeldError,
     Orchestrator,
     Outcome,
     _previous_common_release,
@@ -526,12 +526,20 @@ def new_outcome(user: str, deploy_id: str) -> Outcome:
     return Outcome(deploy_id, "deploy", "sandbox-test", user, "2026-11-26T13:45:22+00:00", {}, "v2")
 
 
+def take_lock(orch: Orchestrator, user: str, deploy_id: str) -> EnvironmentLock:
+    """`user`'s deploy `deploy_id` takes the environment's lock, as a release does."""
+    outcome = new_outcome(user, deploy_id)
+    lock = orch.new_lock(outcome)
+    lock.acquire(orch.holder(outcome))
+    return lock
+
+
 def test_lock_round_trip_through_the_orchestrator(tmp_path: Path) -> None:
     env = sandbox(tmp_path)
     alice, alice_lines = local_orchestrator(env)
     assert alice.lock_info() is None
 
-    alice._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    alices = take_lock(alice, "alice", "dep-a")
     assert "2 host(s), expires after 60 s" in alice_lines[-1]
     info = alice.lock_info()
     assert info is not None
@@ -540,13 +548,13 @@ def test_lock_round_trip_through_the_orchestrator(tmp_path: Path) -> None:
 
     bob, _ = local_orchestrator(env)
     with pytest.raises(LockHeldError, match="is locked by") as error:
-        bob._acquire(new_outcome("bob", "dep-b"), "token-bob")
+        take_lock(bob, "bob", "dep-b")
     assert '"holder": "alice"' in str(error.value)
     assert "fab unlock --env sandbox-test" in str(error.value)
 
-    alice._release(env.hosts, "token-alice")
+    alices.release()
     assert alice.lock_info() is None
-    bob._acquire(new_outcome("bob", "dep-b"), "token-bob")
+    take_lock(bob, "bob", "dep-b")
     assert bob.lock_info() is not None
 
 
@@ -558,7 +566,7 @@ def test_a_refused_lock_releases_the_hosts_already_taken(tmp_path: Path) -> None
 
     orch, _ = local_orchestrator(env)
     with pytest.raises(LockHeldError, match=r"\(on h2\)"):
-        orch._acquire(new_outcome("alice", "dep-a"), "token-alice")
+        take_lock(orch, "alice", "dep-a")
     assert lock_record(h1) == ""  # taken (or never reached), then given back
     assert json.loads(lock_record(h2)) == {"holder": "carol"}
     assert lock_record(h3) == ""
@@ -573,7 +581,7 @@ def test_an_expired_lock_is_taken_over_and_reported(tmp_path: Path) -> None:
         Path(str(layout.root), "lock.expires").write_text("1\n")
 
     orch, lines = local_orchestrator(env)
-    orch._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    take_lock(orch, "alice", "dep-a")
     takeovers = [line for line in lines if "took over an expired lock" in line]
     assert len(takeovers) == 2
     assert all('"holder": "dead"' in line for line in takeovers)
@@ -585,7 +593,7 @@ def test_an_expired_lock_is_taken_over_and_reported(tmp_path: Path) -> None:
 def test_unlock_releases_every_host_and_is_audited(tmp_path: Path) -> None:
     env = sandbox(tmp_path)
     holder, _ = local_orchestrator(env)
-    holder._acquire(new_outcome("alice", "dep-a"), "token-alice")
+    take_lock(holder, "alice", "dep-a")
 
     admin, _ = local_orchestrator(env)
     released = admin.unlock("deploy runner died")

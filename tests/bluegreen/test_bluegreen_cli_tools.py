@@ -63,3 +63,43 @@ def test_sandbox_environments_must_share_one_registry(tmp_path: Path) -> None:
         inventory.registry_address([staging, elsewhere])
     assert inventory.registry_address([staging]) == "127.0.0.1:5000"
     assert isinstance(staging.layout(staging.hosts[0]).root, PurePosixPath)
+
+
+# ---- acting on part of an environment ----------------------------------------------------------
+
+
+def test_without_hosts_a_release_acts_on_every_host() -> None:
+    staging = load_environment("sandbox-staging")
+    assert cli.narrowed(staging, None, partial=False) == (staging, [])
+    with pytest.raises(cli.CliError, match="--partial goes with --hosts"):
+        cli.narrowed(staging, None, partial=True)
+
+
+def test_hosts_need_the_explicit_partial_flag() -> None:
+    staging = load_environment("sandbox-staging")
+    with pytest.raises(
+        cli.CliError, match=r"--hosts staging-1 leaves the other hosts .* --partial"
+    ):
+        cli.narrowed(staging, "staging-1", partial=False)
+
+
+def test_partial_narrows_to_the_named_hosts_and_names_the_skipped() -> None:
+    staging = load_environment("sandbox-staging")
+    only, skipped = cli.narrowed(staging, "staging-2", partial=True)
+    assert [host.name for host in only.hosts] == ["staging-2"]
+    assert skipped == ["staging-1"]
+    assert (only.name, only.image, only.lock) == (staging.name, staging.image, staging.lock)
+    both, none = cli.narrowed(staging, " staging-1 , staging-2 ", partial=True)
+    assert ([h.name for h in both.hosts], none) == (["staging-1", "staging-2"], [])
+
+
+@pytest.mark.parametrize("hosts", ["staging-9", "staging-1,staging-9", ","])
+def test_partial_refuses_hosts_the_environment_does_not_have(hosts: str) -> None:
+    staging = load_environment("sandbox-staging")
+    with pytest.raises(cli.CliError, match=r"sandbox-staging has no host\(s\) .* its hosts: "):
+        cli.narrowed(staging, hosts, partial=True)
+
+
+def test_the_command_line_refuses_hosts_without_partial(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["rollback", "--hosts", "staging-1", "sandbox-staging"]) == 2
+    assert "add --partial to confirm" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shlex
 import subprocess
 import threading
@@ -124,7 +125,7 @@ def test_lock_acquire_creates_the_root(layout: HostLayout) -> None:
 def test_lock_renew_only_for_the_holder(layout: HostLayout) -> None:
     sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
     expires_file = local(layout.root) / "lock.expires"
-    soon = int(time.time()) + 1
+    soon = int(time.time()) + 5
     expires_file.write_text(f"{soon}\n")
 
     wrong = sh(commands.lock_renew(layout, "token-bob", 600))
@@ -134,6 +135,18 @@ def test_lock_renew_only_for_the_holder(layout: HostLayout) -> None:
     right = sh(commands.lock_renew(layout, "token-alice", 600))
     assert right.returncode == 0, right.stderr
     assert int(expires_file.read_text()) >= soon + 590
+
+
+def test_an_expired_lock_is_not_renewed_even_for_its_holder(layout: HostLayout) -> None:
+    """Past its expiry anyone could have taken it meanwhile: the holder must stop, not renew."""
+    sh(commands.lock_acquire(layout, ALICE, "token-alice", 60))
+    expires_file = local(layout.root) / "lock.expires"
+    expired = int(time.time()) - 1
+    expires_file.write_text(f"{expired}\n")
+
+    renewal = sh(commands.lock_renew(layout, "token-alice", 600))
+    assert renewal.returncode == commands.LOCK_EXPIRED
+    assert int(expires_file.read_text()) == expired
 
 
 def test_lock_renew_without_a_lock_is_refused(layout: HostLayout) -> None:
@@ -618,3 +631,68 @@ def test_urls(tmp_path: Path) -> None:
 def test_q_makes_one_shell_word() -> None:
     for value in ["plain", "with space", "it's", "$HOME", "`id`", "a\nb", ""]:
         assert shlex.split(f"x {commands.q(value)}") == ["x", value]
+
+
+# ---- pulls: free space first, transient failures told apart -------------------------------------
+
+STAND_IN_PODMAN = """#!/bin/sh
+case "$1 $2" in
+  "image exists") exit "$IMAGE_EXISTS" ;;
+  "info --format") echo "$GRAPHROOT" ;;
+  "pull --quiet") echo "$3" >> "$PULLS" ;;
+  *) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("exists", "min_free_mb", "exit_code", "stdout"),
+    [
+        (0, 10**9, 0, "present\n"),  # present: no pull, so no disk check either
+        (1, 0, 0, "pulled\n"),
+        (1, 10**9, commands.DISK_LOW, ""),  # a petabyte free is asked for: refused, not pulled
+    ],
+)
+def test_ensure_image_checks_the_engines_free_space_before_a_pull(
+    tmp_path: Path, exists: int, min_free_mb: int, exit_code: int, stdout: str
+) -> None:
+    """A stand-in `podman` names tmp_path as its storage; `df` is the real one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(STAND_IN_PODMAN)
+    (bin_dir / "podman").chmod(0o755)
+    pulls = tmp_path / "pulls"
+    env = {**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}", "IMAGE_EXISTS": str(exists),
+           "GRAPHROOT": str(tmp_path), "PULLS": str(pulls)}  # fmt: skip
+    done = sh(commands.ensure_image("registry.example/api@sha256:ab", min_free_mb), env=env)
+    assert (done.returncode, done.stdout) == (exit_code, stdout), done.stderr
+    pulled = pulls.read_text().split() if pulls.exists() else []
+    assert pulled == (["registry.example/api@sha256:ab"] if stdout == "pulled\n" else [])
+    if exit_code == commands.DISK_LOW:
+        assert re.fullmatch(
+            rf"only \d+ MB free in {re.escape(str(tmp_path))} \(the engine's storage\)\n",
+            done.stderr,
+        )
+
+
+@pytest.mark.parametrize(
+    ("stderr", "transient"),
+    [
+        ('Error: pinging container registry r: Get "https://r/v2/": dial tcp: connect: '
+         "connection refused", True),
+        ("Error: reading blob sha256:1: read tcp 1->2: read: connection reset by peer", True),
+        ("Error: copying system image: net/http: TLS handshake timeout", True),
+        ("Error: received unexpected HTTP status: 503 Service Unavailable", True),
+        ("Error: unexpected EOF", True),
+        ("Error: toomanyrequests: You have reached your pull rate limit", True),
+        ("Error: reading manifest v9: manifest unknown", False),
+        ("Error: Source image rejected: A signature was required, but no signature exists", False),
+        ("Error: writing blob: Digest did not match, expected sha256:1, got sha256:2", False),
+        ("Error: unauthorized: authentication required", False),
+        ("Error: writing blob: no space left on device", False),
+    ],
+)  # fmt: skip
+def test_only_registry_and_network_failures_are_worth_another_pull(
+    stderr: str, transient: bool
+) -> None:
+    assert commands.transient_pull_error(stderr) is transient

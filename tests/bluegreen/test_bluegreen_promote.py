@@ -10,8 +10,8 @@ import pytest
 
 from imdb_deploy.bluegreen import cli, commands
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, load_environment
+from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.orchestrator import (
-    DeployError,
     passed_release,
     promotable_release,
     served_release,

@@ -4,7 +4,9 @@ registries.d file, the command that fetches a release's signatures, and the envi
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -83,14 +85,46 @@ def test_a_deploy_fetches_the_releases_carrier_into_the_lookaside_directory(
     assert f"podman create {carrier} none" in command
     assert f'podman cp "$c":/signatures/. {target}/' in command
     assert f"podman rmi {carrier}" in command
-    # The two outcomes it prints; neither one fails the deploy (the pull that follows may).
     assert "echo signatures fetched" in command
-    assert command.endswith("else echo no signatures published; fi")
-    assert "exit" not in command
     shlex.split(command)  # balanced quotes
     assert str(layout.signatures_dir).endswith("/h1/signatures")  # each sandbox host its own
     with pytest.raises(signing.SigningError, match="not a sha256 digest"):
         commands.fetch_signatures(environment, "sha256:short", layout)
+
+
+@pytest.mark.parametrize(
+    ("registry_says", "exit_code", "stdout"),
+    [
+        # No carrier for the digest: not this step's call (the pull that follows refuses).
+        ("reading manifest sha256-5a: manifest unknown: manifest unknown", 0,
+         "no signatures published\n"),
+        ("repository name not known to registry: name unknown", 0, "no signatures published\n"),
+        # The registry unreachable: a failure the deploy can retry, with the engine's words.
+        ('dial tcp 127.0.0.1:5000: connect: connection refused', 1, ""),
+        ("received unexpected HTTP status: 503 Service Unavailable", 1, ""),
+    ],
+)  # fmt: skip
+def test_a_failed_signature_fetch_tells_unpublished_from_unreachable(
+    environment: Environment, tmp_path: Path, registry_says: str, exit_code: int, stdout: str
+) -> None:
+    """The command run by a shell, with a stand-in `podman` whose pull fails as the registry
+    made it fail."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    podman = bin_dir / "podman"
+    podman.write_text(f"#!/bin/sh\necho {shlex.quote('Error: ' + registry_says)} >&2\nexit 125\n")
+    podman.chmod(0o755)
+    command = commands.fetch_signatures(
+        environment, DIGEST, environment.layout(environment.hosts[0])
+    )
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, check=False,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (exit_code, stdout)
+    if exit_code:
+        assert registry_says in done.stderr
+        assert commands.transient_pull_error(done.stderr)
 
 
 # ---- [signing] in an environment file ----------------------------------------------------------

@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.orchestrator import DeployError
+from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.sandbox import __main__ as sandbox_cli
 from tests.sandbox.conftest import SECRET_VARIABLE, Sandbox
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import pytest
 
-from imdb_deploy.bluegreen.orchestrator import DeployError
+from imdb_deploy.bluegreen.errors import DeployError
 from tests.sandbox.conftest import Sandbox, failed_requests, under_load
 from tests.support import serving
 

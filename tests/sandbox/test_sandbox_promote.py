@@ -19,7 +19,8 @@ import pytest
 from imdb_deploy import champion
 from imdb_deploy.bluegreen import cli
 from imdb_deploy.bluegreen.config import REPO_ROOT, Environment, load_environment
-from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
+from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import Orchestrator
 from imdb_deploy.images import metadata
 from imdb_deploy.images import release as release_identity
 from imdb_deploy.sandbox.fleet import stop_nginx

@@ -35,7 +35,8 @@ from docker.errors import DockerException
 
 from imdb_deploy import notify
 from imdb_deploy.bluegreen.config import ConfigError, Environment, current_user, load_environment
-from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, running_release
+from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import Orchestrator, running_release
 from imdb_deploy.images import build, engine_client
 from imdb_deploy.images.artifact import trainer_executable
 from imdb_model import ArtifactVerificationError, verify_artifact

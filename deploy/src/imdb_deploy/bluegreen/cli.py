@@ -1,13 +1,17 @@
 """The deploy commands, shared by `python -m imdb_deploy.bluegreen` (nox) and the fabfile.
 
-deploy ENV [--version V] [--digest D] [--approve]
+deploy ENV [--version V] [--digest D] [--approve] [--hosts H1,H2 --partial]
                                           release V by digest (default: the release the last
                                           `nox -s images` built, reports/release.json)
 promote ENV [--approve]                   the release live and benchmark-passed on the
                                           environment ENV promotes from, by its digest
 promote ENV --plan                        `build=false` when that release is of this checkout's
                                           tree (promote it), else `build=true` (CD's choice)
-rollback ENV [--version V] [--approve]    back to the kept release, or to V
+rollback ENV [--version V] [--approve] [--hosts H1,H2 --partial]
+                                          back to the kept release, or to V
+--hosts H1,H2 --partial                   act on the named hosts only (the others are gone):
+                                          audited as partial; the next full deploy brings the
+                                          skipped hosts in line
 status ENV [--json]                       per host: colour, release, digest, health
 audit ENV [--limit N]                     the newest audit entries
 lock ENV                                  who holds the deploy lock, until when
@@ -26,7 +30,8 @@ from typing import Any
 
 from imdb_deploy import notify
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, load_environment
-from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator, Outcome
+from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import Orchestrator, Outcome
 from imdb_deploy.images import __main__ as images_cli
 from imdb_deploy.images import metadata
 from imdb_deploy.images import release as releases
@@ -258,9 +263,44 @@ def _audit(orchestrator: Orchestrator, limit: int) -> int:
     return 0
 
 
+HOSTS_HELP = (
+    "act on these hosts only (comma-separated), when another host is gone for good; needs "
+    "--partial. The default stays all-or-nothing on every host"
+)
+PARTIAL_HELP = (
+    "confirm that --hosts leaves the environment's other hosts on what they run now "
+    "(audited as partial; the next full deploy brings them in line)"
+)
+
+
+def narrowed(
+    environment: Environment, hosts: str | None, partial: bool
+) -> tuple[Environment, list[str]]:
+    """The environment on `--hosts` alone and the hosts it skips; all of it without --hosts.
+    CliError when --hosts lacks --partial (or the reverse): acting on part of an environment
+    must be asked for in so many words."""
+    if not hosts:
+        if partial:
+            raise CliError("--partial goes with --hosts H1,H2 (the hosts to act on)")
+        return environment, []
+    names = [name.strip() for name in hosts.split(",") if name.strip()]
+    if not partial:
+        raise CliError(
+            f"--hosts {','.join(names)} leaves the other hosts of {environment.name} on what "
+            "they run now: add --partial to confirm (audited as such)"
+        )
+    try:
+        only = environment.only(names)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    kept = {host.name for host in only.hosts}
+    return only, [host.name for host in environment.hosts if host.name not in kept]
+
+
 def run(action: str, environment: Environment, **options: Any) -> int:
     """Run one action; returns the process exit code."""
-    orchestrator = Orchestrator(environment)
+    environment, skipped = narrowed(environment, options.get("hosts"), bool(options.get("partial")))
+    orchestrator = Orchestrator(environment, skipped=skipped)
     actions: dict[str, Callable[[], int]] = {
         "deploy": lambda: _release(orchestrator, "deploy", options),
         "promote": lambda: _release(orchestrator, "promote", options),
@@ -305,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = actions.add_parser(name)
         sub.add_argument("--version", help="the release tag (<model version>-t<tree>)")
         sub.add_argument("--approve", action="store_true", help=APPROVE_HELP)
+        sub.add_argument("--hosts", metavar="H1,H2", help=HOSTS_HELP)
+        sub.add_argument("--partial", action="store_true", help=PARTIAL_HELP)
     promoting = actions.add_parser("promote")
     promoting.add_argument("--approve", action="store_true", help=APPROVE_HELP)
     promoting.add_argument(

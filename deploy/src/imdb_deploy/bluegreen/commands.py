@@ -20,8 +20,12 @@ from imdb_deploy.bluegreen.config import Environment, Host
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.supply_chain import signing
 
-# Exit code of a refused lock, so the caller can tell "held by someone" from a failure.
+# Exit codes of the lock's commands, so the caller can tell "held by someone" (or "past its
+# expiry") from a failure.
 LOCK_HELD = 3
+LOCK_EXPIRED = 4
+# Exit code of a pull refused because the engine's storage is below the configured free space.
+DISK_LOW = 5
 HOST_PACKAGES = {"podman": "podman", "nginx": "nginx", "curl": "curl", "flock": "util-linux"}
 CONTAINER_LABEL = "io.mlops-imdb"
 
@@ -218,18 +222,22 @@ def make_trust_directories(files: TrustFiles, layout: HostLayout) -> str:
 
 def fetch_signatures(environment: Environment, digest: str, layout: HostLayout) -> str:
     """Copy the release's published signatures (its carrier image) into the host's lookaside
-    directory. Prints `signatures fetched` or `no signatures published`; in the second case the
-    pull that follows is what refuses (the engine's policy): this step never decides trust."""
+    directory. Prints `signatures fetched`, or `no signatures published` when the registry has
+    no carrier for the digest (then the pull that follows is what refuses: the engine's policy;
+    this step never decides trust). Any other failure (the registry unreachable) exits non-zero
+    with the engine's message, so the caller can retry it."""
     carrier = q(signing.carrier_reference(environment.image, digest))
     target = q(layout.signatures_dir)
     return (
         f"mkdir -p {target} && "
-        f"if podman pull --quiet {carrier} >/dev/null 2>&1; then "
+        f"if out=$(podman pull --quiet {carrier} 2>&1 >/dev/null); then "
         f"c=$(podman create {carrier} none) && "
         f'podman cp "$c":/{signing.CARRIER_ROOT}/. {target}/ ; status=$?; '
         f'podman rm "$c" >/dev/null; podman rmi {carrier} >/dev/null; '
         '[ "$status" -eq 0 ] && echo signatures fetched; '
-        "else echo no signatures published; fi"
+        'else case "$out" in *"manifest unknown"*|*"name unknown"*) '
+        "echo no signatures published ;; "
+        "*) printf '%s\\n' \"$out\" >&2; exit 1 ;; esac; fi"
     )
 
 
@@ -291,12 +299,36 @@ def pull(image: str) -> str:
     return f"podman pull --quiet {q(image)}"
 
 
-def ensure_image(image: str) -> str:
-    """Pull unless present (a release tag never moves); prints `present` or `pulled`."""
+def ensure_image(image: str, min_free_mb: int = 0) -> str:
+    """Pull unless present (a release tag never moves); prints `present` or `pulled`. Before a
+    pull, the engine's storage must have `min_free_mb` free: else it says how much there is and
+    exits DISK_LOW, before a pull could fill the disk the running release writes to."""
+    free = "df -Pk \"$root\" | awk 'NR == 2 { print int($4 / 1024) }'"
     return (
-        f"if podman image exists {q(image)}; then echo present; "
-        f"else podman pull --quiet {q(image)} >/dev/null && echo pulled; fi"
+        f"if podman image exists {q(image)}; then echo present; else "
+        "root=$(podman info --format '{{.Store.GraphRoot}}') && "
+        f'free=$({free}) && if [ "$free" -lt {int(min_free_mb)} ]; then '
+        f'echo "only $free MB free in $root (the engine\'s storage)" >&2; exit {DISK_LOW}; fi && '
+        f"podman pull --quiet {q(image)} >/dev/null && echo pulled; fi"
     )
+
+
+# What a registry or the network says when trying again later may help: the connection
+# refused, reset or timed out, a proxy or registry answering 5xx or 429.
+TRANSIENT_PULL_ERRORS = (
+    "connection refused", "connection reset", "broken pipe", "i/o timeout", "timeout",
+    "timed out", "no route to host", "network is unreachable", "temporary failure in name "
+    "resolution", "eof", "500 internal server error", "502 bad gateway",
+    "503 service unavailable", "504 gateway timeout", "429 too many requests",
+    "toomanyrequests",
+)  # fmt: skip
+
+
+def transient_pull_error(stderr: str) -> bool:
+    """True when a failed pull (or signature fetch) is worth another try: the registry or the
+    way to it failed, not the image (unknown, unsigned, corrupt, unauthorized)."""
+    text = stderr.lower()
+    return any(marker in text for marker in TRANSIENT_PULL_ERRORS)
 
 
 def image_exists(image: str) -> str:
@@ -453,11 +485,14 @@ def lock_acquire(layout: HostLayout, holder: Mapping[str, object], token: str, t
 
 
 def lock_renew(layout: HostLayout, token: str, ttl_s: float) -> str:
-    """Push the expiry forward while the lock is still ours; else exit LOCK_HELD."""
+    """Push the expiry forward while the lock is still ours and not yet expired; else exit
+    LOCK_HELD (someone else's, or none) or LOCK_EXPIRED (anyone could have taken it since)."""
     _, token_file, expires = _lock_files(layout)
     script = (
         f'[ "$(cat {token_file} 2>/dev/null)" = {q(token)} ] || exit {LOCK_HELD}; '
-        f"echo $(($(date +%s) + {int(ttl_s)})) > {expires}"
+        "now=$(date +%s); "
+        f'[ "$(cat {expires} 2>/dev/null || echo 0)" -gt "$now" ] || exit {LOCK_EXPIRED}; '
+        f"echo $((now + {int(ttl_s)})) > {expires}"
     )
     return _locked(layout, script)
 

@@ -17,7 +17,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, overload
@@ -96,6 +96,9 @@ class SshSettings(_Strict):
         default=None, description=f"private key file; else ${SSH_KEY_VAR}, else the SSH agent"
     )
     connect_timeout_s: float = Field(default=10, gt=0)
+    connect_attempts: int = Field(
+        default=3, ge=1, description="tries per connect, with backoff (a blip is survived)"
+    )
     command_timeout_s: float = Field(default=300, gt=0)
 
 
@@ -183,6 +186,20 @@ class LockSettings(_Strict):
         return self
 
 
+class PullSettings(_Strict):
+    """Before and around each host's pull of a release."""
+
+    attempts: int = Field(
+        default=4, ge=1, description="tries of a pull (and of its signatures) that failed on a "
+        "transient registry error (refused, reset, timed out, 5xx); other errors fail at once",
+    )  # fmt: skip
+    backoff_s: float = Field(default=2, gt=0, description="wait before the second try; doubles")
+    max_backoff_s: float = Field(default=15, gt=0)
+    min_free_mb: int = Field(
+        default=2048, ge=0, description="refuse to pull when the engine's storage has less free"
+    )
+
+
 class BenchmarkSettings(_Strict):
     """The post-deploy benchmark gate (imdb_deploy.bluegreen.loadcheck)."""
 
@@ -266,6 +283,7 @@ class Environment(_Strict):
     readiness: ReadinessSettings = ReadinessSettings()
     drain: DrainSettings = DrainSettings()
     lock: LockSettings = LockSettings()
+    pull: PullSettings = PullSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     signing: SigningSettings | None = Field(
         default=None, description="none: the hosts pull any image the registry hands them"
@@ -279,6 +297,21 @@ class Environment(_Strict):
     def sibling(self, name: str) -> Environment:
         """Another environment of the same directory (the one this one promotes from)."""
         return load_environment(name, self._directory)
+
+    def only(self, names: Sequence[str]) -> Environment:
+        """This environment on the named hosts alone (an operator's way round a host that is
+        gone for good); ConfigError for a name it does not have."""
+        known = [host.name for host in self.hosts]
+        unknown = sorted(set(names) - set(known))
+        if unknown or not names:
+            raise ConfigError(
+                f"{self.name} has no host(s) {unknown or '(none named)'}; its hosts: {known}"
+            )
+        narrowed = self.model_copy(
+            update={"hosts": tuple(host for host in self.hosts if host.name in names)}
+        )
+        narrowed._directory = self._directory
+        return narrowed
 
     @model_validator(mode="after")
     def _distinct_hosts(self) -> Environment:

@@ -23,10 +23,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
+
+import tenacity
 
 from imdb_deploy.bluegreen import commands, loadcheck
 from imdb_deploy.bluegreen.config import (
@@ -35,8 +37,15 @@ from imdb_deploy.bluegreen.config import (
     Redactor,
     current_user,
 )
+from imdb_deploy.bluegreen.errors import (
+    ApprovalError,
+    DeployError,
+    LockLostError,
+    RegressionError,
+)
 from imdb_deploy.bluegreen.layout import HostLayout
-from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
+from imdb_deploy.bluegreen.lock import EnvironmentLock
+from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result
 from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
 from imdb_deploy.images.retention import RegistryClient, RetentionError
 from imdb_deploy.supply_chain import signing
@@ -50,26 +59,6 @@ SMOKE_MOVIES: list[dict[str, object]] = [
     {"primaryTitle": "Second Smoke", "startYear": None, "runtimeMinutes": None,
      "genres": ["Comedy", "Romance"], "isAdult": False},
 ]  # fmt: skip
-
-
-class DeployError(RuntimeError):
-    """The deploy (or rollback) failed; the environment was left on one version."""
-
-
-class LockHeldError(DeployError):
-    """Someone else holds the environment's deploy lock."""
-
-
-class ApprovalError(DeployError):
-    """A deploy that needs approval did not get it."""
-
-
-class RegressionError(DeployError):
-    """The post-deploy benchmark found a regression (`result`: rolled_back or failed)."""
-
-    def __init__(self, message: str, result: str) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 @dataclass
@@ -98,6 +87,8 @@ class Outcome:
     # The key whose signature the hosts' engines required on it ("": none required).
     signed_by: str = ""
     release: dict[str, object] | None = None  # what the release says it is (/model/info)
+    # Hosts of the environment left out on purpose (`--hosts ... --partial`): not changed.
+    skipped: list[str] = field(default_factory=list)
     result: str = "running"
     detail: str = ""
     seconds: float = 0.0
@@ -121,18 +112,23 @@ class Orchestrator:
         echo: Callable[[str], None] | None = None,
         on_step: Callable[[str, str], None] | None = None,
         runner_factory: Callable[[Environment, Host, Redactor], HostRunner] | None = None,
+        skipped: Sequence[str] = (),
     ) -> None:
+        """`skipped`: hosts of the environment's file that `environment` leaves out on purpose
+        (Environment.only); releases say so in their timeline and audit entry."""
         self.environment = environment
+        self.skipped = list(skipped)
         self.environ = dict(os.environ if environ is None else environ)
         self.redact = Redactor(environment.secret_values(self.environ))
         self._echo = echo or (lambda line: print(line, flush=True))
         self._on_step = on_step
-        factory = runner_factory or (
+        self._runner_factory = runner_factory or (
             lambda env, host, redactor: HostRunner(env, host, redactor, self.environ)
         )
         self.runners: dict[str, HostRunner] = {
-            host.name: factory(environment, host, self.redact) for host in environment.hosts
+            host.name: self._new_runner(host) for host in environment.hosts
         }
+        self._lock: EnvironmentLock | None = None  # while a release holds the lock
         self._t0 = time.monotonic()
         self.outcome: Outcome | None = None
         self._trusted_key: str | None = None
@@ -141,6 +137,9 @@ class Orchestrator:
         self.digests: dict[str, str] = {}
 
     # ---- plumbing ----------------------------------------------------------------------------
+
+    def _new_runner(self, host: Host) -> HostRunner:
+        return self._runner_factory(self.environment, host, self.redact)
 
     def trusted_key(self) -> str:
         """The fingerprint of the key the hosts require releases to be signed with ("": the
@@ -257,63 +256,25 @@ class Orchestrator:
 
     # ---- lock -----------------------------------------------------------------------------------
 
-    def _acquire(self, outcome: Outcome, token: str) -> None:
-        """Take the lock on every host, or on none: a refusal anywhere releases the rest."""
-        holder = {
-            "holder": outcome.user,
-            "action": outcome.action,
-            "version": outcome.to_version,
-            "since": outcome.started,
-            "deploy_id": outcome.id,
-            "pid": os.getpid(),
-        }
-        ttl = self.environment.lock.ttl_s
+    def new_lock(self, outcome: Outcome) -> EnvironmentLock:
+        """This action's lock on every host (not taken yet), named after `outcome`."""
+        return EnvironmentLock(
+            self.environment, self.environment.hosts, self._new_runner, self.step,
+            token=f"{outcome.id}-{new_id()}",
+        )  # fmt: skip
 
-        def take(host: Host) -> str:
-            command = commands.lock_acquire(self._layout(host), holder, token, ttl)
-            result = self.runners[host.name].run(command, check=False)
-            if result.exit_code == commands.LOCK_HELD:
-                raise LockHeldError(
-                    f"{self.environment.name} is locked by {result.stdout.strip()} (on "
-                    f"{host.name}); wait for it, or `fab unlock --env {self.environment.name}` "
-                    "if that deploy is gone"
-                )
-            if not result.ok:
-                raise RemoteError(host.name, f"lock failed: {result.stderr.strip()}")
-            return str(result.stdout)
+    @staticmethod
+    def holder(outcome: Outcome) -> dict[str, object]:
+        """What the lock tells whoever finds it held."""
+        return {
+            "holder": outcome.user, "action": outcome.action, "version": outcome.to_version,
+            "since": outcome.started, "deploy_id": outcome.id, "pid": os.getpid(),
+        }  # fmt: skip
 
-        taken, failures = self._parallel(self.environment.hosts, take)
-        if failures:
-            self._release([h for h in self.environment.hosts if h.name in taken], token)
-            held = [exc for exc in failures.values() if isinstance(exc, LockHeldError)]
-            raise held[0] if held else DeployError(self._failures_text(failures))
-        for name, output in taken.items():
-            if output.startswith("expired"):
-                stale = output.removeprefix("expired").strip()
-                self.step(name, "lock", f"took over an expired lock: {stale}")
-        self.step("*", "locked", f"{len(taken)} host(s), expires after {ttl:g} s unless renewed")
-
-    def _release(self, hosts: Iterable[Host], token: str) -> None:
-        for host in hosts:
-            try:
-                self.runners[host.name].run(commands.lock_release(self._layout(host), token))
-            except RemoteError as exc:
-                self.step(host.name, "unlock", f"left to expire: {exc}", ok=False)
-
-    def _heartbeat(self, token: str, stop: threading.Event, lost: list[str]) -> None:
-        """Keep the lock alive while the deploy runs; note it if someone force-released it."""
-        interval = self.environment.lock.heartbeat_s
-        while not stop.wait(interval):
-            for host in self.environment.hosts:
-                try:
-                    result = self.runners[host.name].run(
-                        commands.lock_renew(self._layout(host), token, self.environment.lock.ttl_s),
-                        check=False,
-                    )
-                except RemoteError:
-                    continue  # the deploy's own steps report the host
-                if result.exit_code == commands.LOCK_HELD:
-                    lost.append(host.name)
+    def _confirm_lock(self, before: str) -> None:
+        """Right before a change: the lock is still ours on every host (LockLostError)."""
+        if self._lock is not None:
+            self._lock.confirm(before)
 
     # ---- recovery of a half-done switch ------------------------------------------------------
 
@@ -427,9 +388,23 @@ class Orchestrator:
                         f"{env.name} requires signed images, verified by digest; no digest is "
                         f"known for {version} (pass --digest, or deploy a release `images` built)"
                     )
-                fetched = runner.run(commands.fetch_signatures(env, digest, layout))
+                fetch = commands.fetch_signatures(env, digest, layout)
+                fetched = self._pull_step(host, "signatures", fetch)
+                if not fetched.ok:
+                    raise DeployError(
+                        f"{host.name}: signatures of {digest} not fetched: "
+                        f"{fetched.stderr.strip()}"
+                    )
                 self.step(host.name, "signatures", fetched.stdout.strip())
-            pulled = runner.run(commands.ensure_image(image), check=False)
+            pulled = self._pull_step(
+                host, "pull", commands.ensure_image(image, env.pull.min_free_mb)
+            )
+            if pulled.exit_code == commands.DISK_LOW:
+                raise DeployError(
+                    f"{host.name}: not pulling {image}: {pulled.stderr.strip()}, below "
+                    f"pull.min_free_mb = {env.pull.min_free_mb} MB; free some space (old "
+                    "images: `podman image prune -a`) or give the engine a larger disk"
+                )
             if not pulled.ok:
                 raise DeployError(f"{host.name}: pull of {image} refused: {pulled.stderr.strip()}")
             self.step(host.name, "image", f"{image} {pulled.stdout.strip()}")
@@ -453,16 +428,56 @@ class Orchestrator:
         self._smoke(host, colour, version)
         return colour, state
 
-    def _undo_prepare(self, host: Host, colour: str, state: HostState, reuse: bool) -> None:
-        """Stop (a kept release) or remove (a new one) what `_prepare` started."""
+    def _pull_step(self, host: Host, what: str, command: str) -> Result:
+        """Run a step that talks to the registry, again after a transient failure (refused,
+        reset, timed out, 5xx), with exponential backoff, up to `pull.attempts` tries; the last
+        result, failed or not. Other failures (unknown, unsigned, corrupt) return at once."""
+        settings = self.environment.pull
+        runner = self.runners[host.name]
+
+        def report(state: tenacity.RetryCallState) -> None:
+            failed = state.outcome.result() if state.outcome else None
+            reason = failed.stderr.strip().splitlines()[-1][:200] if failed else ""
+            wait = state.next_action.sleep if state.next_action else 0
+            self.step(
+                host.name, f"{what} retry",
+                f"try {state.attempt_number + 1} of {settings.attempts} in {wait:.0f} s: {reason}",
+                ok=False,
+            )  # fmt: skip
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(settings.attempts),
+            wait=tenacity.wait_exponential(
+                multiplier=settings.backoff_s, max=settings.max_backoff_s
+            ),
+            retry=tenacity.retry_if_result(
+                lambda result: not result.ok and commands.transient_pull_error(result.stderr)
+            ),
+            before_sleep=report,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        result: Result = retrying(runner.run, command, check=False)
+        return result
+
+    def _undo_prepare(
+        self, host: Host, version: str, colour: str, state: HostState, reuse: bool
+    ) -> None:
+        """Stop (a kept release) or remove (a new one) what `_prepare` started for `version`;
+        a release the host had never run leaves no image behind either (no disk lost to it)."""
         runner = self.runners[host.name]
         name = self.environment.container_name(colour)
         if reuse:
             runner.run(commands.stop_container(name, self.environment.app.stop_timeout_s))
-        else:
-            runner.run(commands.remove_container(name))
-            self.write_state(host, state.without(colour))
-        self.step(host.name, "undone", f"{colour} {'stopped' if reuse else 'removed'}")
+            self.step(host.name, "undone", f"{colour} stopped")
+            return
+        runner.run(commands.remove_container(name))
+        self.write_state(host, state.without(colour))
+        removed = f"{colour} removed"
+        if version not in state.releases:
+            image = self.environment.image_ref(version, self.digests.get(version))
+            if runner.run(commands.remove_image(image), check=False).ok:
+                removed += f", image of {version} pruned"
+        self.step(host.name, "undone", removed)
 
     def _switch(self, host: Host, colour: str, version: str, journal: Journal) -> None:
         layout = self._layout(host)
@@ -527,16 +542,26 @@ class Orchestrator:
     ) -> dict[str, tuple[str, HostState]]:
         """Prepare and switch a batch; on any failure, undo it and raise (switched hosts of
         this batch are switched back here, earlier batches by the caller)."""
+        names = ", ".join(host.name for host in hosts)
+        self._confirm_lock(f"starting {version} on {names}")
         started: dict[str, tuple[str, HostState]] = {}
         prepared, failures = self._parallel(
             hosts, lambda h: self._prepare(h, version, reuse, started, states[h.name])
         )
+        if not failures:
+            try:
+                self._confirm_lock(f"switching {names} to {version}")
+            except LockLostError as lost_lock:
+                failures = {"*": lost_lock}
         if failures:
-            for name, exc in failures.items():
-                self.step(name, "prepare", str(exc).splitlines()[0], ok=False)
+            for name, error in failures.items():
+                self.step(name, "prepare", str(error).splitlines()[0], ok=False)
             undo = [h for h in hosts if h.name in started]
             for host in undo:
-                self._try(host, lambda h: self._undo_prepare(h, *started[h.name], reuse))
+                self._try(host, lambda h: self._undo_prepare(h, version, *started[h.name], reuse))
+            lost = [e for e in failures.values() if isinstance(e, LockLostError)]
+            if lost:
+                raise lost[0]
             raise DeployError(f"prepare failed: {self._failures_text(failures)}")
 
         def switch(host: Host) -> None:
@@ -550,7 +575,7 @@ class Orchestrator:
             for host in hosts:  # switch back all: a host may have switched before it failed
                 self._try(host, lambda h: self._switch_back(h, prepared[h.name][1]))
             for host in hosts:
-                self._try(host, lambda h: self._undo_prepare(h, *prepared[h.name], reuse))
+                self._try(host, lambda h: self._undo_prepare(h, version, *prepared[h.name], reuse))
             raise DeployError(f"switch failed: {self._failures_text(failures)}")
         return prepared
 
@@ -567,16 +592,17 @@ class Orchestrator:
         hosts = list(env.hosts)
         size = len(hosts) if env.strategy == "all-or-nothing" else env.batch_size
         done: dict[str, tuple[str, HostState]] = {}
-        for start in range(0, len(hosts), size):
-            batch = hosts[start : start + size]
-            try:
+        try:
+            for start in range(0, len(hosts), size):
+                batch = hosts[start : start + size]
                 done.update(self._release_batch(batch, version, reuse, outcome, states))
-            except DeployError:
-                earlier = [h for h in hosts if h.name in done]
-                for host in earlier:  # rolling mode: earlier batches go back too
-                    self._try(host, lambda h: self._switch_back(h, done[h.name][1]))
-                    self._try(host, lambda h: self._undo_prepare(h, *done[h.name], reuse))
-                raise
+            self._confirm_lock(f"recording {version} as live")
+        except DeployError:
+            earlier = [h for h in hosts if h.name in done]
+            for host in earlier:  # rolling mode, or a lost lock: switched hosts go back too
+                self._try(host, lambda h: self._switch_back(h, done[h.name][1]))
+                self._try(host, lambda h: self._undo_prepare(h, version, *done[h.name], reuse))
+            raise
 
         # Commit: every host switched; record it, then let the old colour drain and stop.
         def commit(host: Host) -> None:
@@ -750,8 +776,12 @@ class Orchestrator:
         env = self.environment
         self._t0 = time.monotonic()
         outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, requested)
+        outcome.skipped = self.skipped
         self.outcome = outcome
-        token = new_id() + new_id()
+        if self.skipped:
+            self.step("*", "partial", f"only {[h.name for h in env.hosts]}; skipped on purpose: "
+                      f"{self.skipped} (the next full {action} brings them in line)")  # fmt: skip
+        lock = self.new_lock(outcome)
         try:
             planned = self._plan(outcome, version_for, approve, confirm, force)
             if planned is None:
@@ -760,16 +790,35 @@ class Orchestrator:
                 self._finish(outcome)
                 return outcome
             version, reuse = planned
-            self._acquire(outcome, token)
+            lock.acquire(self.holder(outcome))
         except (DeployError, RemoteError, StateError) as exc:
+            lock.close()
             outcome.result, outcome.detail = "refused", self.redact(str(exc))
             self._finish(outcome)
             raise DeployError(outcome.detail) from None
-        stop, lost = threading.Event(), list[str]()
-        heartbeat = threading.Thread(
-            target=self._heartbeat, args=(token, stop, lost), name="lock-heartbeat", daemon=True
-        )
-        heartbeat.start()
+        self._lock = lock
+        try:
+            with lock.heartbeat():
+                self._under_lock(action, version, reuse, version_for, outcome)
+        finally:
+            self._lock = None
+            lock.release()
+            lock.close()
+        self._finish(outcome)
+        if outcome.result != "ok":
+            raise DeployError(outcome.detail)
+        return outcome
+
+    def _under_lock(
+        self,
+        action: str,
+        version: str,
+        reuse: bool,
+        version_for: Callable[[dict[str, HostState]], tuple[str, bool]],
+        outcome: Outcome,
+    ) -> None:
+        """The release itself, once locked; its result and detail go into `outcome`."""
+        env = self.environment
         try:
             states = self.inspect()
             if action == "rollback":  # states may have changed while we waited for the lock
@@ -783,18 +832,11 @@ class Orchestrator:
                 self._benchmark_gate(version, outcome, states)
         except RegressionError as exc:
             outcome.result, outcome.detail = exc.result, self.redact(str(exc))
+        except LockLostError as exc:
+            outcome.result = "failed"
+            outcome.detail = self.redact(f"{exc}: stopped there, and undid what it had changed")
         except (DeployError, RemoteError, StateError, ValueError) as exc:
             outcome.result, outcome.detail = "failed", self.redact(str(exc))
-        finally:
-            stop.set()
-            heartbeat.join()
-            self._release(env.hosts, token)
-        if lost:
-            outcome.detail += f" (lock was force-released on {sorted(set(lost))} meanwhile)"
-        self._finish(outcome)
-        if outcome.result != "ok":
-            raise DeployError(outcome.detail)
-        return outcome
 
     def _finish(self, outcome: Outcome) -> None:
         outcome.seconds = round(time.monotonic() - self._t0, 3)
@@ -986,13 +1028,16 @@ class Orchestrator:
         outcome = Outcome(new_id(), "prune", self.environment.name, current_user(), now_iso(),
                           {}, None)  # fmt: skip
         self.outcome = outcome
-        token = new_id() + new_id()
-        self._acquire(outcome, token)
+        lock = self.new_lock(outcome)
         try:
-            _, failures = self._parallel(self.environment.hosts, self._prune)
-            states, more = self._parallel(self.environment.hosts, self.read_state)
+            lock.acquire(self.holder(outcome))
+            try:
+                _, failures = self._parallel(self.environment.hosts, self._prune)
+                states, more = self._parallel(self.environment.hosts, self.read_state)
+            finally:
+                lock.release()
         finally:
-            self._release(self.environment.hosts, token)
+            lock.close()
         failures.update(more)
         outcome.result = "failed" if failures else "ok"
         outcome.detail = self._failures_text(failures)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import paramiko
+import tenacity
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 
@@ -36,6 +37,10 @@ class RemoteError(RuntimeError):
 
 class UnreachableError(RemoteError):
     """No SSH session: refused, timed out, dropped, or the host key did not match."""
+
+    def __init__(self, host: str, message: str, *, transient: bool = True) -> None:
+        super().__init__(host, message)
+        self.transient = transient  # worth another try (not a changed key or refused login)
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,14 @@ class HostRunner:
         except paramiko.BadHostKeyException as exc:
             connection.client.close()
             raise UnreachableError(
-                self.name, f"host key changed for {exc.hostname}: refusing to connect"
+                self.name,
+                f"host key changed for {exc.hostname}: refusing to connect",
+                transient=False,
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            connection.client.close()
+            raise UnreachableError(
+                self.name, self.redact(f"login refused: {exc}"), transient=False
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             # Connection.close() does nothing for a connection that never opened, and paramiko's
@@ -118,12 +130,22 @@ class HostRunner:
         return connection
 
     def connection(self) -> Connection:
+        """The open connection, or a new one: a connect that fails on something transient
+        (refused, timed out, reset) is tried again with backoff, `ssh.connect_attempts` times."""
         with self._guard:
             current = self._connection
             if current is None or not current.is_connected:
                 if current is not None:
                     current.close()
-                self._connection = self._connect()
+                retrying = tenacity.Retrying(
+                    stop=tenacity.stop_after_attempt(self.environment.ssh.connect_attempts),
+                    wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+                    retry=tenacity.retry_if_exception(
+                        lambda exc: isinstance(exc, UnreachableError) and exc.transient
+                    ),
+                    reraise=True,
+                )
+                self._connection = retrying(self._connect)
             return self._connection
 
     def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from imdb_deploy.bluegreen import cli as deploy_cli
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment
-from imdb_deploy.bluegreen.orchestrator import DeployError, Orchestrator
+from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import Orchestrator
 from imdb_deploy.engine import local, registry
 from imdb_deploy.monitoring.stack import MonitoringError, MonitoringStack
 from imdb_deploy.sandbox.fleet import Fleet
