@@ -239,6 +239,7 @@ def test_audit_entry_is_the_outcome_without_its_events() -> None:
         "to_digest": None,
         "signed_by": "",
         "release": None,
+        "skipped": [],  # every host: not a --partial release
         "result": "failed",
         "detail": "prepare failed",
         "seconds": 12.5,
