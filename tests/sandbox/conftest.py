@@ -286,6 +286,9 @@ def environment_toml(
         # every request to 0, and a broken release fails far above this.
         "benchmark": "seconds = 1\nconnections = 2\np95_tolerance = 1.0\np95_slack_ms = 25\n"
         "min_requests = 10\nmax_error_rate = 0.005",
+        # Podman tries a pull 3 times in about 3 s itself; with these, a registry is given about
+        # 20 s to come back (test_sandbox_faults.py takes it down for 6).
+        "pull": "attempts = 4\nbackoff_s = 1\nmax_backoff_s = 4\nmin_free_mb = 256",
     }
     if signing_key:
         settings["signing"] = (

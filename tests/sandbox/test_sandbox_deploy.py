@@ -127,13 +127,17 @@ def test_a_broken_release_leaves_the_previous_one_serving(
     sandbox.ensure_live(sandbox.releases.v1)
     deployer = sandbox.orchestrator()
     try:
+        broken = getattr(sandbox.releases, role)
         with pytest.raises(DeployError, match=reason):
-            deployer.deploy(getattr(sandbox.releases, role))
-        # Nothing of the broken release is left running.
+            deployer.deploy(broken)
+        # Nothing of the broken release is left running, nor its image on the disk.
+        image = sandbox.environment.image_ref(broken, deployer.digests.get(broken))
         for host in sandbox.environment.hosts:
-            listing = deployer.runners[host.name].run(commands.list_containers(sandbox.environment))
+            runner = deployer.runners[host.name]
+            listing = runner.run(commands.list_containers(sandbox.environment))
             running = [c for c in json.loads(listing.stdout or "[]") if c["State"] == "running"]
             assert len(running) == 1, running
+            assert not runner.run(commands.image_exists(image), check=False).ok, image
     finally:
         deployer.close()
     sandbox.assert_settled(sandbox.releases.v1, "failed")

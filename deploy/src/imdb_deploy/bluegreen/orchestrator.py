@@ -393,7 +393,7 @@ class Orchestrator:
                 if not fetched.ok:
                     raise DeployError(
                         f"{host.name}: signatures of {digest} not fetched: "
-                        f"{fetched.stderr.strip()}"
+                        f"{_cause(fetched.stderr)}"
                     )
                 self.step(host.name, "signatures", fetched.stdout.strip())
             pulled = self._pull_step(
@@ -406,7 +406,7 @@ class Orchestrator:
                     "images: `podman image prune -a`) or give the engine a larger disk"
                 )
             if not pulled.ok:
-                raise DeployError(f"{host.name}: pull of {image} refused: {pulled.stderr.strip()}")
+                raise DeployError(f"{host.name}: pull of {image} refused: {_cause(pulled.stderr)}")
             self.step(host.name, "image", f"{image} {pulled.stdout.strip()}")
             values = env.app_environment(self.environ)
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
@@ -437,7 +437,7 @@ class Orchestrator:
 
         def report(state: tenacity.RetryCallState) -> None:
             failed = state.outcome.result() if state.outcome else None
-            reason = failed.stderr.strip().splitlines()[-1][:200] if failed else ""
+            reason = _cause(failed.stderr)[-200:] if failed else ""
             wait = state.next_action.sleep if state.next_action else 0
             self.step(
                 host.name, f"{what} retry",
@@ -475,7 +475,8 @@ class Orchestrator:
         removed = f"{colour} removed"
         if version not in state.releases:
             image = self.environment.image_ref(version, self.digests.get(version))
-            if runner.run(commands.remove_image(image), check=False).ok:
+            remove = f"{commands.image_exists(image)} && {commands.remove_image(image)}"
+            if runner.run(remove, check=False).ok:
                 removed += f", image of {version} pruned"
         self.step(host.name, "undone", removed)
 
@@ -1148,6 +1149,12 @@ class Orchestrator:
              "detail": f"{reason or 'forced'}; released: {released or 'no lock was held'}"}
         )  # fmt: skip
         return released
+
+
+def _cause(stderr: str) -> str:
+    """The last line of a failed engine command: its error, after any retry warnings."""
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else "(no message)"
 
 
 def served_release(model_info: str) -> dict[str, object]:

@@ -67,6 +67,8 @@ def _private_key(text: str) -> paramiko.PKey:
 class HostRunner:
     """One SSH connection to one host, opened on first use and reopened after a drop."""
 
+    connect_backoff_s = 0.5  # before the second connect; doubles (a blip is over in a second)
+
     def __init__(
         self,
         environment: Environment,
@@ -139,7 +141,7 @@ class HostRunner:
                     current.close()
                 retrying = tenacity.Retrying(
                     stop=tenacity.stop_after_attempt(self.environment.ssh.connect_attempts),
-                    wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+                    wait=tenacity.wait_exponential(multiplier=self.connect_backoff_s, max=4),
                     retry=tenacity.retry_if_exception(
                         lambda exc: isinstance(exc, UnreachableError) and exc.transient
                     ),
