@@ -182,16 +182,84 @@ def test_workers_share_the_port_and_aggregate_metrics(
     assert refused(server.port)
 
 
-def test_a_dying_worker_stops_the_service(start_server: StartServer, artifact: Path) -> None:
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The supervisor's worker processes (spawned children), oldest first."""
+    pid = server.process.pid
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def restarts(server: ServerProcess) -> float:
+    """imdb_api_worker_restarts_total, as any worker answers it (-1: the connection was reset,
+    it had been accepted by a worker just killed)."""
+    try:
+        metrics = http(server.url + "/metrics").body.decode()
+    except OSError:
+        return -1.0
+    line = next(x for x in metrics.splitlines() if x.startswith("imdb_api_worker_restarts_total "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_dying_worker_is_replaced_while_the_other_keeps_answering(
+    start_server: StartServer, artifact: Path
+) -> None:
     server = start_server("--artifact", str(artifact), "--workers", "2")
     server.wait_ready()
-    children = [
-        int(pid)
-        for pid in Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-        .read_text()
-        .split()
-    ]
-    workers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    assert len(workers) == 2
-    os.kill(workers[0], signal.SIGKILL)
+    first = worker_pids(server)
+    assert len(first) == 2
+    assert restarts(server) == 0
+
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:  # a new connection per request, bounded in time and count
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline and len(answers) < 20_000:
+            try:
+                answers.append(http(server.url + "/predict", MOVIE).status)
+            except OSError:
+                answers.append(0)  # reset: it was queued on the killed worker's socket
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        time.sleep(0.5)
+        os.kill(first[0], signal.SIGKILL)
+        killed_at = len(answers)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = worker_pids(server)
+            if len(pids) == 2 and first[0] not in pids and restarts(server) == 1:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # the new worker loads its model and joins the port
+    finally:
+        stop.set()
+        loader.join()
+    assert server.process.poll() is None, "the service stopped"
+    replaced = worker_pids(server)
+    assert first[1] in replaced
+    assert len(replaced) == 2
+    assert restarts(server) == 1
+    after = answers[killed_at:]
+    # Only what the killed worker had accepted fails; the rest is answered (by either worker).
+    assert after.count(200) >= 50, after[:20]
+    assert after.count(0) <= 5, after.count(0)
+    assert set(after) <= {200, 0}
+    assert server.terminate() == 0
+
+
+def test_a_crash_loop_stops_the_service(start_server: StartServer, artifact: Path) -> None:
+    server = start_server(
+        "--artifact", str(artifact), "--workers", "2",
+        env={"IMDB_API_WORKER_RESTART_LIMIT": "1", "IMDB_API_WORKER_RESTART_WINDOW_S": "60"},
+    )  # fmt: skip
+    server.wait_ready()
+    os.kill(worker_pids(server)[0], signal.SIGKILL)  # replaced: the one restart allowed
+    deadline = time.monotonic() + 30
+    while restarts(server) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(worker_pids(server)[0], signal.SIGKILL)  # a second death within the window
     assert server.process.wait(30) == 1
+    assert b"crash loop: stopping the service" in server.log.read_bytes()

@@ -13,6 +13,7 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -25,7 +26,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.registry import Collector
 
@@ -68,6 +74,41 @@ class ModelCollector(Collector):
             yield info
 
 
+# The supervisor keeps its count of replaced workers in this file of the multiprocess directory;
+# whichever worker answers /metrics reads it (the supervisor serves nothing itself).
+RESTARTS_FILE: Final[str] = "worker-restarts"
+
+
+def record_restarts(count: int) -> None:
+    """The supervisor's side: write the number of workers it replaced (atomically)."""
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if directory:
+        temporary = Path(directory) / f".{RESTARTS_FILE}.tmp"
+        temporary.write_text(str(count))
+        temporary.replace(Path(directory) / RESTARTS_FILE)
+
+
+class RestartsCollector(Collector):
+    """`imdb_api_worker_restarts_total`: workers the supervisor replaced since it started
+    (0 with one worker, which runs without a supervisor: its container's restart policy is what
+    brings it back)."""
+
+    def collect(self) -> Iterator[Metric]:
+        """The supervisor's count, read at scrape time."""
+        count = 0.0
+        directory = os.environ.get(MULTIPROCESS_ENV)
+        if directory:
+            try:
+                count = float((Path(directory) / RESTARTS_FILE).read_text().strip() or 0)
+            except (OSError, ValueError):
+                count = 0.0
+        yield CounterMetricFamily(
+            "imdb_api_worker_restarts",
+            "Worker processes that died and were replaced by the supervisor",
+            value=count,
+        )
+
+
 class Metrics:
     """The service's metrics and their exposition."""
 
@@ -80,6 +121,7 @@ class Metrics:
         if self.multiprocess:
             multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.registry.register(ModelCollector(state))
+        self.registry.register(RestartsCollector())
         self.requests = Counter(
             "imdb_api_requests",
             "HTTP requests by route template, method and status code",

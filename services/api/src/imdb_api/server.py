@@ -31,7 +31,7 @@ import uvicorn
 
 from imdb_api.app import create_app
 from imdb_api.logs import configure_logging
-from imdb_api.metrics import MULTIPROCESS_ENV, mark_worker_dead
+from imdb_api.metrics import MULTIPROCESS_ENV, mark_worker_dead, record_restarts
 from imdb_api.settings import Settings
 
 logger = logging.getLogger("imdb_api.server")
@@ -135,11 +135,31 @@ def _worker_entry(settings: Settings) -> None:  # pragma: no cover (runs in spaw
     raise SystemExit(run_worker(settings, reuse_port=True))
 
 
-def run_supervisor(settings: Settings) -> int:
-    """Start `settings.workers` worker processes; on SIGTERM drain them all, then exit.
+class CrashLoop:
+    """The supervisor's restart budget: `limit` replacements within any `window_s`."""
 
-    Exits 0 when every worker drained cleanly, 1 when a worker failed or died on its own (the
-    others are then stopped too: a half-dead service should be restarted by its orchestrator).
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit, self.window_s = limit, window_s
+        self.restarts: list[float] = []  # when each replacement happened (monotonic)
+
+    def allow(self, now: float) -> bool:
+        """Record a replacement at `now` if the budget allows it; False: a crash loop."""
+        recent = [t for t in self.restarts if now - t < self.window_s]
+        if len(recent) >= self.limit:
+            return False
+        self.restarts.append(now)
+        return True
+
+
+def run_supervisor(settings: Settings) -> int:
+    """Start `settings.workers` worker processes and keep them running; on SIGTERM drain them
+    all, then exit.
+
+    A worker that dies on its own is replaced (its slot gets a new process; the others keep
+    serving), and counted in `imdb_api_worker_restarts_total`. More than
+    `worker_restart_limit` replacements within `worker_restart_window_s` is a crash loop: the
+    service stops (exit 1) and its container's restart policy, with its own backoff, takes over.
+    Exits 0 when every worker drained cleanly on SIGTERM.
     """
     configure_logging(settings.log_level)
     metrics_dir = tempfile.mkdtemp(prefix="imdb-api-metrics-")
@@ -152,22 +172,42 @@ def run_supervisor(settings: Settings) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
     context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker_entry, args=(settings,), name=f"imdb-api-worker-{i}")
-        for i in range(settings.workers)
-    ]
+
+    def new_worker(slot: int) -> multiprocessing.process.BaseProcess:
+        worker = context.Process(
+            target=_worker_entry, args=(settings,), name=f"imdb-api-worker-{slot}"
+        )
+        worker.start()
+        return worker
+
+    budget = CrashLoop(settings.worker_restart_limit, settings.worker_restart_window_s)
+    workers: list[multiprocessing.process.BaseProcess] = []
     failed = False
     try:
-        for worker in workers:
-            worker.start()
+        record_restarts(0)
+        workers = [new_worker(slot) for slot in range(settings.workers)]
         while not stop.wait(0.2):
-            dead = [w for w in workers if not w.is_alive()]
-            if dead:
+            dead = [(slot, w) for slot, w in enumerate(workers) if not w.is_alive()]
+            for slot, worker in dead:
+                if stop.is_set():
+                    break
+                mark_worker_dead(worker.pid or 0)
+                if not budget.allow(time.monotonic()):
+                    logger.error(
+                        "crash loop: stopping the service",
+                        extra={"restarts": len(budget.restarts), "pid": worker.pid,
+                               "code": worker.exitcode, "window_s": budget.window_s},
+                    )  # fmt: skip
+                    failed = True
+                    break
+                workers[slot] = new_worker(slot)
+                record_restarts(len(budget.restarts))
                 logger.error(
-                    "worker exited on its own; stopping the service",
-                    extra={"pids": [w.pid for w in dead], "codes": [w.exitcode for w in dead]},
-                )
-                failed = True
+                    "worker died; replaced",
+                    extra={"pid": worker.pid, "code": worker.exitcode,
+                           "new_pid": workers[slot].pid, "restarts": len(budget.restarts)},
+                )  # fmt: skip
+            if failed:
                 break
         for worker in workers:
             if worker.is_alive() and worker.pid is not None:

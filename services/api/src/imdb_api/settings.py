@@ -33,6 +33,15 @@ class Settings(BaseSettings):
         le=64,
         description="server processes sharing the port (SO_REUSEPORT); metrics are aggregated",
     )
+    worker_restart_limit: int = Field(
+        default=5,
+        ge=0,
+        description="a worker that dies is replaced, unless this many were replaced within "
+        "`worker_restart_window_s` (a crash loop): then the service stops, exit 1",
+    )
+    worker_restart_window_s: float = Field(
+        default=60.0, gt=0, description="the window of the crash-loop limit, in seconds"
+    )
     max_batch: int = Field(
         default=1000, ge=1, description="most movies in one /predict/batch request (more: 413)"
     )
