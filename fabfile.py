@@ -78,6 +78,17 @@ def unlock(c: Context, env: str = DEFAULT_ENV, reason: str = "") -> None:
     _run("unlock", env, reason=reason)
 
 
+@task(help={"env": "environment name",
+            "fingerprint": "expected SHA256 fingerprint(s), comma-separated, from the hosts "
+            "themselves; without: confirm each key shown, in a terminal"})  # fmt: skip
+def trust(c: Context, env: str = DEFAULT_ENV, fingerprint: str = "") -> None:
+    """Show each host's SSH key fingerprints and pin the confirmed ones (changed keys refused)."""
+    expected = [f"--fingerprint={item.strip()}" for item in fingerprint.split(",") if item.strip()]
+    code = cli.main(["trust", *expected, env])
+    if code != 0:
+        raise Exit(code=code)
+
+
 @task(help={"env": "environment name"})
 def setup(c: Context, env: str = DEFAULT_ENV) -> None:
     """Prepare the hosts: engine, nginx and directories (safe to run again)."""

@@ -27,6 +27,9 @@ import pytest
 from fabric import Config, Connection
 from invoke.exceptions import UnexpectedExit
 
+from imdb_deploy.bluegreen import hostkeys
+from imdb_deploy.bluegreen.config import Environment, Redactor
+from imdb_deploy.bluegreen.runner import HostRunner
 from imdb_deploy.engine import podman
 from imdb_deploy.engine.processes import wait_until
 from imdb_deploy.engine.registry import LocalRegistry
@@ -229,6 +232,70 @@ def test_a_changed_host_key_is_refused(fleet: Fleet, tmp_path: Path) -> None:
     with pytest.raises(paramiko.BadHostKeyException):
         connection.open()
     connection.client.close()
+
+
+def trusting(fleet: Fleet, known_hosts: Path) -> Environment:
+    """An environment of the fleet's hosts whose pinned keys are `known_hosts`."""
+    return Environment.model_validate({
+        "name": "trust-test", "sandbox": True, "image": "127.0.0.1:5000/x",
+        "deploy_root": str(known_hosts.parent / "roots"),
+        "ssh": {"known_hosts": str(known_hosts), "port": fleet.hosts[0].ssh_port,
+                "identity_file": str(fleet.identity_file), "connect_timeout_s": 5},
+        "hosts": [{"name": h.name, "address": h.address} for h in fleet.hosts],
+    })  # fmt: skip
+
+
+def host_fingerprint(fleet: Fleet, host: SandboxHost) -> str:
+    """What the host's console would say: ssh-keygen -l of its public key file."""
+    public = fleet.host_dir(host) / "ssh_host_ed25519_key.pub"
+    listing = subprocess.run(
+        ["ssh-keygen", "-lf", str(public)], capture_output=True, text=True, check=True
+    ).stdout
+    return listing.split()[1]
+
+
+def test_trust_pins_a_host_only_with_its_fingerprint_and_never_a_changed_key(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    environment = trusting(fleet, known_hosts)
+    first, second = fleet.hosts
+    right = host_fingerprint(fleet, first)
+
+    # Nobody confirmed (no terminal) and no fingerprint given: shown, not pinned.
+    verdicts = hostkeys.trust(environment, confirm=None)
+    assert all(v.refused and "not pinned" in v.result for v in verdicts)
+    assert right in {key.fingerprint for key in verdicts[0].offered}
+    assert not known_hosts.exists()
+
+    # The expected fingerprint pins exactly that host's key; a wrong one pins nothing.
+    verdicts = hostkeys.trust(environment, expected=[right], confirm=None)
+    assert [v.result.split(":")[0] for v in verdicts] == ["pinned now", "refused"]
+    assert "not the expected" in verdicts[1].result
+    assert known_hosts.stat().st_mode & 0o777 == 0o600
+    runner = HostRunner(environment, environment.hosts[0], Redactor([]), {})
+    try:
+        assert runner.run("echo connected").stdout == "connected\n"  # the pin is what SSH uses
+    finally:
+        runner.close()
+    before = known_hosts.read_text()
+    assert hostkeys.trust(environment, expected=[right], confirm=None)[0].result == (
+        "pinned already"
+    )
+    assert known_hosts.read_text() == before  # idempotent
+
+    # Host one's address pinned with host two's key: what a rebuilt host or an impostor shows.
+    other_key = (fleet.host_dir(second) / "ssh_host_ed25519_key.pub").read_text()
+    known_hosts.write_text(
+        fleet_module.known_hosts_line(first.address, first.ssh_port, other_key) + "\n"
+    )
+    changed = hostkeys.trust(environment, expected=[right], confirm=lambda prompt: True)[0]
+    assert changed.refused
+    assert "its host key CHANGED" in changed.result
+    assert host_fingerprint(fleet, second) in changed.result  # what was pinned
+    assert right in changed.result  # what it offers now
+    assert "Nothing was changed" in changed.result
+    assert known_hosts.read_text().count("\n") == 1  # the old pin stays; nothing was added
 
 
 def test_dropped_connections_and_a_stopped_listener(fleet: Fleet) -> None:

@@ -17,6 +17,9 @@ audit ENV [--limit N]                     the newest audit entries
 lock ENV                                  who holds the deploy lock, until when
 unlock ENV [--reason TEXT]                force-release the lock (audited)
 setup ENV                                 prepare the hosts (safe to repeat)
+trust ENV [--fingerprint SHA256:...]      show each host's SSH key fingerprints; pin the new
+                                          ones in known_hosts when they match, or when you
+                                          confirm them in a terminal; refuse changed keys
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from imdb_deploy import notify
+from imdb_deploy.bluegreen import hostkeys
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment, load_environment
 from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.orchestrator import Orchestrator, Outcome
@@ -297,6 +301,17 @@ def narrowed(
     return only, [host.name for host in environment.hosts if host.name not in kept]
 
 
+def trust(environment: Environment, fingerprints: Sequence[str]) -> int:
+    """`trust`: each host's verdict on a line (its fingerprints below); 1 if any was refused."""
+    verdicts = hostkeys.trust(environment, expected=fingerprints)
+    for verdict in verdicts:
+        print(f"{verdict.host} ({verdict.name}): {verdict.result.splitlines()[0]}")
+        for key in verdict.offered:
+            print(f"    {key.kind} {key.fingerprint}")
+    print(f"known_hosts: {environment.ssh.known_hosts}")
+    return 1 if any(verdict.refused for verdict in verdicts) else 0
+
+
 def run(action: str, environment: Environment, **options: Any) -> int:
     """Run one action; returns the process exit code."""
     environment, skipped = narrowed(environment, options.get("hosts"), bool(options.get("partial")))
@@ -363,6 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     actions.add_parser("lock")
     actions.add_parser("unlock").add_argument("--reason", default="")
     actions.add_parser("setup")
+    actions.add_parser("trust").add_argument(
+        "--fingerprint", action="append", default=[], metavar="SHA256:...",
+        help="a host key fingerprint you have from the host itself (its console, its "
+        "provider); repeat for several hosts. Without it, you confirm each key in a terminal",
+    )  # fmt: skip
     for sub in actions.choices.values():
         sub.add_argument("environment", help="a name in deploy/environments, or a .toml path")
     pruning = actions.add_parser("prune")
@@ -373,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.action == "prune":
             return prune([load_environment(name) for name in args.environments], args.keep)
         environment = load_environment(args.environment)
+        if args.action == "trust":
+            return trust(environment, args.fingerprint)
         options = {k: v for k, v in vars(args).items() if k not in ("action", "environment")}
         return run(args.action, environment, **options)
     except (ConfigError, CliError) as exc:
