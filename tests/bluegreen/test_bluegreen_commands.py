@@ -4,6 +4,7 @@ nginx's own `-t` on the generated config; and by parsing the container command l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -696,3 +697,14 @@ def test_only_registry_and_network_failures_are_worth_another_pull(
     stderr: str, transient: bool
 ) -> None:
     assert commands.transient_pull_error(stderr) is transient
+
+
+def test_a_private_registrys_login_goes_in_an_auth_file_the_pulls_name(tmp_path: Path) -> None:
+    text = commands.registry_auth("ghcr.io", "puller", "s3cret:with:colons")
+    token = json.loads(text)["auths"]["ghcr.io"]["auth"]
+    assert base64.b64decode(token).decode() == "puller:s3cret:with:colons"
+    authfile = PurePosixPath("/srv/mlops imdb/env/registry-auth.json")
+    pull = commands.ensure_image("ghcr.io/o/api@sha256:ab", 100, authfile)
+    assert "podman pull --quiet --authfile '/srv/mlops imdb/env/registry-auth.json' " in pull
+    assert "s3cret" not in pull  # never on a command line
+    assert "--authfile" not in commands.ensure_image("ghcr.io/o/api@sha256:ab", 100)

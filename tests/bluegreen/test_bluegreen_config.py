@@ -364,6 +364,23 @@ def test_lock_heartbeat_must_be_at_most_half_the_ttl(load: Loader) -> None:
     assert exactly_half.lock.heartbeat_s == 15
 
 
+def test_a_registry_login_names_both_variables_and_reads_them_at_deploy_time(
+    load: Loader,
+) -> None:
+    with pytest.raises(ConfigError, match=r"pull\.user_var and pull\.password_var go together"):
+        load("target", _with(base_data(), "pull", user_var="PULL_USER"))
+    with pytest.raises(ConfigError, match="String should match pattern"):
+        load("target", _with(base_data(), "pull", user_var="x y", password_var="P"))
+    environment = load(
+        "target", _with(base_data(), "pull", user_var="PULL_USER", password_var="PULL_TOKEN")
+    )
+    assert environment.registry_login({"PULL_USER": "u", "PULL_TOKEN": "t"}) == ("u", "t")
+    with pytest.raises(ConfigError, match=r"registry login not set .*\['PULL_TOKEN'\]"):
+        environment.registry_login({"PULL_USER": "u"})
+    assert "t0ken-value" in environment.secret_values({"PULL_TOKEN": "t0ken-value"})
+    assert load("target", base_data()).registry_login({}) is None
+
+
 @pytest.mark.parametrize(
     "change",
     [

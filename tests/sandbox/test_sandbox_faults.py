@@ -12,8 +12,12 @@ Each case ends on one release per host, serving, with the lock free and an audit
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import threading
@@ -22,7 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
+import yaml
 
 from imdb_deploy.bluegreen import cli, commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
@@ -97,27 +103,35 @@ def _answers(address: str) -> bool:
     connection = http.client.HTTPConnection(host, int(port), timeout=2)
     try:
         connection.request("GET", "/v2/")
-        return connection.getresponse().status == 200
+        return connection.getresponse().status in {200, 401}  # 401: it wants a login
     except OSError:
         return False
     finally:
         connection.close()
 
 
-@pytest.fixture
-def replica(sandbox: Sandbox, tmp_path: Path) -> Iterator[RegistryReplica]:
-    """The replica, running, with every test host's engine sent to it for the test releases
-    (a registries.conf entry for their namespace; the references, and so the signatures'
-    identities, stay the same). Both undone at the end."""
+@contextlib.contextmanager
+def serving_through_replica(
+    sandbox: Sandbox, directory: Path, htpasswd: Path | None = None, remap: bool = True
+) -> Iterator[RegistryReplica]:
+    """The replica running (behind a login when `htpasswd` is given). With `remap`, every test
+    host's engine is sent to it for the test releases: a registries.conf entry for their
+    namespace, so the references, and the signatures' identities, stay the same; without, the
+    hosts reach it only by its own address. All undone at the end."""
     address = f"{loopback(181 + worker_index())}:5000"
-    config = tmp_path / "replica.yml"
-    config.write_text(registry_config(registry_storage(sandbox.releases.registry), address))
-    registry = RegistryReplica(address, ManagedProcess("replica", tmp_path), config)
+    settings = yaml.safe_load(registry_config(registry_storage(sandbox.releases.registry), address))
+    if htpasswd is not None:
+        settings["auth"] = {"htpasswd": {"realm": "mlops-imdb-tests", "path": str(htpasswd)}}
+    config = directory / "replica.yml"
+    config.write_text(yaml.safe_dump(settings))
+    registry = RegistryReplica(address, ManagedProcess("replica", directory), config)
     image = sandbox.releases.image
     namespace, repository = image.rpartition("/")[0], image.partition("/")[2]
-    remap = (
+    entry = (
         f'\n[[registry]]\nprefix = "{namespace}"\n'
         f'location = "{address}/{namespace.partition("/")[2]}"\ninsecure = true\n'
+        if remap
+        else f'\n[[registry]]\nlocation = "{address}"\ninsecure = true\n'
     )
     files = [
         Path(sandbox.fleet.engine_env(host)["CONTAINERS_REGISTRIES_CONF"])
@@ -136,7 +150,7 @@ def replica(sandbox: Sandbox, tmp_path: Path) -> Iterator[RegistryReplica]:
     registry.start()
     try:
         for path, text in originals.items():
-            path.write_text(text + remap)
+            path.write_text(text + entry)
         yield registry
     finally:
         for path, text in originals.items():
@@ -144,6 +158,12 @@ def replica(sandbox: Sandbox, tmp_path: Path) -> Iterator[RegistryReplica]:
         for lookaside in lookasides:
             lookaside.unlink()
         registry.stop()
+
+
+@pytest.fixture
+def replica(sandbox: Sandbox, tmp_path: Path) -> Iterator[RegistryReplica]:
+    with serving_through_replica(sandbox, tmp_path) as registry:
+        yield registry
 
 
 def forget_release(sandbox: Sandbox, version: str) -> None:
@@ -211,6 +231,55 @@ def test_a_registry_down_for_good_fails_the_deploy_with_nothing_changed(
         deployer.close()
     assert time.monotonic() - started < 60  # bounded: attempts with backoff, then it gives up
     sandbox.assert_settled(live, "failed")
+
+
+def test_a_private_registry_is_refused_without_the_login_and_pulled_with_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The releases served by a registry that wants a login, at its own address (the image of
+    an environment that names no signing key: this case is about the login alone)."""
+    user, password = "puller", "pw-" + secrets.token_hex(12)
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{user}:{hashed}\n")
+    live, other = sandbox.live_and_other()
+    reader = sandbox.orchestrator()
+    try:
+        digest = reader._digest_of(other)  # the replica serves the same manifests
+    finally:
+        reader.close()
+    with serving_through_replica(sandbox, tmp_path, htpasswd, remap=False) as registry:
+        image = f"{registry.address}/{sandbox.releases.image.partition('/')[2]}"
+        public = sandbox.environment.model_copy(update={"image": image, "signing": None})
+        deployer = sandbox.orchestrator(public)
+        try:
+            with pytest.raises(DeployError, match="unauthorized"):
+                deployer.deploy(other, digest=digest)
+            assert deployer.outcome is not None
+            assert not [e for e in deployer.outcome.events if e.step.endswith(" retry")]
+        finally:
+            deployer.close()
+        sandbox.assert_settled(live, "failed")
+
+        pull = public.pull.model_copy(
+            update={"user_var": "E2E_PULL_USER", "password_var": "E2E_PULL_PASSWORD"}
+        )
+        private = public.model_copy(update={"pull": pull})
+        environ = {**os.environ, "E2E_PULL_USER": user, "E2E_PULL_PASSWORD": password}
+        deployer = sandbox.orchestrator(private, environ=environ)
+        try:
+            assert deployer.deploy(other, digest=digest).result == "ok"
+            for host in private.hosts:
+                auth = Path(str(private.layout(host).registry_auth_file))
+                assert auth.stat().st_mode & 0o777 == 0o600
+                token = json.loads(auth.read_text())["auths"][registry.address]["auth"]
+                assert base64.b64decode(token).decode() == f"{user}:{password}"
+            assert deployer.outcome is not None
+            logged = json.dumps(deployer.outcome.audit_entry()) + "\n".join(sandbox.lines)
+            assert password not in logged
+        finally:
+            deployer.close()
+    sandbox.assert_settled(other, "ok")
 
 
 # ---- disk ------------------------------------------------------------------------------------

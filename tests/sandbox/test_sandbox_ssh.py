@@ -369,6 +369,13 @@ def test_down_stops_containers_nginx_and_sshd_and_keeps_the_keys(
             )
             # As the deploy's setup step starts it: detached, it outlives the session.
             connection.run(f"nginx -c {layout.nginx_conf} -p {layout.nginx_dir}/", hide=True)
+        # nginx writes its PID file once its master has forked away: on a busy machine, a moment
+        # after the command returned.
+        assert wait_until(
+            lambda: fleet_module.nginx_master_pid(Path(layout.nginx_pid), layout.nginx_dir)
+            is not None,
+            timeout=10,
+        )
         nginx = fleet_module.nginx_master_pid(Path(layout.nginx_pid), layout.nginx_dir)
         assert nginx is not None
         sshd = fleet.status()[0]["pid"]

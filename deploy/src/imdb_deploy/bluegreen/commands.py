@@ -10,6 +10,7 @@ for them and installs the missing ones on Debian.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -220,7 +221,23 @@ def make_trust_directories(files: TrustFiles, layout: HostLayout) -> str:
     return "mkdir -p " + " ".join(q(directory) for directory in dirs)
 
 
-def fetch_signatures(environment: Environment, digest: str, layout: HostLayout) -> str:
+def registry_auth(registry: str, user: str, password: str) -> str:
+    """The auth file's text (containers-auth.json(5)): one login for `registry`. It goes to the
+    host by SFTP only, with mode 600."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps({"auths": {registry: {"auth": token}}}, indent=2) + "\n"
+
+
+def _authfile(authfile: PurePosixPath | None) -> str:
+    return f" --authfile {q(authfile)}" if authfile is not None else ""
+
+
+def fetch_signatures(
+    environment: Environment,
+    digest: str,
+    layout: HostLayout,
+    authfile: PurePosixPath | None = None,
+) -> str:
     """Copy the release's published signatures (its carrier image) into the host's lookaside
     directory. Prints `signatures fetched`, or `no signatures published` when the registry has
     no carrier for the digest (then the pull that follows is what refuses: the engine's policy;
@@ -230,7 +247,7 @@ def fetch_signatures(environment: Environment, digest: str, layout: HostLayout) 
     target = q(layout.signatures_dir)
     return (
         f"mkdir -p {target} && "
-        f"if out=$(podman pull --quiet {carrier} 2>&1 >/dev/null); then "
+        f"if out=$(podman pull --quiet{_authfile(authfile)} {carrier} 2>&1 >/dev/null); then "
         f"c=$(podman create {carrier} none) && "
         f'podman cp "$c":/{signing.CARRIER_ROOT}/. {target}/ ; status=$?; '
         f'podman rm "$c" >/dev/null; podman rmi {carrier} >/dev/null; '
@@ -299,17 +316,18 @@ def pull(image: str) -> str:
     return f"podman pull --quiet {q(image)}"
 
 
-def ensure_image(image: str, min_free_mb: int = 0) -> str:
+def ensure_image(image: str, min_free_mb: int = 0, authfile: PurePosixPath | None = None) -> str:
     """Pull unless present (a release tag never moves); prints `present` or `pulled`. Before a
     pull, the engine's storage must have `min_free_mb` free: else it says how much there is and
-    exits DISK_LOW, before a pull could fill the disk the running release writes to."""
+    exits DISK_LOW, before a pull could fill the disk the running release writes to. A private
+    registry's login comes from `authfile`."""
     free = "df -Pk \"$root\" | awk 'NR == 2 { print int($4 / 1024) }'"
     return (
         f"if podman image exists {q(image)}; then echo present; else "
         "root=$(podman info --format '{{.Store.GraphRoot}}') && "
         f'free=$({free}) && if [ "$free" -lt {int(min_free_mb)} ]; then '
         f'echo "only $free MB free in $root (the engine\'s storage)" >&2; exit {DISK_LOW}; fi && '
-        f"podman pull --quiet {q(image)} >/dev/null && echo pulled; fi"
+        f"podman pull --quiet{_authfile(authfile)} {q(image)} >/dev/null && echo pulled; fi"
     )
 
 

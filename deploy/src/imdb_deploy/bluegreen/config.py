@@ -198,6 +198,17 @@ class PullSettings(_Strict):
     min_free_mb: int = Field(
         default=2048, ge=0, description="refuse to pull when the engine's storage has less free"
     )
+    # A private registry: the names of the deployer's variables holding a read-only login (a
+    # GitHub secret each). Their values reach a host only by SFTP, into an auth file of mode 600
+    # that the pulls name (`--authfile`); never on a command line or in a log.
+    user_var: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    password_var: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> PullSettings:
+        if (self.user_var is None) != (self.password_var is None):
+            raise ValueError("pull.user_var and pull.password_var go together")
+        return self
 
 
 class BenchmarkSettings(_Strict):
@@ -364,7 +375,20 @@ class Environment(_Strict):
     def secret_values(self, environ: Mapping[str, str]) -> list[str]:
         """Every secret value this environment's deploy may touch, for redaction."""
         sources = [*self.app.secrets.values(), SSH_KEY_VAR]
+        if self.pull.password_var:
+            sources.append(self.pull.password_var)
         return [environ[source] for source in sources if environ.get(source)]
+
+    def registry_login(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
+        """(user, password) the hosts pull with, from the deployer's variables `[pull]` names;
+        None for a registry that needs no login."""
+        pull = self.pull
+        if pull.user_var is None or pull.password_var is None:
+            return None
+        missing = [var for var in (pull.user_var, pull.password_var) if not environ.get(var)]
+        if missing:
+            raise ConfigError(f"{self.name}: registry login not set in the environment: {missing}")
+        return environ[pull.user_var], environ[pull.password_var]
 
 
 def environment_path(name_or_path: str, directory: Path = ENVIRONMENTS_DIR) -> Path:

@@ -79,6 +79,11 @@ class HostLayout:
         return self.env_dir / f"{colour}.env"
 
     @property
+    def registry_auth_file(self) -> PurePosixPath:
+        """The registry login the pulls use (`--authfile`), mode 600 in the 700 env directory."""
+        return self.env_dir / "registry-auth.json"
+
+    @property
     def signatures_dir(self) -> PurePosixPath:
         return self.root / "signatures"
 

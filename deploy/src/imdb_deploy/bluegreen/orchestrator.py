@@ -26,12 +26,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import TypeVar
 
 import tenacity
 
 from imdb_deploy.bluegreen import commands, loadcheck
 from imdb_deploy.bluegreen.config import (
+    ConfigError,
     Environment,
     Host,
     Redactor,
@@ -382,13 +384,14 @@ class Orchestrator:
         else:
             digest = self.digests[version]
             image = env.image_ref(version, digest)
+            authfile = self._install_registry_login(host)
             if env.signing is not None:
                 if not digest:
                     raise DeployError(
                         f"{env.name} requires signed images, verified by digest; no digest is "
                         f"known for {version} (pass --digest, or deploy a release `images` built)"
                     )
-                fetch = commands.fetch_signatures(env, digest, layout)
+                fetch = commands.fetch_signatures(env, digest, layout, authfile)
                 fetched = self._pull_step(host, "signatures", fetch)
                 if not fetched.ok:
                     raise DeployError(
@@ -397,7 +400,7 @@ class Orchestrator:
                     )
                 self.step(host.name, "signatures", fetched.stdout.strip())
             pulled = self._pull_step(
-                host, "pull", commands.ensure_image(image, env.pull.min_free_mb)
+                host, "pull", commands.ensure_image(image, env.pull.min_free_mb, authfile)
             )
             if pulled.exit_code == commands.DISK_LOW:
                 raise DeployError(
@@ -427,6 +430,22 @@ class Orchestrator:
         self.step(host.name, "ready", f"{readiness.passes} consecutive passes")
         self._smoke(host, colour, version)
         return colour, state
+
+    def _install_registry_login(self, host: Host) -> PurePosixPath | None:
+        """Write the registry login `[pull]` names into the host's auth file (by SFTP, mode
+        600; the current values, so a rotated token takes effect at the next deploy); its path,
+        or None when the registry needs no login."""
+        try:
+            login = self.environment.registry_login(self.environ)
+        except ConfigError as exc:
+            raise DeployError(str(exc)) from None
+        if login is None:
+            return None
+        layout = self._layout(host)
+        registry = self.environment.image.partition("/")[0]
+        text = commands.registry_auth(registry, *login)
+        self.runners[host.name].put_text(layout.registry_auth_file, text, mode=0o600)
+        return layout.registry_auth_file
 
     def _pull_step(self, host: Host, what: str, command: str) -> Result:
         """Run a step that talks to the registry, again after a transient failure (refused,
@@ -982,6 +1001,8 @@ class Orchestrator:
                 runner.run(commands.install_packages(missing), timeout_s=900)
                 done.append(f"installed {missing}")
             runner.run(commands.make_directories(layout))
+            if self._install_registry_login(host) is not None:
+                done.append(f"registry login for {env.image.partition('/')[0]} (mode 600)")
             if env.signing is not None:
                 done.append(self._install_trust(host))
             if env.nginx.mode == "own":
