@@ -91,7 +91,9 @@ class RegistryReplica:
         self.process.start(["docker-registry", "serve", str(self.config)])
         deadline = time.monotonic() + 15
         while not _answers(self.address):
-            assert time.monotonic() < deadline, self.process.log_tail()
+            if time.monotonic() > deadline:
+                self.process.stop()
+                raise AssertionError(f"the replica did not answer:\n{self.process.log_tail()}")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -147,8 +149,8 @@ def serving_through_replica(
         signatures = sandbox.environment.layout(host).signatures_dir
         lookaside.write_text(signing.registries_d(f"{address}/{repository}", signatures))
         lookasides.append(lookaside)
-    registry.start()
     try:
+        registry.start()
         for path, text in originals.items():
             path.write_text(text + entry)
         yield registry
