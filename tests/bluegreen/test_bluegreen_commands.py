@@ -337,7 +337,7 @@ def test_run_container_argv(tmp_path: Path, colour: str, port: int) -> None:
         "--read-only",
         "--cap-drop=ALL",
         "--security-opt=no-new-privileges",
-        "--restart=no",
+        "--restart=on-failure:5",  # a crash is restarted by the engine; a deploy's stop is not
         "--stop-timeout=12",
         f"--env-file={layout.env_file(colour)}",
         "--env=IMDB_API_HOST=127.0.0.1",
@@ -348,6 +348,7 @@ def test_run_container_argv(tmp_path: Path, colour: str, port: int) -> None:
     ]:
         assert flag in argv
     assert str(layout.env_file(colour)).endswith(f"/env/{colour}.env")
+    assert commands.restart_policy(0) == "--restart=no"
     # Only the colour's address comes on the command line; every other setting via the file.
     assert [a for a in argv if a.startswith("--env=")] == [
         "--env=IMDB_API_HOST=127.0.0.1",

@@ -395,7 +395,7 @@ def run_container(
         "--read-only",
         "--cap-drop=ALL",
         "--security-opt=no-new-privileges",
-        "--restart=no",
+        restart_policy(environment.app.restart_attempts),
         f"--stop-timeout={int(environment.app.stop_timeout_s)}",
         f"--env-file={layout.env_file(colour)}",
         f"--env=IMDB_API_HOST={environment.app_bind(host)}",
@@ -404,6 +404,11 @@ def run_container(
         environment.image_ref(version, digest),
     ]
     return " ".join(q(arg) for arg in argv)
+
+
+def restart_policy(attempts: int) -> str:
+    """The engine restarts a container that exited with an error, `attempts` times at most."""
+    return f"--restart=on-failure:{attempts}" if attempts else "--restart=no"
 
 
 def start_container(name: str) -> str:

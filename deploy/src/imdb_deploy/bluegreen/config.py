@@ -144,6 +144,13 @@ class AppSettings(_Strict):
     stop_timeout_s: float = Field(
         default=30, gt=0, description="SIGTERM grace before the engine kills a container"
     )
+    restart_attempts: int = Field(
+        default=5,
+        ge=0,
+        description="a colour's container that exits with an error (a crash, the API's "
+        "crash-loop stop) is started again by the engine up to this many times (on-failure:N); "
+        "0: never. A stop by the deploy is no failure, so the kept colour stays stopped",
+    )
 
     @field_validator("ports")
     @classmethod
