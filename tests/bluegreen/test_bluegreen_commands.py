@@ -433,11 +433,11 @@ def test_nginx_ensure_running_starts_a_stopped_own_nginx_and_reloads_a_running_o
     own = f"-c {layout.nginx_conf} -p {layout.nginx_dir}/"
     command = commands.nginx_ensure_running(env, layout)
 
-    assert sh(command, env=path_env).returncode == 0  # no pid file: start
+    assert sh(command, env=path_env).stdout == "started\n"  # no pid file: start
     local(layout.nginx_pid).write_text("999999999\n")  # a pid that cannot be alive: start
-    assert sh(command, env=path_env).returncode == 0
+    assert sh(command, env=path_env).stdout == "started\n"
     local(layout.nginx_pid).write_text(f"{os.getpid()}\n")  # alive: reload
-    assert sh(command, env=path_env).returncode == 0
+    assert sh(command, env=path_env).stdout == "running\n"
     assert log.read_text().splitlines() == [own, own, f"-s reload {own}"]
 
 
@@ -447,7 +447,7 @@ def test_nginx_ensure_running_reloads_the_system_nginx(
     path_env, log = fake_nginx
     env = make_env(tmp_path, mode="system")
     result = sh(commands.nginx_ensure_running(env, env.layout(env.hosts[0])), env=path_env)
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode, result.stdout) == (0, "running\n"), result.stderr
     assert log.read_text().splitlines() == ["-s reload"]
 
 

@@ -193,8 +193,22 @@ def test_an_invalid_nginx_config_fails_the_switch_and_setup_repairs_it(sandbox: 
         with pytest.raises(DeployError, match="nginx refused the switch"):
             deployer.deploy(target)
         sandbox.assert_settled(live, "failed")
-        deployer.setup()  # rewrites the site config
+        changed = deployer.setup()  # rewrites the site config, and only that
+        assert changed == {sandbox.environment.hosts[0].name: [], victim.name: ["nginx site"]}
         deployer.deploy(target)
     finally:
         deployer.close()
     sandbox.assert_settled(target, "ok")
+
+
+def test_setup_a_second_time_changes_nothing_and_says_so(sandbox: Sandbox) -> None:
+    deployer = sandbox.orchestrator()
+    try:
+        deployer.setup()
+        sandbox.lines.clear()
+        assert deployer.setup() == {host.name: [] for host in sandbox.environment.hosts}
+    finally:
+        deployer.close()
+    ready = [line for line in sandbox.lines if "ready for deploys" in line]
+    assert len(ready) == len(sandbox.environment.hosts)
+    assert all(line.endswith("nothing changed") for line in ready), ready

@@ -171,14 +171,18 @@ def switch_upstream(environment: Environment, host: Host, layout: HostLayout, co
 
 
 def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
-    """Reload a running nginx, start a stopped one (own mode) — safe to repeat."""
+    """Reload a running nginx (prints `running`), start a stopped one (prints `started`); safe
+    to repeat."""
     if environment.nginx.mode == "system":
-        return "nginx -s reload || (command -v systemctl >/dev/null && systemctl start nginx)"
+        return (
+            "if nginx -s reload 2>/dev/null; then echo running; "
+            "else systemctl start nginx && echo started; fi"
+        )
     pid = q(layout.nginx_pid)
     return (
         f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
-        f"then {nginx_reload(environment, layout)}; "
-        f"else nginx {_nginx_args(environment, layout)}; fi"
+        f"then {nginx_reload(environment, layout)} && echo running; "
+        f"else nginx {_nginx_args(environment, layout)} && echo started; fi"
     )
 
 

@@ -45,6 +45,7 @@ from imdb_deploy.bluegreen.errors import (
     LockLostError,
     RegressionError,
 )
+from imdb_deploy.bluegreen.hostsetup import HostSetup
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result
@@ -987,60 +988,8 @@ class Orchestrator:
         return self._run("rollback", target, approve, confirm, requested=version)
 
     def setup(self) -> dict[str, list[str]]:
-        """Prepare every host (safe to repeat): tools present (installed on Debian as root),
-        directories, the nginx site with an upstream, nginx checked and running."""
-
-        def one(host: Host) -> list[str]:
-            env = self.environment
-            runner = self.runners[host.name]
-            layout = self._layout(host)
-            done = []
-            missing = runner.run(commands.check_tools()).stdout.split()
-            if missing:
-                self.step(host.name, "install", " ".join(missing))
-                runner.run(commands.install_packages(missing), timeout_s=900)
-                done.append(f"installed {missing}")
-            runner.run(commands.make_directories(layout))
-            if self._install_registry_login(host) is not None:
-                done.append(f"registry login for {env.image.partition('/')[0]} (mode 600)")
-            if env.signing is not None:
-                done.append(self._install_trust(host))
-            if env.nginx.mode == "own":
-                runner.put_text(layout.nginx_conf, commands.nginx_main_conf(env, layout))
-            runner.put_text(commands.site_path(env, layout), commands.site_conf(env, host, layout))
-            if not runner.run(f"test -s {commands.q(layout.upstream_conf)}", check=False).ok:
-                state = self.read_state(host)
-                colour = state.live or state.idle
-                runner.put_text(layout.upstream_conf, commands.upstream_conf(env, host, colour))
-            runner.run(commands.nginx_test(env, layout))
-            runner.run(commands.nginx_ensure_running(env, layout))
-            done.append(f"nginx on {env.http_address(host)}")
-            self.step(host.name, "ready for deploys", "; ".join(done))
-            return done
-
-        results, failures = self._parallel(self.environment.hosts, one)
-        if failures:
-            raise DeployError(f"setup failed: {self._failures_text(failures)}")
-        return results
-
-    def _install_trust(self, host: Host) -> str:
-        """The host's engine requires this environment's signature on its image repository:
-        the public key, policy.json (merged with the host's own) and the lookaside location."""
-        env, runner, layout = self.environment, self.runners[host.name], self._layout(host)
-        if env.signing is None:
-            raise DeployError(f"{env.name} names no signing key")
-        home = runner.run(commands.home_directory()).stdout
-        files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
-        fingerprint = self.trusted_key()  # read and checked once for all hosts
-        key = env.signing.public_key.read_text()
-        runner.run(commands.make_trust_directories(files, layout))
-        runner.put_text(files.public_key(env), key)
-        existing = runner.run(commands.read_file(files.policy)).stdout
-        policy = signing.merged_policy(existing, env.image, files.public_key(env))
-        runner.put_text(files.policy, policy)
-        registries_d = signing.registries_d(env.image, layout.signatures_dir)
-        runner.put_text(files.registries_d(env), registries_d)
-        return f"pulls of {env.image} require a signature by {fingerprint}"
+        """Prepare every host (safe to repeat: `hostsetup`); what changed per host."""
+        return HostSetup(self).run()
 
     def prune(self) -> set[str]:
         """Remove releases beyond `keep_releases` from every host, under the lock (a deploy
