@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import ConfigError, Host
 from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.runner import on_each
 from imdb_deploy.supply_chain import signing
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class HostSetup:
 
     def run(self) -> dict[str, list[str]]:
         """What changed per host ([]: nothing); DeployError naming the hosts that failed."""
-        results, failures = self.orchestrator._parallel(self.environment.hosts, self.one)
+        results, failures = on_each(self.environment.hosts, self.one)
         if failures:
             raise DeployError(f"setup failed: {self.orchestrator._failures_text(failures)}")
         return results

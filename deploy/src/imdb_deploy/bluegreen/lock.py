@@ -16,12 +16,11 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import Environment, Host
 from imdb_deploy.bluegreen.errors import DeployError, LockHeldError, LockLostError
-from imdb_deploy.bluegreen.runner import HostRunner, RemoteError
+from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, on_each
 
 Step = Callable[..., None]  # Orchestrator.step(host, step, detail="", ok=True)
 
@@ -61,20 +60,6 @@ class EnvironmentLock:
             self._runners[host.name] = self._runner_for(host)
         return self._runners[host.name]
 
-    def _each(self, hosts: Sequence[Host], work: Callable[[Host], str]) -> dict[str, str]:
-        """`work` on every host at once; what each returned, or its error's text."""
-        if not hosts:
-            return {}
-        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-            futures = {host.name: pool.submit(work, host) for host in hosts}
-        results = {}
-        for name, future in futures.items():
-            try:
-                results[name] = future.result()
-            except (RemoteError, DeployError) as exc:
-                results[name] = f"error: {exc}"
-        return results
-
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
@@ -84,52 +69,43 @@ class EnvironmentLock:
     def acquire(self, holder: Mapping[str, object]) -> None:
         """Take the lock on every host, or on none (LockHeldError names the holder)."""
         ttl = self.environment.lock.ttl_s
-        held: dict[str, str] = {}
+        name = self.environment.name
 
         def take(host: Host) -> str:
             sent = time.monotonic()
             command = commands.lock_acquire(self.environment.layout(host), holder, self.token, ttl)
             result = self._runner(host).run(command, check=False)
             if result.exit_code == commands.LOCK_HELD:
-                held[host.name] = result.stdout.strip()
-                return "held"
+                raise LockHeldError(
+                    f"{name} is locked by {result.stdout.strip()} (on {host.name}); wait for "
+                    f"it, or `fab unlock --env {name}` if that deploy is gone"
+                )
             if not result.ok:
                 raise RemoteError(host.name, f"lock failed: {result.stderr.strip()}")
             self._renewed[host.name] = sent
             return str(result.stdout)
 
-        taken = self._each(self.hosts, take)
-        failed = {
-            name: out for name, out in taken.items() if out == "held" or out.startswith("error")
-        }
-        if failed:
-            self.release([h for h in self.hosts if h.name not in failed])
-            if held:
-                name, record = next(iter(held.items()))
-                raise LockHeldError(
-                    f"{self.environment.name} is locked by {record} (on {name}); wait for it, "
-                    f"or `fab unlock --env {self.environment.name}` if that deploy is gone"
-                )
-            raise DeployError("; ".join(out.removeprefix("error: ") for out in failed.values()))
-        for name, output in taken.items():
+        taken, failures = on_each(self.hosts, take)
+        if failures:  # all or none: give back what was taken
+            self.release([host for host in self.hosts if host.name in taken])
+            held = [exc for exc in failures.values() if isinstance(exc, LockHeldError)]
+            raise held[0] if held else DeployError("; ".join(map(str, failures.values())))
+        for host_name, output in taken.items():
             if output.startswith("expired"):
                 stale = output.removeprefix("expired").strip()
-                self._step(name, "lock", f"took over an expired lock: {stale}")
+                self._step(host_name, "lock", f"took over an expired lock: {stale}")
         self._step("*", "locked", f"{len(taken)} host(s), expires after {ttl:g} s unless renewed")
 
     def release(self, hosts: Sequence[Host] | None = None) -> None:
         """Give the lock back where it is still ours (someone else's is left alone)."""
 
-        def give_back(host: Host) -> str:
+        def give_back(host: Host) -> None:
             command = commands.lock_release(self.environment.layout(host), self.token)
             self._runner(host).run(command)
-            return "released"
 
-        for name, out in self._each(self.hosts if hosts is None else hosts, give_back).items():
-            if out.startswith("error"):
-                self._step(
-                    name, "unlock", f"left to expire: {out.removeprefix('error: ')}", ok=False
-                )
+        _, failures = on_each(self.hosts if hosts is None else hosts, give_back)
+        for name, exc in failures.items():
+            self._step(name, "unlock", f"left to expire: {exc}", ok=False)
 
     # ---- keep and check ----------------------------------------------------------------------
 
@@ -138,29 +114,29 @@ class EnvironmentLock:
         lock = self.environment.lock
         timeout = renew_timeout_s(self.environment)
 
-        def one(host: Host) -> str:
+        def one(host: Host) -> str | None:
+            """Why the lock is lost on `host`; None once renewed. A failed renewal raises."""
             sent = time.monotonic()
             command = commands.lock_renew(self.environment.layout(host), self.token, lock.ttl_s)
             result = self._runner(host).run(command, timeout_s=timeout, check=False)
             if result.exit_code == commands.LOCK_HELD:
-                return "lost: released or taken over by someone else"
+                return "released or taken over by someone else"
             if result.exit_code == commands.LOCK_EXPIRED:
-                return "lost: it expired (not renewed within its TTL)"
+                return "it expired (not renewed within its TTL)"
             if not result.ok:
-                return f"error: {result.stderr.strip()[-200:]}"
+                raise RemoteError(host.name, result.stderr.strip()[-200:])
             self._renewed[host.name] = sent
-            return "renewed"
+            return None
 
         with self._guard:
             pending = [host for host in self.hosts if host.name not in self.lost]
-            for name, out in self._each(pending, one).items():
-                if out.startswith("lost: "):
-                    self.lost[name] = out.removeprefix("lost: ")
-                elif out.startswith("error"):
-                    # Unconfirmed: still ours unless a whole TTL passed since the last renewal.
-                    silent = time.monotonic() - self._renewed.get(name, 0.0)
-                    if silent >= lock.ttl_s:
-                        self.lost[name] = f"not renewed for {silent:.0f} s ({out})"
+            verdicts, failures = on_each(pending, one)
+            self.lost.update({name: why for name, why in verdicts.items() if why is not None})
+            for name, exc in failures.items():
+                # Unconfirmed: still ours unless a whole TTL passed since the last renewal.
+                silent = time.monotonic() - self._renewed.get(name, 0.0)
+                if silent >= lock.ttl_s:
+                    self.lost[name] = f"not renewed for {silent:.0f} s (error: {exc})"
             return dict(self.lost)
 
     def confirm(self, before: str) -> None:

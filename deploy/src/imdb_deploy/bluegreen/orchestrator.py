@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import TypeVar
@@ -48,7 +47,7 @@ from imdb_deploy.bluegreen.errors import (
 from imdb_deploy.bluegreen.hostsetup import HostSetup
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
-from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result
+from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result, on_each
 from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
 from imdb_deploy.images.retention import RegistryClient, RetentionError
 from imdb_deploy.supply_chain import signing
@@ -173,23 +172,6 @@ class Orchestrator:
         if self._on_step is not None:
             self._on_step(host, step)
 
-    def _parallel(
-        self, hosts: Sequence[Host], work: Callable[[Host], T]
-    ) -> tuple[dict[str, T], dict[str, Exception]]:
-        """Run `work` per host concurrently; results and failures by host name."""
-        results: dict[str, T] = {}
-        failures: dict[str, Exception] = {}
-        if not hosts:
-            return results, failures
-        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-            futures = {host.name: pool.submit(work, host) for host in hosts}
-            for name, future in futures.items():
-                try:
-                    results[name] = future.result()
-                except Exception as exc:  # every failure is reported per host
-                    failures[name] = exc
-        return results, failures
-
     def _layout(self, host: Host) -> HostLayout:
         return self.environment.layout(host)
 
@@ -209,7 +191,7 @@ class Orchestrator:
         def append(host: Host) -> None:
             self.runners[host.name].run(commands.audit_append(self._layout(host), line))
 
-        _, failures = self._parallel(self.environment.hosts, append)
+        _, failures = on_each(self.environment.hosts, append)
         if len(failures) == len(self.environment.hosts):
             self._echo(f"WARNING: audit entry not written on any host: {entry}")
 
@@ -300,7 +282,7 @@ class Orchestrator:
             self.step(host.name, "recovered", f"{journal.deploy_id}'s unfinished switch undone")
             return state, True
 
-        results, failures = self._parallel(self.environment.hosts, one)
+        results, failures = on_each(self.environment.hosts, one)
         if failures:
             raise DeployError(f"cannot read the hosts' state: {self._failures_text(failures)}")
         recovered = [name for name, (_, undone) in results.items() if undone]
@@ -566,7 +548,7 @@ class Orchestrator:
         names = ", ".join(host.name for host in hosts)
         self._confirm_lock(f"starting {version} on {names}")
         started: dict[str, tuple[str, HostState]] = {}
-        prepared, failures = self._parallel(
+        prepared, failures = on_each(
             hosts, lambda h: self._prepare(h, version, reuse, started, states[h.name])
         )
         if not failures:
@@ -589,7 +571,7 @@ class Orchestrator:
             colour, before = prepared[host.name]
             self._switch(host, colour, version, Journal(outcome.id, before.live, colour, version))
 
-        _, failures = self._parallel(hosts, switch)
+        _, failures = on_each(hosts, switch)
         if failures:
             for name, exc in failures.items():
                 self.step(name, "switch", str(exc), ok=False)
@@ -631,14 +613,14 @@ class Orchestrator:
             journal = commands.remove_file(self._layout(host).journal)
             self.write_state(host, before.switched(colour, version, self.digests[version]), journal)
 
-        _, failures = self._parallel(hosts, commit)
+        _, failures = on_each(hosts, commit)
         if failures:
             raise DeployError(f"switched, but recording it failed: {self._failures_text(failures)}")
         self.step("*", "switched", f"{version} live on {len(hosts)} host(s); draining the old "
                   f"colour for {env.drain.seconds:g} s")  # fmt: skip
         time.sleep(env.drain.seconds)
-        self._parallel(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
-        self._parallel(hosts, self._prune)
+        on_each(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
+        on_each(hosts, self._prune)
 
     def _benchmark_history(self, host: Host) -> dict[str, dict[str, object]]:
         stored = self.runners[host.name].run(commands.read_file(self._layout(host).benchmarks))
@@ -673,7 +655,7 @@ class Orchestrator:
             self._save_benchmark(host, live, figures)
             self.step(host.name, "baseline", f"{live}: p95 {figures.p95_ms:.1f} ms")
 
-        _, failures = self._parallel(self.environment.hosts, one)
+        _, failures = on_each(self.environment.hosts, one)
         for name, exc in failures.items():
             self.step(name, "baseline", f"not refreshed: {exc}", ok=False)
 
@@ -705,7 +687,7 @@ class Orchestrator:
                 "reason": reason,
             }
 
-        results, failures = self._parallel(env.hosts, one)
+        results, failures = on_each(env.hosts, one)
         if failures:
             raise DeployError(f"benchmark failed: {self._failures_text(failures)}")
         regressions = {
@@ -719,7 +701,7 @@ class Orchestrator:
         }
         if not regressions:
             passed_at = now_iso()
-            self._parallel(
+            on_each(
                 env.hosts,
                 lambda h: self.write_state(h, self.read_state(h).gate_passed(version, passed_at)),
             )
@@ -746,7 +728,7 @@ class Orchestrator:
             url = commands.public_url(self.environment, host, "/ready")
             return bool(self.runners[host.name].run(commands.http_get(url), check=False).ok)
 
-        results, failures = self._parallel(self.environment.hosts, ready)
+        results, failures = on_each(self.environment.hosts, ready)
         return not failures and all(results.values())
 
     def _plan(
@@ -758,7 +740,7 @@ class Orchestrator:
         force: bool,
     ) -> tuple[str, bool] | None:
         """Before the lock: the hosts' states, the target, approval. None: nothing to do."""
-        states, failures = self._parallel(self.environment.hosts, self.read_state)
+        states, failures = on_each(self.environment.hosts, self.read_state)
         if failures:
             raise DeployError(
                 f"hosts not ready for a {outcome.action}: {self._failures_text(failures)}"
@@ -920,7 +902,7 @@ class Orchestrator:
 
     def states(self) -> dict[str, HostState]:
         """Every host's state (no lock: a read); DeployError naming the hosts that failed."""
-        states, failures = self._parallel(self.environment.hosts, self.read_state)
+        states, failures = on_each(self.environment.hosts, self.read_state)
         if failures:
             raise DeployError(
                 f"cannot read what {self.environment.name} runs: "
@@ -1003,8 +985,8 @@ class Orchestrator:
         try:
             lock.acquire(self.holder(outcome))
             try:
-                _, failures = self._parallel(self.environment.hosts, self._prune)
-                states, more = self._parallel(self.environment.hosts, self.read_state)
+                _, failures = on_each(self.environment.hosts, self._prune)
+                states, more = on_each(self.environment.hosts, self.read_state)
             finally:
                 lock.release()
         finally:
@@ -1059,7 +1041,7 @@ class Orchestrator:
                 row.update(reachable=False, healthy=False, error=self.redact(str(exc)))
             return row
 
-        results, _ = self._parallel(self.environment.hosts, one)
+        results, _ = on_each(self.environment.hosts, one)
         return [results[h.name] for h in self.environment.hosts if h.name in results]
 
     def lock_info(self) -> dict[str, object] | None:

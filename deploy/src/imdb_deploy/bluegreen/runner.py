@@ -14,9 +14,11 @@ import io
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 import paramiko
 import tenacity
@@ -25,6 +27,26 @@ from invoke.exceptions import CommandTimedOut
 
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment, Host, Redactor
+
+T = TypeVar("T")
+
+
+def on_each(
+    hosts: Sequence[Host], work: Callable[[Host], T]
+) -> tuple[dict[str, T], dict[str, Exception]]:
+    """Run `work` for every host at once; results and failures by host name."""
+    results: dict[str, T] = {}
+    failures: dict[str, Exception] = {}
+    if not hosts:
+        return results, failures
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        futures = {host.name: pool.submit(work, host) for host in hosts}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:  # every failure is reported per host
+                failures[name] = exc
+    return results, failures
 
 
 class RemoteError(RuntimeError):
