@@ -245,6 +245,7 @@ def test_a_private_registry_is_refused_without_the_login_and_pulled_with_it(
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{user}:{hashed}\n")
     live, other = sandbox.live_and_other()
+    forget_release(sandbox, other)  # else the hosts have it already and pull nothing
     reader = sandbox.orchestrator()
     try:
         digest = reader._digest_of(other)  # the replica serves the same manifests

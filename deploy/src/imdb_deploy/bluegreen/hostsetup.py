@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.config import ConfigError, Host
+from imdb_deploy.bluegreen.config import Host
 from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.runner import on_each
 from imdb_deploy.supply_chain import signing
@@ -66,14 +66,9 @@ class HostSetup:
             runner.run(commands.install_packages(missing), timeout_s=900)
             changed.append(f"installed {' '.join(missing)}")
         runner.run(commands.make_directories(layout))
-        try:
-            login = env.registry_login(orchestrator.environ)
-        except ConfigError as exc:
-            raise DeployError(str(exc)) from None
-        if login is not None:
-            text = commands.registry_auth(env.image.partition("/")[0], *login)
-            if self.put(host, layout.registry_auth_file, text, mode=0o600):
-                changed.append("registry login")
+        login = orchestrator.registry_auth()
+        if login is not None and self.put(host, layout.registry_auth_file, login, mode=0o600):
+            changed.append("registry login")
         if env.signing is not None:
             changed += self.trust(host)
         if env.nginx.mode == "own" and self.put(

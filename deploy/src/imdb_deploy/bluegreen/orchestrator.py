@@ -414,21 +414,26 @@ class Orchestrator:
         self._smoke(host, colour, version)
         return colour, state
 
-    def _install_registry_login(self, host: Host) -> PurePosixPath | None:
-        """Write the registry login `[pull]` names into the host's auth file (by SFTP, mode
-        600; the current values, so a rotated token takes effect at the next deploy); its path,
-        or None when the registry needs no login."""
+    def registry_auth(self) -> str | None:
+        """The hosts' auth file for the registry login `[pull]` names (the deployer's current
+        values, so a rotated token takes effect at the next deploy); None: no login."""
         try:
             login = self.environment.registry_login(self.environ)
         except ConfigError as exc:
             raise DeployError(str(exc)) from None
         if login is None:
             return None
-        layout = self._layout(host)
-        registry = self.environment.image.partition("/")[0]
-        text = commands.registry_auth(registry, *login)
-        self.runners[host.name].put_text(layout.registry_auth_file, text, mode=0o600)
-        return layout.registry_auth_file
+        return commands.registry_auth(self.environment.image.partition("/")[0], *login)
+
+    def _install_registry_login(self, host: Host) -> PurePosixPath | None:
+        """The login in the host's auth file (by SFTP, mode 600, rewritten only when it
+        differs); its path, or None when the registry needs no login."""
+        text = self.registry_auth()
+        if text is None:
+            return None
+        path = self._layout(host).registry_auth_file
+        HostSetup(self).put(host, path, text, mode=0o600)
+        return path
 
     def _pull_step(self, host: Host, what: str, command: str) -> Result:
         """Run a step that talks to the registry, again after a transient failure (refused,
