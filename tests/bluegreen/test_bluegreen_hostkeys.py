@@ -4,6 +4,7 @@ read and appended, and the decision per host (the real sshd case is in tests/san
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,16 @@ def test_a_pin_with_several_names_is_found_by_each(tmp_path: Path) -> None:
     assert pinned_keys(known_hosts, "10.0.0.1") == [key]
 
 
-def decision(offered: list[HostKey], pinned: list[HostKey], **kwargs: object) -> list[HostKey]:
-    options: dict[str, object] = {"expected": (), "confirm": None,
-                                  "known_hosts": Path("/k"), **kwargs}  # fmt: skip
-    return decide("h1", "[h1]:22", offered, pinned, **options)  # type: ignore[arg-type]
+def decision(
+    offered: list[HostKey],
+    pinned: list[HostKey],
+    expected: Sequence[str] = (),
+    confirm: Callable[[str], bool] | None = None,
+) -> list[HostKey]:
+    return decide(
+        "h1", "[h1]:22", offered, pinned,
+        expected=expected, confirm=confirm, known_hosts=Path("/k"),
+    )  # fmt: skip
 
 
 def test_a_pinned_host_offering_its_key_needs_nothing(tmp_path: Path) -> None:
