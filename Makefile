@@ -78,7 +78,7 @@ benchmark: $(UV) system-packages ## Benchmarks: make benchmark WHAT=trainer|api
 engine: $(UV) system-packages ## Start the local container engine and registry (nox -s engine -- up)
 	$(NOX) -s engine -- up
 
-sandbox: $(UV) system-packages ## Start the sandbox fleet (2 x 2 hosts: sshd, Podman, nginx each): ACTION=up|down|status
+sandbox: $(UV) system-packages ## Sandbox fleet (2 light hosts, 2 booting machines): ACTION=up|down|status|"reboot HOST"
 	$(NOX) -s sandbox -- $(or $(ACTION),up)
 
 deploy: $(UV) ## Blue-green deploy: make deploy ENV=sandbox-staging [VERSION=v] [APPROVE=1]

@@ -523,10 +523,12 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, tags=["deploy"], default=False)
 def sandbox(session: nox.Session) -> None:
-    """The sandbox fleet, the built-in deploy target: `nox -s sandbox -- up|down|status`.
+    """The sandbox fleet, the built-in deploy target: `nox -s sandbox -- up|down|status`, or
+    `-- reboot HOST` to reboot one machine host.
 
-    Per host of sandbox-staging and sandbox-production: an sshd on its own 127.0.0.x address,
-    its own Podman storage and (after `up`'s setup over SSH) its own nginx.
+    sandbox-staging's hosts are light: an sshd on its own 127.0.0.x address, its own Podman
+    storage and (after `up`'s setup over SSH) its own nginx. sandbox-production's are whole
+    machines that boot (systemd, users, sudo), set up from bare by root, deployed to by `deploy`.
     """
     sync_locked(session)
     session.run("python", "-m", "imdb_deploy.sandbox", *(session.posargs or ["status"]))

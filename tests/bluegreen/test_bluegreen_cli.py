@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from imdb_deploy.bluegreen import cli, commands
+from imdb_deploy.bluegreen import cli, commands, hostsetup
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
 from imdb_deploy.bluegreen.errors import ApprovalError, LockHeldError
-from imdb_deploy.bluegreen.hostsetup import HostSetup
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
 from imdb_deploy.bluegreen.orchestrator import (
@@ -711,13 +710,12 @@ def test_local_runner_is_what_the_orchestrator_uses(tmp_path: Path) -> None:
 
 def test_setup_writes_a_file_only_when_its_content_or_mode_differs(tmp_path: Path) -> None:
     orch, _ = local_orchestrator(sandbox(tmp_path, hosts=1))
-    host = orch.environment.hosts[0]
-    writer = HostSetup(orch)
+    runner = orch.runners[orch.environment.hosts[0].name]
     path = PurePosixPath(str(tmp_path / "roots" / "site.conf"))
     Path(str(path)).parent.mkdir(parents=True)
-    assert writer.put(host, path, "server {}\n")  # missing: written
-    assert not writer.put(host, path, "server {}\n")  # the same: left alone
-    assert writer.put(host, path, "server { listen 1; }\n")  # other content: written
-    assert writer.put(host, path, "server { listen 1; }\n", mode=0o600)  # other mode: written
+    assert hostsetup.put(runner, path, "server {}\n")  # missing: written
+    assert not hostsetup.put(runner, path, "server {}\n")  # the same: left alone
+    assert hostsetup.put(runner, path, "server { listen 1; }\n")  # other content: written
+    assert hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)  # other mode: written
     assert Path(str(path)).stat().st_mode & 0o777 == 0o600
-    assert not writer.put(host, path, "server { listen 1; }\n", mode=0o600)
+    assert not hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)

@@ -297,7 +297,7 @@ def test_check_tools_names_the_missing_packages(tmp_path: Path) -> None:
         check=False,
         env={"PATH": str(empty)},
     )
-    assert missing.stdout.split() == ["podman", "nginx", "curl", "util-linux"]
+    assert missing.stdout.split() == ["podman", "runc", "nginx", "curl", "util-linux"]
 
     full = tmp_path / "full-bin"
     full.mkdir()
@@ -316,7 +316,8 @@ def test_check_tools_names_the_missing_packages(tmp_path: Path) -> None:
 
 def test_install_packages_quotes_every_name() -> None:
     command = commands.install_packages(["podman", "util-linux", "x; rm -rf /"])
-    assert command.startswith("DEBIAN_FRONTEND=noninteractive apt-get update -qq && ")
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
+    assert command.startswith(f"{apt} update -qq && {apt} install")
     assert shlex.split(command.split("&&")[1])[-3:] == ["podman", "util-linux", "x; rm -rf /"]
 
 
@@ -709,3 +710,136 @@ def test_a_private_registrys_login_goes_in_an_auth_file_the_pulls_name(tmp_path:
     assert "podman pull --quiet --authfile '/srv/mlops imdb/env/registry-auth.json' " in pull
     assert "s3cret" not in pull  # never on a command line
     assert "--authfile" not in commands.ensure_image("ghcr.io/o/api@sha256:ab", 100)
+
+
+# ---- a bare host as root, and back after a reboot -----------------------------------------------
+
+
+def rootless(env: Environment) -> Environment:
+    """`env` deployed by a non-root user `deploy`."""
+    ssh = env.ssh.model_copy(update={"user": "deploy"})
+    return env.model_copy(update={"ssh": ssh})
+
+
+def test_a_non_root_deploy_user_runs_the_system_nginx_through_sudo(tmp_path: Path) -> None:
+    env = rootless(make_env(tmp_path, mode="system"))
+    layout = env.layout(env.hosts[0])
+    assert commands.nginx_test(env, layout) == "sudo -n /usr/sbin/nginx -t -q"
+    assert commands.nginx_reload(env, layout) == "sudo -n /usr/sbin/nginx -s reload"
+    assert "sudo -n /usr/bin/systemctl start nginx" in commands.nginx_ensure_running(env, layout)
+    # Every command it runs through sudo is one its sudoers file allows, word for word.
+    rule = commands.sudoers(env).splitlines()[-1]
+    assert rule.startswith("deploy ALL=(root) NOPASSWD: ")
+    allowed = {part.strip() for part in rule.split("NOPASSWD:", 1)[1].split(",")}
+    assert allowed == {
+        "/usr/sbin/nginx -t -q",
+        "/usr/sbin/nginx -s reload",
+        "/usr/bin/systemctl start nginx",
+    }
+    for command in (commands.nginx_test(env, layout), commands.nginx_reload(env, layout)):
+        assert command.removeprefix("sudo -n ") in allowed
+    # An own nginx (the light sandbox) and root never go through sudo.
+    assert commands.nginx_test(make_env(tmp_path, mode="system"), layout) == "nginx -t -q"
+    assert "sudo" not in commands.nginx_test(rootless(make_env(tmp_path)), layout)
+
+
+def test_the_sudoers_file_is_checked_before_it_is_installed(tmp_path: Path) -> None:
+    staged, target = tmp_path / ".mlops.staged", tmp_path / "mlops"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # visudo and chown stand-ins: visudo accepts a file whose first line says "ok".
+    (bin_dir / "visudo").write_text(
+        '#!/bin/sh\nhead -n1 "$3" | grep -qx ok || { echo "syntax error" >&2; exit 1; }\n'
+    )
+    (bin_dir / "chown").write_text("#!/bin/sh\n")
+    for tool in ("visudo", "chown"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"}
+    command = commands.install_sudoers(PurePosixPath(staged), PurePosixPath(target))
+    staged.write_text("broken,,\n")
+    refused = sh(command, env=env)
+    assert refused.returncode == 1
+    assert "syntax error" in refused.stderr
+    assert not staged.exists()
+    assert not target.exists()
+    staged.write_text("ok\n")
+    assert sh(command, env=env).returncode == 0
+    assert target.read_text() == "ok\n"
+    assert target.stat().st_mode & 0o777 == 0o440
+
+
+def test_the_deploy_user_is_made_once(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    made = tmp_path / "made"
+    # id knows the user once useradd has made it.
+    (bin_dir / "id").write_text(f"#!/bin/sh\n[ -e {made} ]\n")
+    (bin_dir / "useradd").write_text(f'#!/bin/sh\necho "$@" > {made}\n')
+    for tool in ("id", "useradd"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**LOCAL_ENV, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert sh(commands.ensure_user("deploy"), env=env).stdout == "created\n"
+    assert made.read_text() == "--create-home --shell /bin/bash deploy\n"
+    assert sh(commands.ensure_user("deploy"), env=env).stdout == ""
+
+
+def test_without_systemd_nothing_lingers() -> None:
+    # This machine is not booted by systemd (no /run/systemd/system): nothing to enable.
+    assert not Path("/run/systemd/system").exists()
+    result = sh(commands.enable_linger("deploy"))
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("upstream", "started"),
+    [("# live colour: green\nserver 1;\n", "green"), ("# live colour: blue\n", "blue"), ("", None)],
+)
+def test_the_restore_script_starts_only_the_live_colour(
+    tmp_path: Path, upstream: str, started: str | None
+) -> None:
+    env = make_env(tmp_path)
+    layout = env.layout(env.hosts[0])
+    Path(str(layout.upstream_conf)).parent.mkdir(parents=True)
+    Path(str(layout.upstream_conf)).write_text(upstream)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "podman.log"
+    (bin_dir / "podman").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_dir / "podman").chmod(0o755)
+    script = tmp_path / "restore.sh"
+    script.write_text(commands.restore_script(env, layout))
+    result = subprocess.run(
+        ["sh", str(script)], capture_output=True, text=True, check=False,
+        env={**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    if started is None:
+        assert result.stdout == "nothing live yet\n"
+        assert not log.exists()
+    else:
+        assert log.read_text() == f"start {env.container_name(started)}\n"
+
+
+@pytest.mark.parametrize(("user_unit", "target"), [(True, "default"), (False, "multi-user")])
+def test_the_restore_unit_is_enabled_by_its_wants_link(
+    tmp_path: Path, user_unit: bool, target: str
+) -> None:
+    env = make_env(tmp_path)
+    script = PurePosixPath("/srv/x/restore-live.sh")
+    unit = commands.restore_unit(env, script, user_unit=user_unit)
+    assert f"ExecStart=/bin/sh {script}\n" in unit
+    assert f"WantedBy={target}.target\n" in unit
+    assert ("After=" in unit) is not user_unit  # a user unit cannot order after system units
+    home = str(tmp_path / "home")
+    directory = commands.unit_directory(home, user_unit=user_unit)
+    if user_unit:
+        assert directory == PurePosixPath(home) / ".config/systemd/user"
+    else:
+        assert directory == PurePosixPath("/etc/systemd/system")
+    local = tmp_path / "units"
+    local.mkdir()
+    link = local / f"{target}.target.wants" / "x.service"
+    for _ in range(2):  # idempotent
+        enable = commands.enable_unit(PurePosixPath(local), "x.service", user_unit=user_unit)
+        assert sh(enable).returncode == 0
+    assert link.readlink() == Path("../x.service")

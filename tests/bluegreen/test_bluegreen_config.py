@@ -130,8 +130,8 @@ def test_real_environment_loads(name: str) -> None:
     assert all(key.startswith(config.APP_ENV_PREFIX) for key in environment.app.settings)
     assert environment.app.secrets == {} or all(environment.app.secrets.values())
     layouts = {environment.layout(host).root for host in environment.hosts}
-    if environment.sandbox:
-        # Sandbox hosts share this machine: one root each, inside the checkout.
+    if environment.sandbox and environment.sandbox_hosts == "light":
+        # Light sandbox hosts share this machine: one root each, inside the checkout.
         assert environment.nginx.mode == "own"
         assert len(layouts) == len(environment.hosts)
         for root in layouts:
@@ -142,7 +142,18 @@ def test_real_environment_loads(name: str) -> None:
         assert environment.ssh.user, "a real host needs an explicit login user"
 
 
-@pytest.mark.parametrize("name", ["sandbox-production", "sandbox-staging"])
+def test_sandbox_production_is_machines_set_up_by_root_for_a_non_root_deploy_user() -> None:
+    environment = load_environment("sandbox-production")
+    assert environment.sandbox_hosts == "machine"
+    assert (environment.setup.user, environment.deploy_user) == ("root", "deploy")
+    assert environment.sudo == "sudo -n "
+    # Each machine has its own file system: roots as on real hosts.
+    assert {environment.layout(host).root for host in environment.hosts} == {
+        PurePosixPath("/srv/mlops-imdb/sandbox-production")
+    }
+
+
+@pytest.mark.parametrize("name", ["sandbox-staging"])
 def test_real_sandbox_environment_resolves_under_any_checkout(name: str, checkout: Path) -> None:
     environment = load_environment(name, repo_root=checkout)
     assert str(environment.deploy_root).startswith(f"{checkout}/")
@@ -154,13 +165,15 @@ def test_real_sandbox_environment_resolves_under_any_checkout(name: str, checkou
 
 
 def test_sandbox_hosts_never_share_a_root_or_an_address_across_environments() -> None:
-    """Both sandbox environments run on one machine at once: nothing of theirs may collide."""
-    roots: list[PurePosixPath] = []
+    """Both sandbox environments run on one machine at once: nothing of theirs may collide
+    (machines have file systems of their own, and one address each)."""
+    roots: list[tuple[str, PurePosixPath]] = []
     listeners: list[str] = []
     for name in ("sandbox-production", "sandbox-staging"):
         environment = load_environment(name)
         for host in environment.hosts:
-            roots.append(environment.layout(host).root)
+            machine = host.address if environment.sandbox_hosts == "machine" else "shared"
+            roots.append((machine, environment.layout(host).root))
             listeners.append(environment.http_address(host))
     assert len(set(roots)) == len(roots)
     assert len(set(listeners)) == len(listeners)

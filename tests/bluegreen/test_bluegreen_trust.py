@@ -139,8 +139,9 @@ def load(tmp_path: Path, data: dict[str, Any], name: str = "target") -> Environm
     return load_environment(name, directory=directory, repo_root=tmp_path / "checkout")
 
 
-def with_signing(**signing_table: str) -> dict[str, Any]:
+def with_signing(user: str = "root", **signing_table: str) -> dict[str, Any]:
     data = base_data()
+    data["ssh"]["user"] = user
     data["signing"] = signing_table
     return data
 
@@ -174,6 +175,18 @@ def test_a_relative_containers_config_is_refused(tmp_path: Path, where: str) -> 
         load(tmp_path, with_signing(public_key="k.asc", containers_config=where))
 
 
+def test_a_rootless_deploy_user_keeps_the_policy_where_its_engine_reads_it(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r'containers_config = "~/.config/containers"'):
+        load(tmp_path, with_signing(user="deploy", public_key="k.asc"))
+    rootless = load(
+        tmp_path,
+        with_signing(user="deploy", public_key="k.asc", containers_config="~/.config/containers"),
+    )
+    assert rootless.sudo == "sudo -n "
+
+
 def test_a_signing_table_needs_a_key_and_nothing_unknown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"signing\.public_key"):
         load(tmp_path, with_signing(containers_config="/etc/containers"))
@@ -197,7 +210,8 @@ def test_every_shipped_environment_requires_signed_images(name: str) -> None:
     else:
         assert key.is_relative_to(config.ENVIRONMENTS_DIR)
         assert key.read_text().startswith(ARMOURED + "\n")
-        assert environment.signing.containers_config == "/etc/containers"
+        # Their deploy user is not root: its rootless engine reads its own configuration.
+        assert environment.signing.containers_config == "~/.config/containers"
 
 
 def test_production_and_staging_are_signed_with_different_keys() -> None:

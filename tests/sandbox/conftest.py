@@ -264,15 +264,22 @@ def environment_toml(
     app_ports: dict[str, int] = APP_PORTS,
     top: str = "",
     signing_key: str = "",
+    fleet_hosts: tuple[tuple[str, str], ...] = (),
     **overrides: str,
 ) -> str:
-    """A sandbox environment on the test fleet; `overrides` replace whole sections, `top` adds
-    top-level lines; another environment on the same hosts needs ports of its own."""
+    """A sandbox environment on the test fleet (or on `hosts`); `overrides` replace whole
+    sections, `top` adds top-level lines; another environment on the same hosts needs ports of
+    its own."""
     hosts = "".join(
         f'\n[[hosts]]\nname = "{name}"\naddress = "{address}"\napp_bind = "{address}"\n'
-        for name, address in test_hosts()
+        for name, address in (fleet_hosts or test_hosts())
     )
     settings = {
+        "ssh": f'port = {SSH_PORT}\nknown_hosts = "{state / "known_hosts"}"\n'
+        f'identity_file = "{state / "id_ed25519"}"\nconnect_timeout_s = 3\ncommand_timeout_s = 60',
+        # Only this machine's main loopback address reads /metrics (test_the_public_port_...).
+        "nginx": f'mode = "own"\nport = {http_port}\nuser = "www-data"\n'
+        'metrics_allow = ["127.0.0.1/32"]',
         "lock": "ttl_s = 8\nheartbeat_s = 2",
         # A release that never gets ready costs the whole timeout: 10 s is still several times
         # what a good one takes here (about 1.5 s from start to ready).
@@ -301,20 +308,6 @@ sandbox = true
 image = "{image}"
 deploy_root = "{root}"
 {top}
-[ssh]
-port = {SSH_PORT}
-known_hosts = "{state / 'known_hosts'}"
-identity_file = "{state / 'id_ed25519'}"
-connect_timeout_s = 3
-command_timeout_s = 60
-
-[nginx]
-mode = "own"
-port = {http_port}
-user = "www-data"
-# Only this machine's main loopback address reads /metrics (test_the_public_port_...).
-metrics_allow = ["127.0.0.1/32"]
-
 [app]
 ports = {{ blue = {app_ports['blue']}, green = {app_ports['green']} }}
 settings = {{ IMDB_API_WORKERS = "1", IMDB_API_GRACEFUL_SHUTDOWN_S = "5" }}

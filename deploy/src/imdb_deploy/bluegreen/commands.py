@@ -27,13 +27,36 @@ LOCK_HELD = 3
 LOCK_EXPIRED = 4
 # Exit code of a pull refused because the engine's storage is below the configured free space.
 DISK_LOW = 5
-HOST_PACKAGES = {"podman": "podman", "nginx": "nginx", "curl": "curl", "flock": "util-linux"}
+# command -> the Debian package that has it. runc: Podman would otherwise pick crun.
+HOST_PACKAGES = {
+    "podman": "podman",
+    "runc": "runc",
+    "nginx": "nginx",
+    "curl": "curl",
+    "flock": "util-linux",
+}
+# A deploy user that is not root runs its containers rootless: its subordinate IDs need these.
+ROOTLESS_PACKAGES = {"newuidmap": "uidmap"}
+# The root commands a non-root deploy user runs, by absolute path: its sudoers file allows exactly
+# these command lines (sudo compares paths and arguments).
+NGINX = "/usr/sbin/nginx"
+SYSTEMCTL = "/usr/bin/systemctl"
+# True on a host booted by systemd (sd_booted(3)); restart units are installed only there.
+HAS_SYSTEMD = "[ -d /run/systemd/system ]"
+LINGER_DIR = PurePosixPath("/var/lib/systemd/linger")
 CONTAINER_LABEL = "io.mlops-imdb"
 
 
 def q(value: object) -> str:
     """One shell word."""
     return shlex.quote(str(value))
+
+
+def _nginx(environment: Environment) -> str:
+    """nginx as the deploy runs it: the system's through sudo for a non-root deploy user."""
+    if environment.nginx.mode == "system" and environment.sudo:
+        return f"{environment.sudo}{NGINX}"
+    return "nginx"
 
 
 def _nginx_args(environment: Environment, layout: HostLayout) -> str:
@@ -45,22 +68,20 @@ def _nginx_args(environment: Environment, layout: HostLayout) -> str:
 # ---- setup -------------------------------------------------------------------------------------
 
 
-def check_tools() -> str:
+def check_tools(tools: Mapping[str, str] = HOST_PACKAGES) -> str:
     """Prints the Debian packages whose commands are missing; empty output means all there."""
     checks = [
-        f"command -v {tool} >/dev/null 2>&1 || echo {package}"
-        for tool, package in HOST_PACKAGES.items()
+        f"command -v {tool} >/dev/null 2>&1 || echo {package}" for tool, package in tools.items()
     ]
     return "; ".join(checks)
 
 
 def install_packages(packages: Sequence[str]) -> str:
-    """Install Debian packages as root (a real host's first setup)."""
+    """Install Debian packages as root (a real host's first setup). A new server often runs
+    unattended-upgrades right after boot: wait for its dpkg lock instead of failing."""
     names = " ".join(q(package) for package in packages)
-    return (
-        "DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
-        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {names}"
-    )
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
+    return f"{apt} update -qq && {apt} install -y -qq {names}"
 
 
 def make_directories(layout: HostLayout) -> str:
@@ -149,11 +170,11 @@ def upstream_conf(environment: Environment, host: Host, colour: str) -> str:
 
 
 def nginx_test(environment: Environment, layout: HostLayout) -> str:
-    return f"nginx -t -q {_nginx_args(environment, layout)}".rstrip()
+    return f"{_nginx(environment)} -t -q {_nginx_args(environment, layout)}".rstrip()
 
 
 def nginx_reload(environment: Environment, layout: HostLayout) -> str:
-    return f"nginx -s reload {_nginx_args(environment, layout)}".rstrip()
+    return f"{_nginx(environment)} -s reload {_nginx_args(environment, layout)}".rstrip()
 
 
 def switch_upstream(environment: Environment, host: Host, layout: HostLayout, colour: str) -> str:
@@ -174,9 +195,10 @@ def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
     """Reload a running nginx (prints `running`), start a stopped one (prints `started`); safe
     to repeat."""
     if environment.nginx.mode == "system":
+        start = f"{environment.sudo}{SYSTEMCTL}" if environment.sudo else "systemctl"
         return (
-            "if nginx -s reload 2>/dev/null; then echo running; "
-            "else systemctl start nginx && echo started; fi"
+            f"if {nginx_reload(environment, layout)} 2>/dev/null; then echo running; "
+            f"else {start} start nginx && echo started; fi"
         )
     pid = q(layout.nginx_pid)
     return (
@@ -184,6 +206,126 @@ def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
         f"then {nginx_reload(environment, layout)} && echo running; "
         f"else nginx {_nginx_args(environment, layout)} && echo started; fi"
     )
+
+
+# ---- a bare host, as root: the deploy user and what it may do as root -------------------------
+
+
+def sudoers(environment: Environment) -> str:
+    """The deploy user's sudoers file: the system nginx's check, reload and start, without a
+    password, and nothing else (its containers are rootless; its files are its own)."""
+    user = environment.deploy_user
+    allowed = ", ".join([f"{NGINX} -t -q", f"{NGINX} -s reload", f"{SYSTEMCTL} start nginx"])
+    return (
+        f"# Written by `fab setup`: what {user} may run as root, and nothing else.\n"
+        f"{user} ALL=(root) NOPASSWD: {allowed}\n"
+    )
+
+
+def sudoers_path(user: str) -> PurePosixPath:
+    return PurePosixPath("/etc/sudoers.d") / f"mlops-imdb-{user}"
+
+
+def install_sudoers(staged: PurePosixPath, target: PurePosixPath) -> str:
+    """Install a staged sudoers file only if `visudo -c` accepts it (a broken file in
+    sudoers.d would lock every sudo user out); else remove it and fail with visudo's reason."""
+    return (
+        f"if visudo -c -f {q(staged)} >&2; then chown root:root {q(staged)} && "
+        f"chmod 440 {q(staged)} && mv -f {q(staged)} {q(target)}; "
+        f"else rm -f {q(staged)}; exit 1; fi"
+    )
+
+
+def ensure_user(user: str) -> str:
+    """Make the login user `user` with a home unless it exists; prints `created` if made."""
+    return (
+        f"id -u {q(user)} >/dev/null 2>&1 || "
+        f"{{ useradd --create-home --shell /bin/bash {q(user)} && echo created; }}"
+    )
+
+
+def user_home(user: str) -> str:
+    """Prints the home directory of `user`."""
+    return f"getent passwd {q(user)} | cut -d: -f6"
+
+
+def own_ssh_dir(user: str, home: PurePosixPath) -> str:
+    """The user's ~/.ssh: there, its own, mode 700 (sshd refuses keys in a laxer one)."""
+    ssh_dir = q(home / ".ssh")
+    return f"install -d -m 700 -o {q(user)} -g {q(user)} {ssh_dir} && chown -R {q(user)}: {ssh_dir}"
+
+
+def enable_linger(user: str) -> str:
+    """Let `user`'s systemd instance run without a login, from boot (its restore unit and its
+    rootless containers need it); prints `enabled` when it changed. Nothing without systemd."""
+    return (
+        f"if {HAS_SYSTEMD} && [ ! -e {q(LINGER_DIR / user)} ]; then "
+        f"loginctl enable-linger {q(user)} && echo enabled; fi"
+    )
+
+
+def own_directory(path: PurePosixPath, user: str) -> str:
+    """`path` exists and belongs to `user` (the deploy root: everything below is the user's)."""
+    return f"install -d -m 755 -o {q(user)} -g {q(user)} {q(path)}"
+
+
+def disable_default_site() -> str:
+    """Debian's nginx serves a default site on port 80 of every address: a host dedicated to
+    the API does not; prints `removed` when it was there."""
+    default = "/etc/nginx/sites-enabled/default"
+    return f"if [ -e {default} ]; then rm -f {default} && echo removed; fi"
+
+
+# ---- back after a reboot ---------------------------------------------------------------------
+
+
+def restore_script(environment: Environment, layout: HostLayout) -> str:
+    """Start the colour nginx sends traffic to (upstream.conf says which) after a boot; the
+    kept colour stays stopped. Run by the restore unit."""
+    cases = "".join(
+        f"    {colour}) exec podman start {q(environment.container_name(colour))} ;;\n"
+        for colour in environment.app.ports
+    )
+    return (
+        "#!/bin/sh\n"
+        f"# Written by `fab setup`: at boot, start the live colour of {environment.name}.\n"
+        f"colour=$(sed -n 's/^# live colour: //p' {q(layout.upstream_conf)})\n"
+        'case "$colour" in\n'
+        f"{cases}"
+        '    *) echo "nothing live yet" ;;\n'
+        "esac\n"
+    )
+
+
+def restore_unit(environment: Environment, script: PurePosixPath, *, user_unit: bool) -> str:
+    """The systemd unit that runs the restore script once per boot: the deploy user's own unit
+    (its containers are rootless), or a system unit for root."""
+    target = "default.target" if user_unit else "multi-user.target"
+    after = "" if user_unit else "After=network-online.target nginx.service\n"
+    return (
+        "[Unit]\n"
+        f"Description=mlops-imdb {environment.name}: the live colour, started after a boot\n"
+        f"{after}"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        f"ExecStart=/bin/sh {script}\n"
+        "[Install]\n"
+        f"WantedBy={target}\n"
+    )
+
+
+def unit_directory(home: str, *, user_unit: bool) -> PurePosixPath:
+    if user_unit:
+        return PurePosixPath(home) / ".config" / "systemd" / "user"
+    return PurePosixPath("/etc/systemd/system")
+
+
+def enable_unit(directory: PurePosixPath, unit: str, *, user_unit: bool) -> str:
+    """Enable a unit by its wants link (what `systemctl enable` makes; no running manager
+    needed, so it works before the user's first login)."""
+    wants = directory / f"{'default' if user_unit else 'multi-user'}.target.wants"
+    return f"mkdir -p {q(wants)} && ln -sfn ../{q(unit)} {q(wants / unit)}"
 
 
 # ---- image trust (the engine verifies signatures; see imdb_deploy.supply_chain.signing) -----

@@ -218,6 +218,22 @@ class PullSettings(_Strict):
         return self
 
 
+class SetupSettings(_Strict):
+    """Who prepares a bare host (`fab setup`), when that is not the deploy user itself."""
+
+    user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]*$",
+        description="root (or a user with full sudo) that installs packages and makes the deploy "
+        "user, its sudoers file and the nginx site; none: setup runs as the deploy user, who "
+        "must then be root",
+    )
+    authorized_key: Path | None = Field(
+        default=None,
+        description="public key the deploy user logs in with; default: ssh.identity_file + .pub",
+    )
+
+
 class BenchmarkSettings(_Strict):
     """The post-deploy benchmark gate (imdb_deploy.bluegreen.loadcheck)."""
 
@@ -281,6 +297,11 @@ class Environment(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
     sandbox: bool = Field(default=False, description="hosts of the local sandbox fleet")
+    sandbox_hosts: Literal["light", "machine"] = Field(
+        default="light",
+        description="how the sandbox makes these hosts: light (an sshd sharing this machine's "
+        "file system) or machine (a booting systemd machine of its own, started bare)",
+    )
     image: str = Field(
         pattern=IMAGE_PATTERN, description="repository, without tag: <registry>/mlops-imdb-api"
     )
@@ -302,6 +323,7 @@ class Environment(_Strict):
     drain: DrainSettings = DrainSettings()
     lock: LockSettings = LockSettings()
     pull: PullSettings = PullSettings()
+    setup: SetupSettings = SetupSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     signing: SigningSettings | None = Field(
         default=None, description="none: the hosts pull any image the registry hands them"
@@ -332,6 +354,19 @@ class Environment(_Strict):
         return narrowed
 
     @model_validator(mode="after")
+    def _rootless_trust(self) -> Environment:
+        # A rootless engine reads the user's ~/.config/containers/policy.json before
+        # /etc/containers/policy.json: the policy must be where the deploy user's engine looks.
+        user = self.ssh.user
+        rootless = user is not None and user != "root"
+        if rootless and self.signing and not self.signing.containers_config.startswith("~/"):
+            raise ValueError(
+                f"the deploy user {user} runs a rootless engine, which reads its own "
+                'configuration first: set signing.containers_config = "~/.config/containers"'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_hosts(self) -> Environment:
         names = [host.name for host in self.hosts]
         if len(set(names)) != len(names):
@@ -354,7 +389,36 @@ class Environment(_Strict):
         if host.deploy_root is not None:
             return HostLayout(host.deploy_root)
         root = self.deploy_root / self.name
-        return HostLayout(root / host.name if self.sandbox else root)
+        shared = self.sandbox and self.sandbox_hosts == "light"
+        return HostLayout(root / host.name if shared else root)
+
+    @property
+    def deploy_user(self) -> str:
+        """Who the deploys log in as."""
+        return self.ssh.user or getpass.getuser()
+
+    @property
+    def sudo(self) -> str:
+        """What goes before a command the deploy runs as root: nothing for root, else
+        `sudo -n ` (never a password prompt: setup's sudoers file allows exactly those)."""
+        return "" if self.deploy_user == "root" else "sudo -n "
+
+    def as_setup_user(self) -> Environment | None:
+        """This environment as `setup.user` logs in (None: setup runs as the deploy user)."""
+        user = self.setup.user
+        if user is None or user == self.ssh.user:
+            return None
+        admin = self.model_copy(update={"ssh": self.ssh.model_copy(update={"user": user})})
+        admin._directory = self._directory
+        return admin
+
+    def deploy_key_file(self) -> Path | None:
+        """The file holding the public key setup authorizes for the deploy user, if any."""
+        if self.setup.authorized_key is not None:
+            return self.setup.authorized_key
+        if self.ssh.identity_file is not None:
+            return self.ssh.identity_file.with_name(self.ssh.identity_file.name + ".pub")
+        return None
 
     def container_name(self, colour: str) -> str:
         return f"mlops-imdb-api-{self.name}-{colour}"
@@ -443,6 +507,9 @@ def _resolve_paths(environment: Environment, repo_root: Path) -> Environment:
         }
     )
     update: dict[str, object] = {"ssh": ssh}
+    if environment.setup.authorized_key is not None:
+        key_file = local(environment.setup.authorized_key)
+        update["setup"] = environment.setup.model_copy(update={"authorized_key": key_file})
     if environment.signing is not None:
         key = local(environment.signing.public_key)
         update["signing"] = environment.signing.model_copy(update={"public_key": key})

@@ -10,13 +10,14 @@ listed per host.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.config import Host
+from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Host
 from imdb_deploy.bluegreen.errors import DeployError
-from imdb_deploy.bluegreen.runner import on_each
+from imdb_deploy.bluegreen.runner import HostRunner, on_each, private_key
 from imdb_deploy.supply_chain import signing
 
 if TYPE_CHECKING:
@@ -32,63 +33,195 @@ def file_state(path: PurePosixPath) -> str:
     )
 
 
+def _wanted(text: str, mode: int) -> str:
+    """What `file_state` prints for a file holding `text` with `mode`."""
+    return f"{hashlib.sha256(text.encode()).hexdigest()} {mode:o}"
+
+
+def put(runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
+    """Write `text` to the host's `path` unless it already holds it with `mode`; whether it
+    wrote."""
+    if runner.run(file_state(path)).stdout.strip() == _wanted(text, mode):
+        return False
+    runner.put_text(path, text, mode=mode)
+    return True
+
+
 class HostSetup:
-    """One run of `setup` over the orchestrator's hosts and SSH connections."""
+    """One run of `setup` over the orchestrator's hosts and SSH connections.
+
+    With `setup.user` (root) named, a bare host is prepared in three phases: as root, the
+    packages, the deploy user (its key, lingering systemd instance, sudoers file checked by
+    visudo) and the deploy root it owns; as the deploy user, its directories, registry login,
+    image trust and restore unit; as root again, the nginx site, checked and running. Without it,
+    the deploy user (root then) does all of it.
+    """
 
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
         self.environment = orchestrator.environment
+        admin = self.environment.as_setup_user()
+        self.admins: dict[str, HostRunner] = (
+            {}
+            if admin is None
+            else {host.name: orchestrator.runner_for(admin, host) for host in admin.hosts}
+        )
 
     def run(self) -> dict[str, list[str]]:
         """What changed per host ([]: nothing); DeployError naming the hosts that failed."""
-        results, failures = on_each(self.environment.hosts, self.one)
+        try:
+            results, failures = on_each(self.environment.hosts, self.one)
+        finally:
+            for runner in self.admins.values():
+                runner.close()
         if failures:
             raise DeployError(f"setup failed: {self.orchestrator._failures_text(failures)}")
         return results
 
-    def put(self, host: Host, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
+    def put(self, runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
         """Write `text` to the host's `path` unless it already holds it with `mode`; whether it
         wrote."""
-        runner = self.orchestrator.runners[host.name]
-        wanted = f"{hashlib.sha256(text.encode()).hexdigest()} {mode:o}"
-        if runner.run(file_state(path)).stdout.strip() == wanted:
+        if runner.run(file_state(path)).stdout.strip() == _wanted(text, mode):
             return False
         runner.put_text(path, text, mode=mode)
         return True
 
     def one(self, host: Host) -> list[str]:
         env, orchestrator = self.environment, self.orchestrator
-        runner, layout = orchestrator.runners[host.name], env.layout(host)
+        deploy = orchestrator.runners[host.name]
+        admin = self.admins.get(host.name)
+        changed = self.system(host, admin) if admin is not None else self.tools(host, deploy)
+        changed += self.deploy_side(host, deploy)
+        changed += self.nginx(host, admin or deploy)
+        changed += self.restore(host, deploy)
+        summary = f"changed: {', '.join(changed)}" if changed else "nothing changed"
+        orchestrator.step(
+            host.name, "ready for deploys", f"nginx on {env.http_address(host)}; {summary}"
+        )
+        return changed
+
+    def tools(self, host: Host, runner: HostRunner, extra: Mapping[str, str] = {}) -> list[str]:
+        """The commands the deploy runs, installed from Debian's packages when missing."""
+        missing = runner.run(commands.check_tools({**commands.HOST_PACKAGES, **extra})).stdout
+        if not missing.split():
+            return []
+        self.orchestrator.step(host.name, "install", " ".join(missing.split()))
+        runner.run(commands.install_packages(missing.split()), timeout_s=900)
+        return [f"installed {' '.join(missing.split())}"]
+
+    def system(self, host: Host, admin: HostRunner) -> list[str]:
+        """As root: packages, the deploy user with its key and sudoers file, its deploy root."""
+        env = self.environment
+        user = env.deploy_user
+        if admin.run("id -u").stdout.strip() != "0":
+            raise DeployError(f"setup.user {env.setup.user!r} is not root on {host.name}")
+        changed = self.tools(host, admin, commands.ROOTLESS_PACKAGES if env.sudo else {})
+        if admin.run(commands.ensure_user(user)).stdout.strip() == "created":
+            changed.append(f"user {user}")
+        home = PurePosixPath(admin.run(commands.user_home(user)).stdout.strip())
+        admin.run(commands.own_ssh_dir(user, home))
+        keys = home / ".ssh" / "authorized_keys"
+        if put(admin, keys, self.deploy_public_key(), mode=0o600):
+            changed.append("deploy key")
+        admin.run(commands.own_ssh_dir(user, home))  # the key file too: sshd reads it as the user
+        if admin.run(commands.enable_linger(user)).stdout.strip() == "enabled":
+            changed.append("linger")
+        if env.sudo and self.sudoers(admin):
+            changed.append("sudoers")
+        admin.run(commands.own_directory(env.deploy_root, user))
+        return changed
+
+    def deploy_public_key(self) -> str:
+        """The deploy user's public key: setup.authorized_key, the identity file's .pub, or the
+        public half of the private key in the deployer's environment (CD's secret)."""
+        path = self.environment.deploy_key_file()
+        if path is not None:
+            try:
+                return path.read_text().strip() + "\n"
+            except OSError as error:
+                raise DeployError(f"the deploy user's public key: {error}") from None
+        private = self.orchestrator.environ.get(SSH_KEY_VAR)
+        if not private:
+            raise DeployError(
+                f"no public key for the deploy user: set setup.authorized_key or ${SSH_KEY_VAR}"
+            )
+        key = private_key(private)
+        return f"{key.get_name()} {key.get_base64()} mlops-imdb deploy\n"
+
+    def sudoers(self, admin: HostRunner) -> bool:
+        """The deploy user's sudoers file, installed only if visudo accepts it; whether it
+        changed."""
+        text, target = commands.sudoers(self.environment), commands.sudoers_path(
+            self.environment.deploy_user
+        )
+        if admin.run(file_state(target)).stdout.strip() == _wanted(text, 0o440):
+            return False
+        # A name with a '.' is one sudo skips: the file is inert until visudo has passed it.
+        staged = target.with_name(f".{target.name}.staged")
+        admin.put_text(staged, text, mode=0o440)
+        admin.run(commands.install_sudoers(staged, target))
+        return True
+
+    def deploy_side(self, host: Host, runner: HostRunner) -> list[str]:
+        """As the deploy user: directories, registry login, image trust, a first upstream."""
+        env, orchestrator = self.environment, self.orchestrator
+        layout = env.layout(host)
         changed: list[str] = []
-        missing = runner.run(commands.check_tools()).stdout.split()
-        if missing:
-            orchestrator.step(host.name, "install", " ".join(missing))
-            runner.run(commands.install_packages(missing), timeout_s=900)
-            changed.append(f"installed {' '.join(missing)}")
         runner.run(commands.make_directories(layout))
         login = orchestrator.registry_auth()
-        if login is not None and self.put(host, layout.registry_auth_file, login, mode=0o600):
+        if login is not None and put(runner, layout.registry_auth_file, login, mode=0o600):
             changed.append("registry login")
         if env.signing is not None:
             changed += self.trust(host)
-        if env.nginx.mode == "own" and self.put(
-            host, layout.nginx_conf, commands.nginx_main_conf(env, layout)
-        ):
-            changed.append("nginx.conf")
-        if self.put(host, commands.site_path(env, layout), commands.site_conf(env, host, layout)):
-            changed.append("nginx site")
         if not runner.run(f"test -s {commands.q(layout.upstream_conf)}", check=False).ok:
             state = orchestrator.read_state(host)
             colour = state.live or state.idle
             runner.put_text(layout.upstream_conf, commands.upstream_conf(env, host, colour))
             changed.append(f"upstream ({colour})")
+        return changed
+
+    def nginx(self, host: Host, runner: HostRunner) -> list[str]:
+        """The site (and an own nginx's whole config), checked, and nginx running."""
+        env = self.environment
+        layout = env.layout(host)
+        changed: list[str] = []
+        if env.nginx.mode == "own" and put(
+            runner, layout.nginx_conf, commands.nginx_main_conf(env, layout)
+        ):
+            changed.append("nginx.conf")
+        system = env.nginx.mode == "system"
+        if system and runner.run(commands.disable_default_site()).stdout.strip() == "removed":
+            changed.append("nginx default site removed")
+        site = commands.site_path(env, layout)
+        if put(runner, site, commands.site_conf(env, host, layout)):
+            changed.append("nginx site")
         runner.run(commands.nginx_test(env, layout))
         if runner.run(commands.nginx_ensure_running(env, layout)).stdout.strip() == "started":
             changed.append("nginx started")
-        summary = f"changed: {', '.join(changed)}" if changed else "nothing changed"
-        orchestrator.step(
-            host.name, "ready for deploys", f"nginx on {env.http_address(host)}; {summary}"
-        )
+        return changed
+
+    def restore(self, host: Host, runner: HostRunner) -> list[str]:
+        """The unit that starts the live colour after a boot (systemd hosts only): the deploy
+        user's own, or a system unit when it is root."""
+        env, layout = self.environment, self.environment.layout(host)
+        if not runner.run(commands.HAS_SYSTEMD, check=False).ok:
+            self.orchestrator.step(
+                host.name, "restore", "no systemd: nothing restarts the live colour at boot"
+            )
+            return []
+        user_unit = bool(env.sudo)
+        home = runner.run(commands.home_directory()).stdout
+        directory = commands.unit_directory(home, user_unit=user_unit)
+        unit = f"mlops-imdb-{env.name}.service"
+        runner.run(f"mkdir -p {commands.q(directory)}")
+        changed = []
+        script = commands.restore_script(env, layout)
+        if put(runner, layout.restore_script, script, mode=0o755):
+            changed.append("restore script")
+        text = commands.restore_unit(env, layout.restore_script, user_unit=user_unit)
+        if put(runner, directory / unit, text):
+            changed.append("restore unit")
+        runner.run(commands.enable_unit(directory, unit, user_unit=user_unit))
         return changed
 
     def trust(self, host: Host) -> list[str]:
@@ -114,7 +247,7 @@ class HostSetup:
                 ("policy.json", files.policy, policy),
                 ("registries.d", files.registries_d(env), registries_d),
             )
-            if self.put(host, path, text)
+            if put(runner, path, text)
         ]
         orchestrator.step(
             host.name, "trust", f"pulls of {env.image} require a signature by {fingerprint}"

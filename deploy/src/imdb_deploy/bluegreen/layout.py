@@ -109,3 +109,8 @@ class HostLayout:
     def upstream_conf(self) -> PurePosixPath:
         """Included by the site: the one line that says which colour is live."""
         return self.nginx_dir / "upstream.conf"
+
+    @property
+    def restore_script(self) -> PurePosixPath:
+        """Run once per boot by the restore unit: starts the live colour again."""
+        return self.root / "restore-live.sh"

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import tenacity
 
-from imdb_deploy.bluegreen import commands, loadcheck
+from imdb_deploy.bluegreen import commands, hostsetup, loadcheck
 from imdb_deploy.bluegreen.config import (
     ConfigError,
     Environment,
@@ -44,7 +44,6 @@ from imdb_deploy.bluegreen.errors import (
     LockLostError,
     RegressionError,
 )
-from imdb_deploy.bluegreen.hostsetup import HostSetup
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
 from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result, on_each
@@ -141,7 +140,12 @@ class Orchestrator:
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _new_runner(self, host: Host) -> HostRunner:
-        return self._runner_factory(self.environment, host, self.redact)
+        return self.runner_for(self.environment, host)
+
+    def runner_for(self, environment: Environment, host: Host) -> HostRunner:
+        """A new connection to `host` as `environment` says (setup's root phase logs in as
+        another user)."""
+        return self._runner_factory(environment, host, self.redact)
 
     def trusted_key(self) -> str:
         """The fingerprint of the key the hosts require releases to be signed with ("": the
@@ -432,7 +436,7 @@ class Orchestrator:
         if text is None:
             return None
         path = self._layout(host).registry_auth_file
-        HostSetup(self).put(host, path, text, mode=0o600)
+        hostsetup.put(self.runners[host.name], path, text, mode=0o600)
         return path
 
     def _pull_step(self, host: Host, what: str, command: str) -> Result:
@@ -976,7 +980,7 @@ class Orchestrator:
 
     def setup(self) -> dict[str, list[str]]:
         """Prepare every host (safe to repeat: `hostsetup`); what changed per host."""
-        return HostSetup(self).run()
+        return hostsetup.HostSetup(self).run()
 
     def prune(self) -> set[str]:
         """Remove releases beyond `keep_releases` from every host, under the lock (a deploy

@@ -76,7 +76,7 @@ class Result:
         return self.exit_code == 0
 
 
-def _private_key(text: str) -> paramiko.PKey:
+def private_key(text: str) -> paramiko.PKey:
     """A private key given as text (a CI secret): ed25519, ECDSA or RSA."""
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
@@ -115,7 +115,7 @@ class HostRunner:
         if ssh.identity_file is not None:
             connect_kwargs["key_filename"] = str(ssh.identity_file)
         elif self._environ.get(SSH_KEY_VAR):
-            connect_kwargs["pkey"] = _private_key(self._environ[SSH_KEY_VAR])
+            connect_kwargs["pkey"] = private_key(self._environ[SSH_KEY_VAR])
         else:
             connect_kwargs["allow_agent"] = True
         connection = Connection(

@@ -14,6 +14,10 @@ Only the runroots live elsewhere, under /run with a short hashed name (see `runr
 
 Host keys are made once and kept across `down()`/`up()`, so a `known_hosts` handed to a deploy
 stays valid; `down(forget=True)` removes everything.
+
+Hosts of kind `machine` are whole booting machines instead (see `sandbox.machines`): `up()` powers
+them on (a new one starts bare), `down()` powers them off with their disks kept, `reboot()` reboots
+one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.engine.podman import (
@@ -41,6 +46,14 @@ from imdb_deploy.engine.podman import (
 )
 from imdb_deploy.engine.processes import ManagedProcess, run_tool, wait_until
 from imdb_deploy.engine.registry import DEFAULT_REGISTRY_ADDRESS
+from imdb_deploy.sandbox.machines import (
+    MachineEngine,
+    MachineError,
+    MachineSpec,
+    apt_cache_dir,
+    engine_for,
+    sshd_drop_in,
+)
 
 # sshd re-executes itself for every connection and insists on an absolute path to do so.
 SSHD = "/usr/sbin/sshd"
@@ -67,6 +80,8 @@ class SandboxHost:
     address: str
     ssh_port: int
     deploy_root: PurePosixPath
+    # light: an sshd sharing this machine's file system; machine: a booting machine of its own.
+    kind: Literal["light", "machine"] = "light"
 
     def __post_init__(self) -> None:
         if not _HOST_NAME.match(self.name):
@@ -467,6 +482,26 @@ class Fleet:
     def home(self, host: SandboxHost) -> Path:
         return self.host_dir(host) / "home"
 
+    @property
+    def machines(self) -> MachineEngine:
+        """The engine that runs this fleet's machine hosts."""
+        return engine_for(self.root, runroot_for(self.root, "machines").parent)
+
+    def machine(self, host: SandboxHost) -> MachineSpec:
+        return MachineSpec(
+            name=host.name,
+            address=host.address,
+            host_dir=self.host_dir(host),
+            authorized_keys=self.authorized_keys,
+            apt_cache=apt_cache_dir() / host.name,
+        )
+
+    def _light(self) -> list[SandboxHost]:
+        return [host for host in self.hosts if host.kind == "light"]
+
+    def _machines(self) -> list[SandboxHost]:
+        return [host for host in self.hosts if host.kind == "machine"]
+
     # ------------------------------------------------------------ up
 
     def up(self, timeout: float = 15.0) -> None:
@@ -484,7 +519,8 @@ class Fleet:
         _ensure_key(self.identity_file, "mlops-sandbox deploy")
         client_public = self.identity_file.with_name(self.identity_file.name + ".pub")
         _write_if_changed(self.authorized_keys, client_public.read_text())
-        changed = {host.name: self._write_host_files(host) for host in self.hosts}
+        changed = {host.name: self._write_host_files(host) for host in self._light()}
+        changed.update({host.name: self._write_machine_files(host) for host in self._machines()})
         _write_if_changed(
             self.known_hosts,
             "".join(
@@ -493,15 +529,65 @@ class Fleet:
             ),
         )
         started = {}
-        for host in self.hosts:
+        for host in self._light():
             if changed[host.name]:
                 self.stop_ssh(host)
             started[host.name] = self._start_listener(host)
-        for host in self.hosts:
+        for host in self._light():
             self._wait_for_listener(host, started[host.name], timeout)
+        self._boot_machines(changed, timeout)
+
+    def _write_machine_files(self, host: SandboxHost) -> bool:
+        """The machine's host key and sshd drop-in; True if the drop-in changed."""
+        spec = self.machine(host)
+        _ensure_key(spec.key_dir / "ssh_host_ed25519_key", f"mlops-sandbox host {host.name}")
+        _write_if_changed(spec.registries, registries_conf([self.registry]))
+        return _write_if_changed(spec.drop_in, sshd_drop_in(host.address, host.ssh_port))
+
+    def _boot_machines(self, changed: Mapping[str, bool], timeout: float) -> None:
+        machines = self._machines()
+        if not machines:
+            return
+        try:
+            image = self.machines.ensure_image()
+            for host in machines:
+                if changed[host.name] and self.machines.state(host.name) == "running":
+                    self.machines.reboot(host.name)  # it reads its sshd drop-in at boot
+                else:
+                    self.machines.boot(self.machine(host), image)
+        except MachineError as error:
+            raise SandboxError(str(error)) from None
+        for host in machines:
+            self._wait_for_machine(host, max(timeout, 60.0))
+
+    def _wait_for_machine(self, host: SandboxHost, timeout: float) -> float:
+        """Seconds until the machine's sshd sends its banner; SandboxError if it does not."""
+        started = time.monotonic()
+        if not wait_until(lambda: _ssh_answers(host.address, host.ssh_port, 0.5), timeout, 0.1):
+            raise SandboxError(
+                f"{host.name}: the machine's sshd did not answer on {host.ssh_address} within "
+                f"{timeout:.0f} s (its console: {self.machines.container(host.name)})"
+            )
+        return time.monotonic() - started
+
+    def reboot(self, host: SandboxHost, timeout: float = 60.0) -> float:
+        """Reboot a machine host (systemd shuts down, boots again); seconds until its sshd
+        answers again. Only machines reboot: a light host is no machine of its own."""
+        if host.kind != "machine":
+            raise SandboxError(f"{host.name} is a light host: only machine hosts reboot")
+        started = time.monotonic()
+        try:
+            self.machines.reboot(host.name)
+        except MachineError as error:
+            raise SandboxError(str(error)) from None
+        self._wait_for_machine(host, timeout)
+        return time.monotonic() - started
 
     def _host_public_key(self, host: SandboxHost) -> str:
-        key = self._host_key(host)
+        if host.kind == "machine":
+            key = self.machine(host).key_dir / "ssh_host_ed25519_key"
+        else:
+            key = self._host_key(host)
         return key.with_name(key.name + ".pub").read_text()
 
     def _write_host_files(self, host: SandboxHost) -> bool:
@@ -598,7 +684,17 @@ class Fleet:
     def status(self) -> list[dict[str, object]]:
         """Per host: name, ssh address, whether its sshd runs, and its PID."""
         result: list[dict[str, object]] = []
-        for host in self.hosts:
+        for host in self._machines():
+            state = self.machines.state(host.name) if self.machines.storage.exists() else None
+            result.append(
+                {
+                    "name": host.name,
+                    "ssh": host.ssh_address,
+                    "sshd_running": _ssh_answers(host.address, host.ssh_port),
+                    "machine": state or "not made",
+                }
+            )
+        for host in self._light():
             pid = self._listener(host).running_pid()
             result.append(
                 {
@@ -621,7 +717,11 @@ class Fleet:
         """
         stopped: list[str] = []
         errors: list[str] = []
-        for host in self.hosts:
+        try:
+            stopped += self._power_off_machines(forget)
+        except (MachineError, SandboxError) as error:
+            errors.append(str(error))
+        for host in self._light():
             dropped = self.drop_connections(host)
             if dropped:
                 stopped.append(f"{host.name}: {dropped} ssh connection(s)")
@@ -644,6 +744,21 @@ class Fleet:
             self._forget()
         if errors:
             raise SandboxError("down() left things behind:\n" + "\n".join(errors))
+        return stopped
+
+    def _power_off_machines(self, forget: bool) -> list[str]:
+        """Shut the machines down (their disks stay for the next `up()`), or, with `forget`,
+        remove them and their engine's storage."""
+        machines = self._machines()
+        if not machines or not self.machines.storage.exists():
+            return []
+        stopped = [
+            f"{host.name}: machine powered off"
+            for host in machines
+            if self.machines.power_off(host.name)
+        ]
+        if forget:
+            self.machines.destroy([host.name for host in machines])
         return stopped
 
     def _remove_containers(self, host: SandboxHost) -> list[str]:

@@ -38,6 +38,7 @@ def fleet_of(
             address=host.address,
             ssh_port=environment.ssh_port(host),
             deploy_root=environment.layout(host).root,
+            kind=environment.sandbox_hosts,
         )
         for environment in environments
         for host in environment.hosts

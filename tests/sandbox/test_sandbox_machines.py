@@ -1,0 +1,245 @@
+"""Hosts that are whole machines: set up from bare as root, deployed to as a non-root user,
+back by themselves after a reboot.
+
+Two systemd-booting machines (sandbox.machines) start as bare Debian 12 with sshd and sudo.
+`setup` logs in as root and makes them ready; every deploy after it logs in as `deploy`, whose
+sudoers file allows nginx's check, reload and start and nothing else, and whose containers are
+rootless. Everything here runs against the real machines over SSH.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import time
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.config import load_environment
+from imdb_deploy.sandbox.inventory import fleet_of
+from tests.sandbox.conftest import (
+    HTTP_PORT,
+    SECRET_VARIABLE,
+    SSH_PORT,
+    Releases,
+    Sandbox,
+    environment_toml,
+    failed_requests,
+    under_load,
+    worker_index,
+)
+from tests.support import loopback
+
+pytestmark = pytest.mark.integration
+
+# A machine's reboot, measured here: about 11 s from `podman restart` to its live release
+# answering again (systemd's shutdown, the boot, the deploy user's restore unit, the API's start).
+REBOOT_BOUND_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def machines(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """Two bare machines, set up by the deploy's own `setup` as root; what that first setup
+    changed is in `box.lines` as its step lines. Removed at the end, disks and all."""
+    state = tmp_path_factory.mktemp("machines")
+    first = 201 + 2 * worker_index()
+    hosts = (("box-1", loopback(first)), ("box-2", loopback(first + 1)))
+    text = _machine_toml(state, releases, hosts)
+    (state / "machines.toml").write_text(text)
+    environment = load_environment(str(state / "machines.toml"))
+    fleet = fleet_of([environment], state, registry=releases.registry)
+    ours = SECRET_VARIABLE not in os.environ
+    os.environ.setdefault(SECRET_VARIABLE, "e2e-" + secrets.token_hex(12))
+    try:
+        fleet.up()
+        yield Sandbox(fleet, environment, state / "machines.toml", releases, [])
+    finally:
+        fleet.down(forget=True)
+        if ours:
+            os.environ.pop(SECRET_VARIABLE, None)
+
+
+def _machine_toml(state: Path, releases: Releases, hosts: tuple[tuple[str, str], ...]) -> str:
+    ssh = (
+        f'user = "deploy"\nport = {SSH_PORT}\nknown_hosts = "{state / "known_hosts"}"\n'
+        f'identity_file = "{state / "id_ed25519"}"\nconnect_timeout_s = 5\ncommand_timeout_s = 120'
+    )
+    return environment_toml(
+        state, releases.image, Path("/srv/mlops-imdb"), signing_key=releases.signing_key,
+        fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "root"',
+        nginx=f'mode = "system"\nport = {HTTP_PORT}\nmetrics_allow = ["127.0.0.1/32"]',
+    )  # fmt: skip
+
+
+def _setup(box: Sandbox) -> dict[str, list[str]]:
+    deployer = box.orchestrator()
+    try:
+        return deployer.setup()
+    finally:
+        deployer.close()
+
+
+@pytest.fixture(scope="module")
+def first_setup(machines: Sandbox) -> dict[str, list[str]]:
+    return _setup(machines)
+
+
+def _deploy_run(box: Sandbox, host: str, command: str) -> tuple[bool, str]:
+    deployer = box.orchestrator()
+    try:
+        result = deployer.runners[host].run(command, check=False)
+    finally:
+        deployer.close()
+    return result.ok, (result.stdout + result.stderr).strip()
+
+
+def test_a_bare_machine_is_set_up_as_root_and_a_second_setup_changes_nothing(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    for host in machines.environment.hosts:
+        changed = first_setup[host.name]
+        assert any(change.startswith("installed podman") for change in changed), changed
+        for change in ("user deploy", "deploy key", "linger", "sudoers", "restore unit"):
+            assert change in changed, (host.name, changed)
+        assert "nginx default site removed" in changed
+    assert _setup(machines) == {host.name: [] for host in machines.environment.hosts}
+    assert any("nothing changed" in line for line in machines.lines)
+
+
+def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    host = machines.environment.hosts[0].name
+    assert _deploy_run(machines, host, "id -un; id -u") == (True, "deploy\n1000")
+    ok, listing = _deploy_run(machines, host, "sudo -n -l")
+    assert ok, listing
+    allowed = listing[listing.index("NOPASSWD:") :].split("NOPASSWD:", 1)[1]
+    assert [part.strip() for part in allowed.split(",")] == [
+        "/usr/sbin/nginx -t -q",
+        "/usr/sbin/nginx -s reload",
+        "/usr/bin/systemctl start nginx",
+    ]
+    refused, why = _deploy_run(machines, host, "sudo -n cat /etc/shadow")
+    assert not refused
+    assert "password is required" in why
+    assert _deploy_run(machines, host, "sudo -n /usr/sbin/nginx -t -q")[0]
+    # What setup installed passes visudo, and a broken file never reaches sudoers.d.
+    console = machines.fleet.machines
+    assert "parsed OK" in console.run_in(host, "visudo -c")
+    staged, target = "/etc/sudoers.d/.broken.staged", "/etc/sudoers.d/mlops-imdb-broken"
+    result = console.run_in(
+        host,
+        f"printf 'deploy ALL=(root) NOPASSWD: ALL,,\\n' > {staged}; "
+        f"({commands.install_sudoers(PurePosixPath(staged), PurePosixPath(target))}) 2>&1; "
+        "echo exit=$?; "
+        f"test ! -e {target} && test ! -e {staged} && echo neither-left",
+    )
+    assert "exit=1" in result
+    assert "syntax error" in result
+    assert "neither-left" in result, result
+    assert _deploy_run(machines, host, "sudo -n /usr/sbin/nginx -t -q")[0]
+
+
+def test_releases_run_rootless_as_the_deploy_user(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    live, _ = machines.live_and_other()
+    environment = machines.environment
+    for host in environment.hosts:
+        colour = "blue" if "live colour: blue" in _upstream(machines, host.name) else "green"
+        ok, names = _deploy_run(machines, host.name, "podman ps --format '{{.Names}}'")
+        assert ok, names
+        assert environment.container_name(colour) in names.split(), names
+        # root's engine runs nothing: the release is the deploy user's
+        assert machines.fleet.machines.run_in(host.name, "podman ps -q").strip() == ""
+        layout = environment.layout(host)
+        owner = machines.fleet.machines.run_in(host.name, f"stat -c %U {layout.state_file}")
+        assert owner.strip() == "deploy"
+    assert machines.served_versions() == [live, live]
+
+
+def _upstream(box: Sandbox, name: str) -> str:
+    layout = box.environment.layout(next(h for h in box.environment.hosts if h.name == name))
+    return box.fleet.machines.run_in(name, f"cat {shlex.quote(str(layout.upstream_conf))}")
+
+
+def _serves(box: Sandbox, index: int) -> str | None:
+    try:
+        return box.served_versions()[index]
+    except (OSError, urllib.error.URLError, ValueError, KeyError):
+        return None
+
+
+def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves_on(
+    machines: Sandbox, tmp_path: Path
+) -> None:
+    live, _ = machines.live_and_other()
+    rebooted, other = machines.environment.hosts
+    took: dict[str, float] = {}
+
+    def reboot() -> None:
+        started = time.monotonic()
+        took["ssh"] = machines.fleet.reboot(machines.fleet.host(rebooted.name))
+        deadline = started + REBOOT_BOUND_S
+        while _serves(machines, 0) != live and time.monotonic() < deadline:
+            time.sleep(0.2)
+        took["serving"] = time.monotonic() - started
+
+    results, seconds = under_load(
+        machines, tmp_path, reboot, environment=machines.environment.only([other.name])
+    )
+    print(
+        f"reboot of {rebooted.name}: sshd after {took['ssh']:.1f} s, its live release served "
+        f"after {took['serving']:.1f} s; {other.name} meanwhile: {results[0]['requests']} "
+        f"requests in {seconds:.1f} s, {failed_requests(results)} failed"
+    )
+    assert failed_requests(results) == 0
+    assert results[0]["requests"] > 100
+    assert took["serving"] < REBOOT_BOUND_S
+    # A real boot: the machine's init and the release's container are younger than the reboot.
+    console = machines.fleet.machines
+    assert int(console.run_in(rebooted.name, "ps -o etimes= -p 1")) <= seconds
+    assert machines.served_versions() == [live, live]
+    # Only the live colour came back: the kept one stays stopped.
+    ok, names = _deploy_run(machines, rebooted.name, "podman ps --format '{{.Names}}'")
+    assert ok, names
+    assert len(names.split()) == 1, names
+
+
+def test_deploy_and_rollback_on_machines_drop_no_request(machines: Sandbox, tmp_path: Path) -> None:
+    live, other = machines.live_and_other()
+    timings: dict[str, float] = {}
+
+    def deploy() -> None:
+        started = time.monotonic()
+        deployer = machines.orchestrator()
+        try:
+            assert deployer.deploy(other).result == "ok"
+        finally:
+            deployer.close()
+        timings["deploy"] = time.monotonic() - started
+
+    def rollback() -> None:
+        started = time.monotonic()
+        deployer = machines.orchestrator()
+        try:
+            assert deployer.rollback().result == "ok"
+        finally:
+            deployer.close()
+        timings["rollback"] = time.monotonic() - started
+
+    for action, expected in ((deploy, other), (rollback, live)):
+        results, seconds = under_load(machines, tmp_path, action)
+        total = sum(int(result["requests"]) for result in results)
+        print(
+            f"{action.__name__} on machines: {timings[action.__name__]:.1f} s; under load "
+            f"{total} requests in {seconds:.1f} s, {failed_requests(results)} failed, worst "
+            f"{max(result['max_ms'] for result in results):.0f} ms"
+        )
+        assert failed_requests(results) == 0
+        machines.assert_settled(expected, "ok")
