@@ -108,7 +108,7 @@ def reboot(environments: Sequence[Environment], fleet: Fleet, name: str) -> int:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 # nosec B310 - http://, a sandbox host
+        with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 # nosec B310
             return bool(reply.status == 200)
     except (OSError, ValueError):
         return False
