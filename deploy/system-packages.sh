@@ -5,7 +5,9 @@
 # with binfmt-support to build and run arm64 images under emulation (`--arm64` registers it);
 # openssh-server, nginx and curl for the sandbox fleet's simulated hosts (util-linux gives flock);
 # prometheus-pushgateway for the monitoring stack's deploy markers (its tests run a real one);
-# gnupg to sign releases (podman image sign) and read the hosts' public keys.
+# gnupg to sign releases (podman image sign) and read the hosts' public keys; docker.io for the
+# sandbox's Docker Engine hosts (a daemon per host on its own socket, started by the fleet; the
+# package's own service is not started on machines without systemd).
 # As root on Debian they are installed when missing; elsewhere the missing ones are named, and
 # with CI=true that is an error.
 #
@@ -31,7 +33,7 @@ for arg in "$@"; do
     esac
 done
 packages=(podman runc debootstrap docker-registry prometheus wrk qemu-user-static binfmt-support
-          openssh-server nginx-light curl util-linux prometheus-pushgateway gnupg)
+          openssh-server nginx-light curl util-linux prometheus-pushgateway gnupg docker.io)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

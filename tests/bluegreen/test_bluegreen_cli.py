@@ -14,11 +14,12 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import paramiko
 import pytest
 
 from imdb_deploy.bluegreen import cli, commands, hostsetup
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
-from imdb_deploy.bluegreen.errors import ApprovalError, LockHeldError
+from imdb_deploy.bluegreen.errors import ApprovalError, DeployError, LockHeldError
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
 from imdb_deploy.bluegreen.orchestrator import (
@@ -719,3 +720,37 @@ def test_setup_writes_a_file_only_when_its_content_or_mode_differs(tmp_path: Pat
     assert hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)  # other mode: written
     assert Path(str(path)).stat().st_mode & 0o777 == 0o600
     assert not hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)
+
+
+def with_setup(environment: Environment, **setup: object) -> Environment:
+    ssh = environment.ssh.model_copy(update={"user": "deploy"})
+    settings = environment.setup.model_copy(update=setup)
+    return environment.model_copy(update={"ssh": ssh, "setup": settings})
+
+
+def test_the_deploy_users_key_comes_from_the_file_named_or_the_deployers_secret(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "deploy.pub"
+    key_file.write_text("ssh-ed25519 AAAAC3Nza deploy@ci\n\n")
+    named = with_setup(sandbox(tmp_path), user="root", authorized_key=key_file)
+    orch, _ = local_orchestrator(named)
+    assert hostsetup.HostSetup(orch).deploy_public_key() == "ssh-ed25519 AAAAC3Nza deploy@ci\n"
+    # None named: the public half of the private key CD holds in $MLOPS_DEPLOY_SSH_KEY.
+    pem = io.StringIO()
+    generated = paramiko.RSAKey.generate(1024)
+    generated.write_private_key(pem)
+    from_secret, _ = local_orchestrator(
+        with_setup(sandbox(tmp_path), user="root"), {SSH_KEY_VAR: pem.getvalue()}
+    )
+    assert hostsetup.HostSetup(from_secret).deploy_public_key() == (
+        f"ssh-rsa {generated.get_base64()} mlops-imdb deploy\n"
+    )
+    nothing, _ = local_orchestrator(with_setup(sandbox(tmp_path), user="root"))
+    with pytest.raises(DeployError, match=r"set setup\.authorized_key or"):
+        hostsetup.HostSetup(nothing).deploy_public_key()
+    missing, _ = local_orchestrator(
+        with_setup(sandbox(tmp_path), user="root", authorized_key=tmp_path / "gone.pub")
+    )
+    with pytest.raises(DeployError, match="the deploy user's public key"):
+        hostsetup.HostSetup(missing).deploy_public_key()

@@ -26,6 +26,7 @@ import pytest
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.supply_chain import signing
 from tests.support import free_port, serving
 
 # Subprocesses must not send loopback requests through a proxy of the machine running the tests.
@@ -843,3 +844,123 @@ def test_the_restore_unit_is_enabled_by_its_wants_link(
         enable = commands.enable_unit(PurePosixPath(local), "x.service", user_unit=user_unit)
         assert sh(enable).returncode == 0
     assert link.readlink() == Path("../x.service")
+
+
+# ---- Docker Engine hosts -------------------------------------------------------------------------
+
+
+def docker_env(root: Path) -> Environment:
+    return make_env(root).model_copy(update={"engine": "docker"})
+
+
+def test_docker_hosts_get_the_docker_cli_with_docker_semantics(tmp_path: Path) -> None:
+    env = docker_env(tmp_path)
+    host, layout = env.hosts[0], env.layout(env.hosts[0])
+    assert shlex.split(commands.run_container(env, host, "blue", "v1", layout))[:2] == [
+        "docker",
+        "run",
+    ]
+    # Docker has no --ignore: what may be missing is asked about first.
+    assert commands.remove_container("c", "docker") == (
+        "if docker container inspect c >/dev/null 2>&1; then docker rm --force c >/dev/null; fi"
+    )
+    assert commands.stop_container("c", 9, "docker").endswith(
+        "then docker stop --time 9 c >/dev/null; fi"
+    )
+    assert commands.remove_image("i:1", "docker").startswith("if docker image inspect i:1")
+    assert commands.image_labels("i:1", "docker").endswith("'{{json .Config.Labels}}' i:1")
+    assert commands.start_container("c", "docker") == "docker start c"
+    assert "docker logs --tail 300 c" in commands.why_not_ready(
+        "c", "http://x/ready", engine="docker"
+    )
+    assert commands.list_containers(env).startswith("docker ps --all --format '{{json .}}'")
+    assert "exec docker start" in commands.restore_script(env, layout)
+    # The login: Podman takes the file, Docker the directory that holds it as config.json.
+    login = layout.registry_auth_file
+    assert login.name == "config.json"
+    pull = commands.ensure_image("i@sha256:1", 10, login, "docker")
+    assert f"docker --config {login.parent} pull --quiet i@sha256:1" in pull
+    assert "{{.DockerRootDir}}" in pull
+    assert "--authfile" not in pull
+    assert f"podman pull --quiet --authfile {login} i" in commands.ensure_image("i", 10, login)
+    fetch = commands.fetch_signatures(env, "sha256:" + "a" * 64, layout, login)
+    assert f"docker --config {login.parent} pull --quiet" in fetch
+    assert "podman" not in fetch
+
+
+def test_docker_hosts_need_the_engine_and_gpgv_and_never_podman(tmp_path: Path) -> None:
+    packages = commands.host_packages(docker_env(tmp_path))
+    assert packages == {
+        "docker": "docker.io",
+        "gpgv": "gpgv",
+        "nginx": "nginx",
+        "curl": "curl",
+        "flock": "util-linux",
+    }
+    assert commands.host_packages(make_env(tmp_path)) == commands.HOST_PACKAGES
+    assert "newuidmap" in commands.host_packages(rootless(make_env(tmp_path)))
+
+
+def test_a_user_joins_a_group_once(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    groups = tmp_path / "groups"
+    groups.write_text("deploy\n")
+    (bin_dir / "id").write_text(f"#!/bin/sh\ncat {groups}\n")
+    (bin_dir / "usermod").write_text(f'#!/bin/sh\nprintf "deploy %s\\n" "$2" > {groups}\n')
+    for tool in ("id", "usermod"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**LOCAL_ENV, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert sh(commands.join_group("deploy", "docker"), env=env).stdout == "added\n"
+    assert groups.read_text() == "deploy docker\n"
+    assert sh(commands.join_group("deploy", "docker"), env=env).stdout == ""
+
+
+def test_a_binary_file_arrives_byte_for_byte(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 3
+    target = tmp_path / "keyring.gpg"
+    result = sh(commands.write_binary(PurePosixPath(target), data))
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_signature_is_verified_for_this_digest_and_repository_only(tmp_path: Path) -> None:
+    """gpgv stands in with a script that 'verifies' any file and prints its content."""
+    env = docker_env(tmp_path)
+    layout = env.layout(env.hosts[0])
+    digest = "sha256:" + "b" * 64
+    directory = Path(str(layout.signatures_dir / signing.lookaside_entry(env.image, digest)))
+    directory.mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gpgv").write_text('#!/bin/sh\nfor last; do :; done\ncat "$last"\n')
+    (bin_dir / "gpgv").chmod(0o755)
+    path_env = {**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"}
+    command = commands.verify_signature(env, digest, layout)
+
+    def payload(reference: str, signed: str) -> str:
+        return json.dumps(
+            {
+                "critical": {
+                    "identity": {"docker-reference": reference},
+                    "image": {"docker-manifest-digest": signed},
+                    "type": "atomic container signature",
+                }
+            },
+            separators=(",", ":"),
+        )
+
+    assert sh(command, env=path_env).returncode == 1  # none at all
+    for reference, signed in (
+        (f"{env.image}:v1", "sha256:" + "c" * 64),  # another digest (a moved signature)
+        (f"{env.image}-evil:v1", digest),  # another repository
+        ("registryXexample/mlops-imdb-api:v1", digest),  # '.' is no wildcard
+    ):
+        (directory / "signature-1").write_text(payload(reference, signed))
+        refused = sh(command, env=path_env)
+        assert refused.returncode == 1, reference
+        assert f"no signature of {digest}" in refused.stderr
+    (directory / "signature-2").write_text(payload(f"{env.image}:v1", digest))
+    accepted = sh(command, env=path_env)
+    assert (accepted.returncode, accepted.stdout) == (0, "signature verified (gpgv)\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -282,3 +283,21 @@ def test_the_fingerprint_command(
     assert capsys.readouterr().err == "signing: expected one public key, found 2\n"
     assert signing.main(["fingerprint", str(tmp_path / "missing.asc")]) == 2
     assert "missing.asc" in capsys.readouterr().err
+
+
+def test_dearmor_gives_the_binary_key_gpg_would() -> None:
+    armoured = (Path(__file__).parents[2] / "deploy/environments/staging-signing.asc").read_text()
+    binary = signing.dearmor(armoured)
+    # An OpenPGP public key packet starts the keyring (new or old packet format, tag 6).
+    assert binary[0] in (0x99, 0xC6)
+    gpg = shutil.which("gpg")
+    assert gpg is not None, "gnupg (deploy/system-packages.sh) is needed"
+    expected = subprocess.run(  # the same bytes as `gpg --dearmor`
+        [gpg, "--dearmor"], input=armoured.encode(), capture_output=True, check=True
+    ).stdout
+    assert binary == expected
+    with pytest.raises(SigningError, match="not an ASCII-armoured"):
+        signing.dearmor("ssh-ed25519 AAAA")
+    broken = armoured.replace("\n\n", "\n\n!!!", 1)
+    with pytest.raises(SigningError, match="not base64"):
+        signing.dearmor(broken)

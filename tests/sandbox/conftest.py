@@ -5,6 +5,7 @@ hosts (sshd, Podman storage and nginx each) with an environment file pointing at
 from __future__ import annotations
 
 import fcntl
+import http.client
 import io
 import json
 import os
@@ -496,3 +497,51 @@ def failed_requests(results: list[dict[str, float]]) -> int:
     return int(
         sum(r[k] for r in results for k in ("connect", "read", "write", "status", "timeout"))
     )
+
+
+# ---- a crash on one host ----------------------------------------------------------------------
+
+
+def crash_one_and_wait(box: Sandbox, limit_s: float = 60) -> tuple[float, int]:
+    """SIGKILL the live container's API process on the first host, and watch the engine bring
+    it back while the other host answers throughout; (seconds until it answered again, answers
+    of the other host meanwhile)."""
+    victim, other = box.environment.hosts
+    engine = box.environment.engine
+    deployer = box.orchestrator()
+    try:
+        runner = deployer.runners[victim.name]
+        name = box.environment.container_name(deployer.read_state(victim).live or "")
+        inspect = f"{engine} inspect --format '{{{{.State.Pid}}}} {{{{.RestartCount}}}}' {name}"
+        pid, restarts = runner.run(inspect).stdout.split()
+        killed = time.monotonic()
+        runner.run(f"kill -KILL {pid}")  # the API process dies at once: no drain, exit 137
+        answered, down, back = 0, 0, None
+        while back is None and time.monotonic() - killed < limit_s:
+            assert ready_status(box.environment.http_address(other)) == 200
+            answered += 1
+            if ready_status(box.environment.http_address(victim)) == 200:
+                back = time.monotonic() - killed
+            else:
+                down += 1
+            time.sleep(0.05)
+        assert back is not None, "the killed container did not come back"
+        assert down > 0, "it was never down: the kill missed"
+        new_pid, new_restarts = runner.run(inspect).stdout.split()
+        assert (new_pid != pid, int(new_restarts)) == (True, int(restarts) + 1)
+    finally:
+        deployer.close()
+    return back, answered
+
+
+def ready_status(address: str) -> int:
+    """The status of GET /ready through a host's nginx (0: no answer)."""
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", "/ready")
+        return connection.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        connection.close()

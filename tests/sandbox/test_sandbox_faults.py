@@ -38,7 +38,7 @@ from imdb_deploy.engine.registry import registry_config
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
 from imdb_deploy.supply_chain import signing
-from tests.sandbox.conftest import Sandbox, environment_toml, worker_index
+from tests.sandbox.conftest import Sandbox, crash_one_and_wait, environment_toml, worker_index
 from tests.support import loopback, registry_storage
 
 pytestmark = pytest.mark.integration
@@ -292,46 +292,9 @@ def test_a_crashed_container_is_restarted_by_its_engine_while_the_other_host_ser
     sandbox: Sandbox,
 ) -> None:
     live, _ = sandbox.live_and_other()
-    victim, other = sandbox.environment.hosts
-    deployer = sandbox.orchestrator()
-    try:
-        runner = deployer.runners[victim.name]
-        name = sandbox.environment.container_name(deployer.read_state(victim).live or "")
-        inspect = f"podman inspect --format '{{{{.State.Pid}}}} {{{{.RestartCount}}}}' {name}"
-        pid, restarts = runner.run(inspect).stdout.split()
-        killed = time.monotonic()
-        runner.run(f"kill -KILL {pid}")  # the API process dies at once: no drain, exit 137
-        answered, down, back = 0, 0, None
-        while back is None and time.monotonic() - killed < 60:
-            # The other host answers throughout; this one, once its engine restarted it.
-            assert _status(sandbox.environment.http_address(other)) == 200
-            answered += 1
-            if _status(sandbox.environment.http_address(victim)) == 200:
-                back = time.monotonic() - killed
-            else:
-                down += 1
-            time.sleep(0.05)
-        assert back is not None, "the killed container did not come back"
-        assert down > 0, "it was never down: the kill missed"
-        new_pid, new_restarts = runner.run(inspect).stdout.split()
-        assert (new_pid != pid, int(new_restarts)) == (True, int(restarts) + 1)
-        print(f"crash: serving again after {back:.1f} s; the other host answered {answered}")
-    finally:
-        deployer.close()
+    back, answered = crash_one_and_wait(sandbox)
+    print(f"crash: serving again after {back:.1f} s; the other host answered {answered}")
     assert sandbox.served_versions() == [live, live]
-
-
-def _status(address: str) -> int:
-    """The status of GET /ready through a host's nginx (0: no answer)."""
-    host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        connection.request("GET", "/ready")
-        return connection.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        connection.close()
 
 
 # ---- disk ------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_known_hosts_line_brackets_a_non_default_port_and_drops_the_comment() ->
 
 
 def test_containers_conf_keeps_the_machine_settings_and_isolates_libpod(tmp_path: Path) -> None:
-    config = tomllib.loads(fleet_module.containers_conf(Path("/run/x/web-1/libpod")))
+    config = tomllib.loads(podman.containers_conf(Path("/run/x/web-1/libpod")))
     machine = tomllib.loads(podman.CONTAINERS_CONF)
     assert config["containers"] == machine["containers"]
     assert config["engine"] == {
@@ -138,8 +138,8 @@ def test_containers_conf_keeps_the_machine_settings_and_isolates_libpod(tmp_path
 def test_containers_conf_adds_an_engine_table_when_there_is_none(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fleet_module, "CONTAINERS_CONF", '[containers]\nx = "y"\n')
-    config = tomllib.loads(fleet_module.containers_conf(Path("/run/t")))
+    monkeypatch.setattr(podman, "CONTAINERS_CONF", '[containers]\nx = "y"\n')
+    config = tomllib.loads(podman.containers_conf(Path("/run/t")))
     assert config == {
         "containers": {"x": "y"},
         "engine": {"tmp_dir": "/run/t", "lock_type": "file", "events_logger": "file"},

@@ -27,7 +27,7 @@ LOCK_HELD = 3
 LOCK_EXPIRED = 4
 # Exit code of a pull refused because the engine's storage is below the configured free space.
 DISK_LOW = 5
-# command -> the Debian package that has it. runc: Podman would otherwise pick crun.
+# command -> the Debian package that has it (Podman hosts). runc: Podman would otherwise pick crun.
 HOST_PACKAGES = {
     "podman": "podman",
     "runc": "runc",
@@ -37,6 +37,20 @@ HOST_PACKAGES = {
 }
 # A deploy user that is not root runs its containers rootless: its subordinate IDs need these.
 ROOTLESS_PACKAGES = {"newuidmap": "uidmap"}
+# Docker Engine hosts instead of Podman: the engine, and gpgv to check release signatures
+# (Docker has no signature policy of its own).
+DOCKER_PACKAGES = {"docker": "docker.io", "gpgv": "gpgv"}
+
+
+def host_packages(environment: Environment) -> dict[str, str]:
+    """command -> Debian package, for what the deploy runs on this environment's hosts."""
+    common = {tool: package for tool, package in HOST_PACKAGES.items() if tool in COMMON_TOOLS}
+    if environment.engine == "docker":
+        return {**DOCKER_PACKAGES, **common}
+    return {**HOST_PACKAGES, **(ROOTLESS_PACKAGES if environment.sudo else {})}
+
+
+COMMON_TOOLS = ("nginx", "curl", "flock")
 # The root commands a non-root deploy user runs, by absolute path: its sudoers file allows exactly
 # these command lines (sudo compares paths and arguments).
 NGINX = "/usr/sbin/nginx"
@@ -85,9 +99,10 @@ def install_packages(packages: Sequence[str]) -> str:
 
 
 def make_directories(layout: HostLayout) -> str:
+    env_dir, login_dir = q(layout.env_dir), q(layout.registry_auth_file.parent)
     return (
-        f"mkdir -p {q(layout.root)} {q(layout.nginx_dir)} {q(layout.env_dir)} "
-        f"&& chmod 700 {q(layout.env_dir)}"
+        f"mkdir -p {q(layout.root)} {q(layout.nginx_dir)} {env_dir} {login_dir} "
+        f"&& chmod 700 {env_dir} {login_dir}"
     )
 
 
@@ -282,8 +297,9 @@ def disable_default_site() -> str:
 def restore_script(environment: Environment, layout: HostLayout) -> str:
     """Start the colour nginx sends traffic to (upstream.conf says which) after a boot; the
     kept colour stays stopped. Run by the restore unit."""
+    engine = environment.engine
     cases = "".join(
-        f"    {colour}) exec podman start {q(environment.container_name(colour))} ;;\n"
+        f"    {colour}) exec {engine} start {q(environment.container_name(colour))} ;;\n"
         for colour in environment.app.ports
     )
     return (
@@ -374,8 +390,16 @@ def registry_auth(registry: str, user: str, password: str) -> str:
     return json.dumps({"auths": {registry: {"auth": token}}}, indent=2) + "\n"
 
 
-def _authfile(authfile: PurePosixPath | None) -> str:
-    return f" --authfile {q(authfile)}" if authfile is not None else ""
+def _engine(engine: str, authfile: PurePosixPath | None = None) -> str:
+    """The engine's command, with the registry login for a pull: Podman takes the file
+    (`pull --authfile F`, see `_authfile`), Docker the directory holding it as config.json."""
+    if engine == "docker" and authfile is not None:
+        return f"docker --config {q(authfile.parent)}"
+    return engine
+
+
+def _authfile(authfile: PurePosixPath | None, engine: str = "podman") -> str:
+    return f" --authfile {q(authfile)}" if authfile is not None and engine == "podman" else ""
 
 
 def fetch_signatures(
@@ -391,16 +415,55 @@ def fetch_signatures(
     with the engine's message, so the caller can retry it."""
     carrier = q(signing.carrier_reference(environment.image, digest))
     target = q(layout.signatures_dir)
+    engine = environment.engine
+    pull = f"{_engine(engine, authfile)} pull --quiet{_authfile(authfile, engine)}"
     return (
         f"mkdir -p {target} && "
-        f"if out=$(podman pull --quiet{_authfile(authfile)} {carrier} 2>&1 >/dev/null); then "
-        f"c=$(podman create {carrier} none) && "
-        f'podman cp "$c":/{signing.CARRIER_ROOT}/. {target}/ ; status=$?; '
-        f'podman rm "$c" >/dev/null; podman rmi {carrier} >/dev/null; '
+        f"if out=$({pull} {carrier} 2>&1 >/dev/null); then "
+        f"c=$({engine} create {carrier} none) && "
+        f'{engine} cp "$c":/{signing.CARRIER_ROOT}/. {target}/ ; status=$?; '
+        f'{engine} rm "$c" >/dev/null; {engine} rmi {carrier} >/dev/null; '
         '[ "$status" -eq 0 ] && echo signatures fetched; '
         'else case "$out" in *"manifest unknown"*|*"name unknown"*) '
         "echo no signatures published ;; "
         "*) printf '%s\\n' \"$out\" >&2; exit 1 ;; esac; fi"
+    )
+
+
+def verify_signature(environment: Environment, digest: str, layout: HostLayout) -> str:
+    """Docker hosts: the engine checks no signatures, so the deploy does, before the pull. One
+    of the release's fetched signatures must verify with gpgv against the environment's key
+    (setup's keyring) and name this digest and this repository. Prints that it is signed, or
+    exits 1 saying no signature by the key names the digest."""
+    directory = q(layout.signatures_dir / signing.lookaside_entry(environment.image, digest))
+    names_digest = q(f'"docker-manifest-digest":"{digest}"')
+    # In an ERE only '.' of an image name's characters ([a-z0-9._/:-]) is special.
+    names_image = q('"docker-reference":"' + environment.image.replace(".", "\\.") + '[:@"]')
+    return (
+        f'found=0; for s in {directory}/signature-*; do [ -f "$s" ] || continue; '
+        f'payload=$(gpgv --keyring {q(layout.release_keyring)} --output - "$s" 2>/dev/null) '
+        f'|| continue; printf %s "$payload" | grep -qF {names_digest} || continue; '
+        f'printf %s "$payload" | grep -qE {names_image} || continue; found=1; break; done; '
+        'if [ "$found" = 1 ]; then echo "signature verified (gpgv)"; else '
+        f"echo {q(f'no signature of {digest} by the environment key names it')} >&2; exit 1; fi"
+    )
+
+
+def write_binary(path: PurePosixPath, data: bytes, mode: int = 0o644) -> str:
+    """Write a small binary, non-secret file (a public keyring) atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    encoded = base64.b64encode(data).decode()
+    return (
+        f"printf '%s' {q(encoded)} | base64 -d > {q(temporary)} && chmod {mode:o} {q(temporary)}"
+        f" && mv -f {q(temporary)} {q(path)}"
+    )
+
+
+def join_group(user: str, group: str) -> str:
+    """`user` in `group` (prints `added` when it was not)."""
+    return (
+        f"id -nG {q(user)} | tr ' ' '\\n' | grep -qx {q(group)} || "
+        f"{{ usermod -aG {q(group)} {q(user)} && echo added; }}"
     )
 
 
@@ -457,23 +520,32 @@ def backup_file(target: PurePosixPath, backup: PurePosixPath) -> str:
 
 # ---- images and containers ---------------------------------------------------------------------
 
+# Where each engine keeps its images (the disk a pull fills), as its `info` prints it.
+ENGINE_ROOT = {"podman": "{{.Store.GraphRoot}}", "docker": "{{.DockerRootDir}}"}
+
 
 def pull(image: str) -> str:
     return f"podman pull --quiet {q(image)}"
 
 
-def ensure_image(image: str, min_free_mb: int = 0, authfile: PurePosixPath | None = None) -> str:
+def ensure_image(
+    image: str,
+    min_free_mb: int = 0,
+    authfile: PurePosixPath | None = None,
+    engine: str = "podman",
+) -> str:
     """Pull unless present (a release tag never moves); prints `present` or `pulled`. Before a
     pull, the engine's storage must have `min_free_mb` free: else it says how much there is and
     exits DISK_LOW, before a pull could fill the disk the running release writes to. A private
     registry's login comes from `authfile`."""
     free = "df -Pk \"$root\" | awk 'NR == 2 { print int($4 / 1024) }'"
+    pull = f"{_engine(engine, authfile)} pull --quiet{_authfile(authfile, engine)}"
     return (
-        f"if podman image exists {q(image)}; then echo present; else "
-        "root=$(podman info --format '{{.Store.GraphRoot}}') && "
+        f"if {image_exists(image, engine)}; then echo present; else "
+        f"root=$({engine} info --format {q(ENGINE_ROOT[engine])}) && "
         f'free=$({free}) && if [ "$free" -lt {int(min_free_mb)} ]; then '
         f'echo "only $free MB free in $root (the engine\'s storage)" >&2; exit {DISK_LOW}; fi && '
-        f"podman pull --quiet{_authfile(authfile)} {q(image)} >/dev/null && echo pulled; fi"
+        f"{pull} {q(image)} >/dev/null && echo pulled; fi"
     )
 
 
@@ -495,23 +567,34 @@ def transient_pull_error(stderr: str) -> bool:
     return any(marker in text for marker in TRANSIENT_PULL_ERRORS)
 
 
-def image_exists(image: str) -> str:
+def image_exists(image: str, engine: str = "podman") -> str:
+    if engine == "docker":
+        return f"docker image inspect {q(image)} >/dev/null 2>&1"
     return f"podman image exists {q(image)}"
 
 
-def image_labels(image: str) -> str:
-    return f"podman image inspect --format '{{{{json .Labels}}}}' {q(image)}"
+def image_labels(image: str, engine: str = "podman") -> str:
+    labels = ".Config.Labels" if engine == "docker" else ".Labels"
+    return f"{engine} image inspect --format '{{{{json {labels}}}}}' {q(image)}"
 
 
-def remove_image(image: str) -> str:
+def remove_image(image: str, engine: str = "podman") -> str:
+    if engine == "docker":  # no --ignore: ask first
+        return f"if {image_exists(image, engine)}; then docker rmi {q(image)} >/dev/null; fi"
     return f"podman rmi --ignore {q(image)}"
 
 
-def container_exists(name: str) -> str:
+def container_exists(name: str, engine: str = "podman") -> str:
+    if engine == "docker":
+        return f"docker container inspect {q(name)} >/dev/null 2>&1"
     return f"podman container exists {q(name)}"
 
 
-def remove_container(name: str) -> str:
+def remove_container(name: str, engine: str = "podman") -> str:
+    if engine == "docker":
+        return (
+            f"if {container_exists(name, engine)}; then docker rm --force {q(name)} >/dev/null; fi"
+        )
     return f"podman rm --force --ignore --time 5 {q(name)}"
 
 
@@ -533,7 +616,7 @@ def run_container(
         f"{CONTAINER_LABEL}.version": version,
     }
     argv = [
-        "podman",
+        environment.engine,
         "run",
         "--detach",
         f"--name={environment.container_name(colour)}",
@@ -557,32 +640,38 @@ def restart_policy(attempts: int) -> str:
     return f"--restart=on-failure:{attempts}" if attempts else "--restart=no"
 
 
-def start_container(name: str) -> str:
-    return f"podman start {q(name)}"
+def start_container(name: str, engine: str = "podman") -> str:
+    return f"{engine} start {q(name)}"
 
 
-def stop_container(name: str, timeout_s: float) -> str:
+def stop_container(name: str, timeout_s: float, engine: str = "podman") -> str:
     """SIGTERM (the API drains in-flight requests), SIGKILL after the grace period."""
+    if engine == "docker":
+        stop = f"docker stop --time {int(timeout_s)} {q(name)} >/dev/null"
+        return f"if {container_exists(name, engine)}; then {stop}; fi"
     return f"podman stop --ignore --time {int(timeout_s)} {q(name)}"
 
 
-def container_logs(name: str, lines: int = 30) -> str:
-    return f"podman logs --tail {lines} {q(name)} 2>&1 || true"
+def container_logs(name: str, lines: int = 30, engine: str = "podman") -> str:
+    return f"{engine} logs --tail {lines} {q(name)} 2>&1 || true"
 
 
-def why_not_ready(name: str, ready_url: str, lines: int = 8) -> str:
+def why_not_ready(name: str, ready_url: str, lines: int = 8, engine: str = "podman") -> str:
     """What /ready says now (its body names the reason) and the container's last log lines
     that are not access logs (the readiness probes would drown everything else)."""
     return (
         f'echo "/ready: $(curl -sS --max-time 2 {q(ready_url)} 2>&1)"; '
-        f"podman logs --tail 300 {q(name)} 2>&1 | grep -v '\"imdb_api.access\"' | tail -n {lines}; "
+        f"{engine} logs --tail 300 {q(name)} 2>&1 | grep -v '\"imdb_api.access\"' | "
+        f"tail -n {lines}; "
         "true"
     )
 
 
 def list_containers(environment: Environment) -> str:
+    """The environment's containers: a JSON list (Podman), one JSON object per line (Docker)."""
     label = f"{CONTAINER_LABEL}.environment={environment.name}"
-    return f"podman ps --all --format json --filter label={q(label)}"
+    output = "json" if environment.engine == "podman" else "'{{json .}}'"
+    return f"{environment.engine} ps --all --format {output} --filter label={q(label)}"
 
 
 # ---- HTTP on the host ---------------------------------------------------------------------------

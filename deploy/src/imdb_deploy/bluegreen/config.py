@@ -306,6 +306,12 @@ class Environment(_Strict):
         pattern=IMAGE_PATTERN, description="repository, without tag: <registry>/mlops-imdb-api"
     )
     deploy_root: PurePosixPath = PurePosixPath("/srv/mlops-imdb")
+    engine: Literal["podman", "docker"] = Field(
+        default="podman",
+        description="the hosts' container engine: podman (rootless for a non-root deploy user; "
+        "verifies signatures at pull) or docker (Docker Engine: the deploy checks signatures "
+        "with gpgv before the pull, and its user must be root or in the docker group)",
+    )
     strategy: Literal["all-or-nothing", "rolling"] = "all-or-nothing"
     batch_size: int = Field(default=1, ge=1, description="hosts per batch in rolling mode")
     keep_releases: int = Field(default=5, ge=1)

@@ -1,16 +1,16 @@
 """`fab setup`: prepare every host of an environment, safe to repeat.
 
-Per host: the tools present (installed on Debian, as root, when missing), the directories, the
-registry login, the engine's image trust, the nginx site and an upstream, nginx checked and
-running. Every file is written only when its content or mode differs from what the host has,
-so a second run changes nothing and says so ("nothing changed"); what a run did change is
-listed per host.
+Per host: the tools present (installed on Debian, as root, when missing), on a bare host the
+deploy user and what it may do as root, the directories, the registry login, the engine's image
+trust, the nginx site and an upstream, nginx checked and running, and the unit that starts the
+live colour after a boot. Every file is written only when its content or mode differs from
+what the host has, so a second run changes nothing and says so ("nothing changed"); what a run
+did change is listed per host.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -33,9 +33,10 @@ def file_state(path: PurePosixPath) -> str:
     )
 
 
-def _wanted(text: str, mode: int) -> str:
-    """What `file_state` prints for a file holding `text` with `mode`."""
-    return f"{hashlib.sha256(text.encode()).hexdigest()} {mode:o}"
+def _wanted(content: str | bytes, mode: int) -> str:
+    """What `file_state` prints for a file holding `content` with `mode`."""
+    data = content.encode() if isinstance(content, str) else content
+    return f"{hashlib.sha256(data).hexdigest()} {mode:o}"
 
 
 def put(runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
@@ -100,9 +101,9 @@ class HostSetup:
         )
         return changed
 
-    def tools(self, host: Host, runner: HostRunner, extra: Mapping[str, str] = {}) -> list[str]:
+    def tools(self, host: Host, runner: HostRunner) -> list[str]:
         """The commands the deploy runs, installed from Debian's packages when missing."""
-        missing = runner.run(commands.check_tools({**commands.HOST_PACKAGES, **extra})).stdout
+        missing = runner.run(commands.check_tools(commands.host_packages(self.environment))).stdout
         if not missing.split():
             return []
         self.orchestrator.step(host.name, "install", " ".join(missing.split()))
@@ -115,7 +116,7 @@ class HostSetup:
         user = env.deploy_user
         if admin.run("id -u").stdout.strip() != "0":
             raise DeployError(f"setup.user {env.setup.user!r} is not root on {host.name}")
-        changed = self.tools(host, admin, commands.ROOTLESS_PACKAGES if env.sudo else {})
+        changed = self.tools(host, admin)
         if admin.run(commands.ensure_user(user)).stdout.strip() == "created":
             changed.append(f"user {user}")
         home = PurePosixPath(admin.run(commands.user_home(user)).stdout.strip())
@@ -129,6 +130,11 @@ class HostSetup:
         if env.sudo and self.sudoers(admin):
             changed.append("sudoers")
         admin.run(commands.own_directory(env.deploy_root, user))
+        # The docker group is root-equivalent (it can run any container): Docker Engine has
+        # nothing narrower, unlike rootless Podman.
+        docker_user = env.engine == "docker" and env.sudo
+        if docker_user and admin.run(commands.join_group(user, "docker")).stdout.strip():
+            changed.append(f"{user} in group docker")
         return changed
 
     def deploy_public_key(self) -> str:
@@ -147,6 +153,23 @@ class HostSetup:
             )
         key = private_key(private)
         return f"{key.get_name()} {key.get_base64()} mlops-imdb deploy\n"
+
+    def docker_trust(self, host: Host) -> list[str]:
+        """Docker hosts: the release key as gpgv's keyring; the deploy checks each release's
+        signature with it before the pull (`commands.verify_signature`)."""
+        env, orchestrator = self.environment, self.orchestrator
+        runner, layout = orchestrator.runners[host.name], self.environment.layout(host)
+        assert env.signing is not None  # noqa: S101 - checked by trust()
+        fingerprint = orchestrator.trusted_key()
+        keyring = signing.dearmor(env.signing.public_key.read_text())
+        changed = []
+        if runner.run(file_state(layout.release_keyring)).stdout.strip() != _wanted(keyring, 0o644):
+            runner.run(commands.write_binary(layout.release_keyring, keyring))
+            changed.append("release keyring")
+        orchestrator.step(
+            host.name, "trust", f"releases of {env.image} must verify with {fingerprint} (gpgv)"
+        )
+        return changed
 
     def sudoers(self, admin: HostRunner) -> bool:
         """The deploy user's sudoers file, installed only if visudo accepts it; whether it
@@ -232,6 +255,8 @@ class HostSetup:
         runner, layout = orchestrator.runners[host.name], env.layout(host)
         if env.signing is None:
             raise DeployError(f"{env.name} names no signing key")
+        if env.engine == "docker":
+            return self.docker_trust(host)
         home = runner.run(commands.home_directory()).stdout
         files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
         fingerprint = orchestrator.trusted_key()  # read and checked once for all hosts

@@ -80,8 +80,9 @@ class HostLayout:
 
     @property
     def registry_auth_file(self) -> PurePosixPath:
-        """The registry login the pulls use (`--authfile`), mode 600 in the 700 env directory."""
-        return self.env_dir / "registry-auth.json"
+        """The registry login the pulls use, mode 600 in the 700 env directory: Podman's
+        `--authfile`, and the `config.json` of Docker's `--config` directory."""
+        return self.env_dir / "registry" / "config.json"
 
     @property
     def signatures_dir(self) -> PurePosixPath:
@@ -114,3 +115,8 @@ class HostLayout:
     def restore_script(self) -> PurePosixPath:
         """Run once per boot by the restore unit: starts the live colour again."""
         return self.root / "restore-live.sh"
+
+    @property
+    def release_keyring(self) -> PurePosixPath:
+        """Docker hosts: the environment's release key, for gpgv (binary keyring)."""
+        return self.env_dir / "release-key.gpg"

@@ -361,12 +361,12 @@ class Orchestrator:
         started[host.name] = (colour, state)
         name = env.container_name(colour)
         # Each step is recorded when it is done (the report draws it from the step before).
-        if reuse and not runner.run(commands.container_exists(name), check=False).ok:
+        if reuse and not runner.run(commands.container_exists(name, env.engine), check=False).ok:
             # The kept container is gone (a host restart, a manual clean-up): run it anew.
             self.step(host.name, "kept container missing", f"{name}: starting {version} anew")
             reuse = False
         if reuse:
-            runner.run(commands.start_container(name))
+            runner.run(commands.start_container(name, env.engine))
             self.step(host.name, "started", f"kept {colour} container ({version})")
         else:
             digest = self.digests[version]
@@ -386,8 +386,19 @@ class Orchestrator:
                         f"{_cause(fetched.stderr)}"
                     )
                 self.step(host.name, "signatures", fetched.stdout.strip())
+                if env.engine == "docker":
+                    checked = runner.run(
+                        commands.verify_signature(env, digest, layout), check=False
+                    )
+                    if not checked.ok:
+                        raise DeployError(
+                            f"{host.name}: not pulling {image}: {_cause(checked.stderr)}"
+                        )
+                    self.step(host.name, "signature", checked.stdout.strip())
             pulled = self._pull_step(
-                host, "pull", commands.ensure_image(image, env.pull.min_free_mb, authfile)
+                host,
+                "pull",
+                commands.ensure_image(image, env.pull.min_free_mb, authfile, env.engine),
             )
             if pulled.exit_code == commands.DISK_LOW:
                 raise DeployError(
@@ -401,7 +412,7 @@ class Orchestrator:
             values = env.app_environment(self.environ)
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
             run = commands.run_container(env, host, colour, version, layout, digest=digest)
-            runner.run(f"{commands.remove_container(name)} && {run}")
+            runner.run(f"{commands.remove_container(name, env.engine)} && {run}")
             self.step(host.name, "started", f"{colour} on port {env.app.ports[colour]}")
         readiness = env.readiness
         ready_url = commands.colour_url(env, host, colour, "/ready")
@@ -409,7 +420,9 @@ class Orchestrator:
             ready_url, readiness.passes, readiness.interval_s, readiness.timeout_s
         )
         if not runner.run(wait, timeout_s=readiness.timeout_s + 30, check=False).ok:
-            logs = runner.run(commands.why_not_ready(name, ready_url), check=False).stdout.strip()
+            logs = runner.run(
+                commands.why_not_ready(name, ready_url, engine=env.engine), check=False
+            ).stdout.strip()
             raise DeployError(
                 f"{host.name}: {colour} ({version}) not ready within "
                 f"{readiness.timeout_s:g} s:\n{logs}"
@@ -475,18 +488,20 @@ class Orchestrator:
     ) -> None:
         """Stop (a kept release) or remove (a new one) what `_prepare` started for `version`;
         a release the host had never run leaves no image behind either (no disk lost to it)."""
-        runner = self.runners[host.name]
+        runner, engine = self.runners[host.name], self.environment.engine
         name = self.environment.container_name(colour)
         if reuse:
-            runner.run(commands.stop_container(name, self.environment.app.stop_timeout_s))
+            runner.run(commands.stop_container(name, self.environment.app.stop_timeout_s, engine))
             self.step(host.name, "undone", f"{colour} stopped")
             return
-        runner.run(commands.remove_container(name))
+        runner.run(commands.remove_container(name, engine))
         self.write_state(host, state.without(colour))
         removed = f"{colour} removed"
         if version not in state.releases:
             image = self.environment.image_ref(version, self.digests.get(version))
-            remove = f"{commands.image_exists(image)} && {commands.remove_image(image)}"
+            remove = (
+                f"{commands.image_exists(image, engine)} && {commands.remove_image(image, engine)}"
+            )
             if runner.run(remove, check=False).ok:
                 removed += f", image of {version} pruned"
         self.step(host.name, "undone", removed)
@@ -523,7 +538,9 @@ class Orchestrator:
             return
         name = self.environment.container_name(old_colour)
         self.runners[host.name].run(
-            commands.stop_container(name, self.environment.app.stop_timeout_s),
+            commands.stop_container(
+                name, self.environment.app.stop_timeout_s, self.environment.engine
+            ),
             timeout_s=self.environment.app.stop_timeout_s + 30,
         )
         self.step(host.name, "stopped", f"{old_colour} kept for rollback")
@@ -534,7 +551,7 @@ class Orchestrator:
         doomed = state.prunable(self.environment.keep_releases)
         for version in doomed:
             image = self.environment.image_ref(version, state.digests.get(version))
-            runner.run(commands.remove_image(image), check=False)
+            runner.run(commands.remove_image(image, self.environment.engine), check=False)
         if doomed:
             self.write_state(host, state.pruned(doomed))
             self.step(host.name, "pruned", ", ".join(doomed))

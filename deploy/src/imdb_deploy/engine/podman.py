@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -28,6 +29,31 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 runtime = "runc"
 """
+
+
+def containers_conf(tmp_dir: Path) -> str:
+    """containers.conf for one engine of several on this machine (a sandbox host, the fleet's
+    machines): the machine's settings, plus a libpod tmp_dir of its own.
+
+    Engines must not share libpod's tmp_dir: it holds the `alive` marker, the exit files and the
+    events log. A tmp_dir without the marker makes Podman "refresh" after what it takes for a
+    reboot, and with the default SHM locks (one segment for the whole machine) that refresh
+    frees every lock, including those held by other hosts' containers. File locks under the
+    host's own tmp_dir keep each host's locking to itself, as on separate machines.
+    """
+    extra = [
+        f"tmp_dir = {json.dumps(str(tmp_dir))}",  # a JSON string is a TOML basic string
+        'lock_type = "file"',
+        # No journald here; a file under tmp_dir keeps `podman events` per host.
+        'events_logger = "file"',
+    ]
+    lines = CONTAINERS_CONF.splitlines()
+    if "[engine]" in lines:
+        at = lines.index("[engine]") + 1
+        lines[at:at] = extra
+    else:
+        lines += ["", "[engine]", *extra]
+    return "\n".join(lines) + "\n"
 
 
 class EngineError(RuntimeError):

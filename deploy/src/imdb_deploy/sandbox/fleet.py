@@ -39,7 +39,8 @@ from typing import Literal
 
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.engine.podman import (
-    CONTAINERS_CONF,
+    answers,
+    containers_conf,
     mount_points_below,
     registries_conf,
     unmount_below,
@@ -57,6 +58,7 @@ from imdb_deploy.sandbox.machines import (
 
 # sshd re-executes itself for every connection and insists on an absolute path to do so.
 SSHD = "/usr/sbin/sshd"
+DOCKERD = "/usr/sbin/dockerd"
 # sshd refuses to start without its privilege separation directory; /run is a tmpfs.
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
 RUNROOT_BASE = Path("/run")
@@ -82,6 +84,8 @@ class SandboxHost:
     deploy_root: PurePosixPath
     # light: an sshd sharing this machine's file system; machine: a booting machine of its own.
     kind: Literal["light", "machine"] = "light"
+    # A light host's container engine: Podman (its storage), or a Docker Engine of its own.
+    engine: Literal["podman", "docker"] = "podman"
 
     def __post_init__(self) -> None:
         if not _HOST_NAME.match(self.name):
@@ -136,30 +140,6 @@ def known_hosts_line(address: str, port: int, public_key: str) -> str:
 def _toml_string(value: str) -> str:
     # A JSON string is a valid TOML basic string (same escapes).
     return json.dumps(value)
-
-
-def containers_conf(tmp_dir: Path) -> str:
-    """containers.conf for one host: the machine's settings, plus a libpod tmp_dir of its own.
-
-    Hosts must not share libpod's tmp_dir: it holds the `alive` marker, the exit files and the
-    events log. A tmp_dir without the marker makes Podman "refresh" after what it takes for a
-    reboot, and with the default SHM locks (one segment for the whole machine) that refresh
-    frees every lock, including those held by other hosts' containers. File locks under the
-    host's own tmp_dir keep each host's locking to itself, as on separate machines.
-    """
-    extra = [
-        f"tmp_dir = {_toml_string(str(tmp_dir))}",
-        'lock_type = "file"',
-        # No journald here; a file under tmp_dir keeps `podman events` per host.
-        'events_logger = "file"',
-    ]
-    lines = CONTAINERS_CONF.splitlines()
-    if "[engine]" in lines:
-        at = lines.index("[engine]") + 1
-        lines[at:at] = extra
-    else:
-        lines += ["", "[engine]", *extra]
-    return "\n".join(lines) + "\n"
 
 
 def storage_conf(graphroot: Path, runroot: Path) -> str:
@@ -466,8 +446,36 @@ class Fleet:
         # -D: the PID we record is the listener itself; -E: sshd's log beside the process log.
         return [SSHD, "-D", "-f", str(self._sshd_config_file(host)), "-E", str(listener.log_file)]
 
+    def docker_socket(self, host: SandboxHost) -> Path:
+        """A Docker host's daemon socket."""
+        return self.host_dir(host) / "docker.sock"
+
+    def _dockerd(self, host: SandboxHost) -> ManagedProcess:
+        return ManagedProcess("dockerd", self.host_dir(host))
+
+    def _dockerd_argv(self, host: SandboxHost) -> list[str]:
+        # No bridge and no iptables: containers use the host's network, as the deploy runs them,
+        # and this machine's firewall is left alone. The exec root holds containerd's socket:
+        # short, under /run (a unix socket path has at most 107 characters).
+        return [
+            DOCKERD,
+            f"--host=unix://{self.docker_socket(host)}",
+            f"--data-root={self.graphroot(host)}",
+            f"--exec-root={self.runroot(host)}",
+            f"--pidfile={self.host_dir(host) / 'dockerd.pid'}",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+        ]
+
     def engine_env(self, host: SandboxHost) -> dict[str, str]:
-        """The variables that point `podman` at this host's engine (as its SSH sessions get)."""
+        """The variables that point the engine's CLI at this host's engine (as its SSH
+        sessions get)."""
+        if host.engine == "docker":
+            return {
+                "DOCKER_HOST": f"unix://{self.docker_socket(host)}",
+                "HOME": str(self.home(host)),
+            }
         engine = self._engine_dir(host)
         return {
             "CONTAINERS_CONF": str(engine / "containers.conf"),
@@ -535,7 +543,26 @@ class Fleet:
             started[host.name] = self._start_listener(host)
         for host in self._light():
             self._wait_for_listener(host, started[host.name], timeout)
+        for host in self._light():
+            if host.engine == "docker":
+                self._start_dockerd(host, timeout)
         self._boot_machines(changed, timeout)
+
+    def _start_dockerd(self, host: SandboxHost, timeout: float) -> None:
+        """The host's own Docker Engine, on its own socket, data and exec roots."""
+        if not os.access(DOCKERD, os.X_OK):
+            raise SandboxError(f"{DOCKERD} missing (Debian: apt-get install docker.io)")
+        daemon = self._dockerd(host)
+        docker_host = f"unix://{self.docker_socket(host)}"
+        if daemon.running_pid() is not None and answers(docker_host):
+            return
+        daemon.stop()
+        self.graphroot(host).mkdir(parents=True, exist_ok=True)
+        daemon.start(self._dockerd_argv(host), SSHD_ENV)
+        if not wait_until(lambda: answers(docker_host, timeout=1), max(timeout, 30.0), 0.2):
+            log = daemon.log_tail()
+            daemon.stop()
+            raise SandboxError(f"{host.name}: dockerd did not answer on {docker_host}:\n{log}")
 
     def _write_machine_files(self, host: SandboxHost) -> bool:
         """The machine's host key and sshd drop-in; True if the drop-in changed."""
@@ -595,13 +622,12 @@ class Fleet:
         _ensure_key(self._host_key(host), f"mlops-sandbox host {host.name}")
         engine = self.engine_env(host)
         runroot = self.runroot(host)
-        _write_if_changed(Path(engine["CONTAINERS_CONF"]), containers_conf(runroot / "libpod"))
-        _write_if_changed(
-            Path(engine["CONTAINERS_STORAGE_CONF"]), storage_conf(self.graphroot(host), runroot)
-        )
-        _write_if_changed(
-            Path(engine["CONTAINERS_REGISTRIES_CONF"]), registries_conf([self.registry])
-        )
+        if host.engine == "podman":  # Docker's daemon takes its settings on its command line
+            _write_if_changed(Path(engine["CONTAINERS_CONF"]), containers_conf(runroot / "libpod"))
+            storage = storage_conf(self.graphroot(host), runroot)
+            _write_if_changed(Path(engine["CONTAINERS_STORAGE_CONF"]), storage)
+            registries = registries_conf([self.registry])
+            _write_if_changed(Path(engine["CONTAINERS_REGISTRIES_CONF"]), registries)
         self.graphroot(host).mkdir(parents=True, exist_ok=True)
         self.home(host).mkdir(parents=True, exist_ok=True)
         config = sshd_config(
@@ -763,6 +789,8 @@ class Fleet:
 
     def _remove_containers(self, host: SandboxHost) -> list[str]:
         """Stop and remove every container of the host's engine; their names."""
+        if host.engine == "docker":
+            return self._stop_docker(host)
         if not self.graphroot(host).exists() or shutil.which("podman") is None:
             return []  # nothing can have run there
         env = {**os.environ, **self.engine_env(host)}
@@ -770,6 +798,19 @@ class Fleet:
         if names:
             _run(["podman", "stop", "-a", "-t", "5"], env)
             _run(["podman", "rm", "-a", "-f"], env)
+        return names
+
+    def _stop_docker(self, host: SandboxHost) -> list[str]:
+        """Remove a Docker host's containers, then stop its daemon (and the containerd it
+        started); the names of the containers."""
+        daemon = self._dockerd(host)
+        if daemon.running_pid() is None:
+            return []
+        env = {**os.environ, **self.engine_env(host)}
+        names = _run(["docker", "ps", "-a", "--format", "{{.Names}}"], env).split()
+        if names:
+            _run(["docker", "rm", "--force", *names], env)
+        daemon.stop(timeout=20)
         return names
 
     def _stop_nginx(self, host: SandboxHost) -> int | None:

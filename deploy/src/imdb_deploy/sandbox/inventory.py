@@ -39,6 +39,7 @@ def fleet_of(
             ssh_port=environment.ssh_port(host),
             deploy_root=environment.layout(host).root,
             kind=environment.sandbox_hosts,
+            engine=environment.engine,
         )
         for environment in environments
         for host in environment.hosts

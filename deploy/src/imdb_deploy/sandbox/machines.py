@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imdb_deploy.engine.base_image import RootfsRecipe, default_cache_dir, rootfs_tarball
-from imdb_deploy.engine.podman import CONTAINERS_CONF, mount_points_below, unmount_below
+from imdb_deploy.engine.podman import (
+    CONTAINERS_CONF,
+    containers_conf,
+    mount_points_below,
+    unmount_below,
+)
 from imdb_deploy.engine.processes import run_tool
 
 # A bare Debian 12 server: systemd, sshd and sudo, and nothing a deploy needs.
@@ -159,6 +164,11 @@ class MachineEngine:
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.state_dir / "containers.conf")}
 
+    def containers_conf(self) -> str:
+        """The machines' engine keeps its libpod state (locks, exit files, the reboot marker)
+        to itself, as the sandbox hosts' engines do: see `containers_conf`."""
+        return containers_conf(self.runroot / "libpod")
+
     def _argv(self, *args: str) -> list[str]:
         podman = shutil.which("podman") or "podman"
         return [podman, f"--root={self.storage}", f"--runroot={self.runroot}", *args]
@@ -171,17 +181,21 @@ class MachineEngine:
 
     def state(self, name: str) -> str | None:
         """`running`, `exited`, ... of the machine's container; None when it was never made."""
-        found = self.podman(
-            "ps", "-a", "--filter", f"name=^{self.container(name)}$", "--format", "{{.State}}"
+        made = self.podman(
+            "ps", "-a", "--filter", f"name=^{self.container(name)}$", "--format", "{{.ID}}"
         ).split()
-        return found[0] if found else None
+        if not made:
+            return None
+        return self.podman(
+            "container", "inspect", "--format", "{{.State.Status}}", self.container(name)
+        ).strip()
 
     def ensure_image(self, cache_dir: Path | None = None) -> str:
         """The machine image, made once: debootstrap's cached tarball, imported, then the
         hardware's additions built on top."""
         reference = image_reference()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "containers.conf").write_text(CONTAINERS_CONF)
+        (self.state_dir / "containers.conf").write_text(self.containers_conf())
         if self.podman("images", "-q", reference).strip():
             return reference
         tarball = rootfs_tarball(MACHINE_RECIPE, cache_dir or default_cache_dir())

@@ -24,6 +24,7 @@ imdb_deploy.supply_chain.signing new-key NAME --public FILE --private FILE` make
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ipaddress
 import json
@@ -167,6 +168,23 @@ def public_key_fingerprint(armoured: str) -> str:
     if len(found) != 1:
         raise SigningError(f"expected one public key, found {len(found)}")
     return found[0]
+
+
+def dearmor(armoured: str) -> bytes:
+    """The binary key of an ASCII-armoured OpenPGP block (RFC 4880 section 6.2), what gpgv's
+    --keyring reads: the base64 body between the headers' blank line and the CRC line."""
+    lines = [line.strip() for line in armoured.strip().splitlines()]
+    if not lines or not lines[0].startswith("-----BEGIN PGP ") or "" not in lines:
+        raise SigningError("not an ASCII-armoured OpenPGP block")
+    body = []
+    for line in lines[lines.index("") + 1 :]:
+        if line.startswith(("=", "-----END PGP ")):
+            break
+        body.append(line)
+    try:
+        return base64.b64decode("".join(body), validate=True)
+    except ValueError as error:
+        raise SigningError(f"the armoured block's body is not base64: {error}") from None
 
 
 @dataclass(frozen=True)

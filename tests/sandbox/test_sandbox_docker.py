@@ -1,0 +1,170 @@
+"""Docker Engine hosts: the same deploys, rollbacks and faults on hosts whose engine is a real
+Docker Engine (Debian's docker.io, one daemon per host on its own socket).
+
+Docker has no signature policy of its own: setup gives each host the release key as a gpgv
+keyring, and the deploy verifies the release's signature on the host before the pull
+(`commands.verify_signature`). The image is then pulled by that digest, which Docker checks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.config import load_environment
+from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.sandbox.inventory import fleet_of
+from tests.sandbox.conftest import (
+    SECRET_VARIABLE,
+    Releases,
+    Sandbox,
+    crash_one_and_wait,
+    environment_toml,
+    failed_requests,
+    under_load,
+    worker_index,
+)
+from tests.support import loopback
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dockers(
+    releases: Releases,
+    tmp_path_factory: pytest.TempPathFactory,
+    require_tool: Callable[[str], str],
+) -> Iterator[Sandbox]:
+    """Two light hosts, each with a Docker Engine of its own (deploy/system-packages.sh installs
+    docker.io), set up by the deploy's `setup`."""
+    for tool in ("dockerd", "docker", "gpgv"):
+        require_tool(tool)
+    state = tmp_path_factory.mktemp("docker-fleet")
+    first = 211 + 2 * worker_index()
+    hosts = (("dock-1", loopback(first)), ("dock-2", loopback(first + 1)))
+    text = environment_toml(
+        state, releases.image, state / "roots", signing_key=releases.signing_key,
+        fleet_hosts=hosts, top='engine = "docker"\n',
+    )  # fmt: skip
+    (state / "docker.toml").write_text(text)
+    environment = load_environment(str(state / "docker.toml"))
+    fleet = fleet_of([environment], state, registry=releases.registry)
+    ours = SECRET_VARIABLE not in os.environ
+    os.environ.setdefault(SECRET_VARIABLE, "e2e-" + secrets.token_hex(12))
+    try:
+        fleet.up()
+        box = Sandbox(fleet, environment, state / "docker.toml", releases, [])
+        yield box
+    finally:
+        fleet.down()
+        if ours:
+            os.environ.pop(SECRET_VARIABLE, None)
+
+
+def _setup(box: Sandbox) -> dict[str, list[str]]:
+    deployer = box.orchestrator()
+    try:
+        return deployer.setup()
+    finally:
+        deployer.close()
+
+
+@pytest.fixture(scope="module")
+def ready(dockers: Sandbox) -> dict[str, list[str]]:
+    return _setup(dockers)
+
+
+def test_setup_gives_docker_hosts_the_release_keyring_and_repeats_as_nothing(
+    dockers: Sandbox, ready: dict[str, list[str]]
+) -> None:
+    for changed in ready.values():
+        assert "release keyring" in changed, changed
+        assert "policy.json" not in changed  # Podman's policy means nothing to Docker
+    assert _setup(dockers) == {host.name: [] for host in dockers.environment.hosts}
+    engines = {
+        dockers.orchestrator().runners[host.name].run("docker version --format '{{.Server.Os}}'")
+        .stdout.strip()
+        for host in dockers.environment.hosts
+    }  # fmt: skip
+    assert engines == {"linux"}
+
+
+def test_deploy_and_rollback_on_docker_hosts_drop_no_request(
+    dockers: Sandbox, ready: dict[str, list[str]], tmp_path: Path
+) -> None:
+    live, other = dockers.live_and_other()
+    timings: dict[str, float] = {}
+
+    def deploy() -> None:
+        started = time.monotonic()
+        deployer = dockers.orchestrator()
+        try:
+            assert deployer.deploy(other).result == "ok"
+        finally:
+            deployer.close()
+        timings["deploy"] = time.monotonic() - started
+
+    def rollback() -> None:
+        started = time.monotonic()
+        deployer = dockers.orchestrator()
+        try:
+            assert deployer.rollback().result == "ok"
+        finally:
+            deployer.close()
+        timings["rollback"] = time.monotonic() - started
+
+    for action, expected in ((deploy, other), (rollback, live)):
+        results, seconds = under_load(dockers, tmp_path, action)
+        total = sum(int(result["requests"]) for result in results)
+        print(
+            f"{action.__name__} on docker hosts: {timings[action.__name__]:.1f} s; under load "
+            f"{total} requests in {seconds:.1f} s, {failed_requests(results)} failed"
+        )
+        assert failed_requests(results) == 0
+        dockers.assert_settled(expected, "ok")
+    assert any("signature verified (gpgv)" in line for line in dockers.lines)
+
+
+@pytest.mark.parametrize(
+    ("role", "reason"),
+    [
+        # Docker checks no signatures: the deploy's gpgv check refuses these before the pull.
+        ("unsigned", "no signature of sha256:"),
+        ("foreign", "no signature of sha256:"),
+        ("moved", "no signature of sha256:"),
+        ("never_ready", "not ready within"),
+    ],
+)
+def test_a_broken_release_leaves_the_previous_one_serving_on_docker_hosts(
+    dockers: Sandbox, ready: dict[str, list[str]], role: str, reason: str
+) -> None:
+    live, _ = dockers.live_and_other()
+    deployer = dockers.orchestrator()
+    try:
+        broken = getattr(dockers.releases, role)
+        with pytest.raises(DeployError, match=reason):
+            deployer.deploy(broken)
+        image = dockers.environment.image_ref(broken, deployer.digests.get(broken))
+        for host in dockers.environment.hosts:
+            runner = deployer.runners[host.name]
+            running = runner.run("docker ps --format '{{.Names}}'").stdout.split()
+            assert len(running) == 1, running
+            assert not runner.run(commands.image_exists(image, "docker"), check=False).ok
+    finally:
+        deployer.close()
+    dockers.assert_settled(live, "failed")
+
+
+def test_a_crashed_container_is_restarted_by_docker_while_the_other_host_serves(
+    dockers: Sandbox, ready: dict[str, list[str]]
+) -> None:
+    live, _ = dockers.live_and_other()
+    back, answered = crash_one_and_wait(dockers)
+    print(f"docker crash: serving again after {back:.1f} s; the other host answered {answered}")
+    assert dockers.served_versions() == [live, live]
