@@ -72,7 +72,7 @@ train: $(UV) ## Train the model on generated data into artifacts/model (gated ag
 serve: $(UV) ## Train the default model, then serve it on http://127.0.0.1:8000
 	$(NOX) -s train serve
 
-benchmark: $(UV) system-packages ## Benchmarks: make benchmark WHAT=trainer|api
+benchmark: $(UV) system-packages ## Benchmarks: make benchmark WHAT=trainer|api|hosts
 	$(NOX) -s benchmark -- $(WHAT)
 
 engine: $(UV) system-packages ## Start the local container engine and registry (nox -s engine -- up)

@@ -469,20 +469,30 @@ def serve(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
 def benchmark(session: nox.Session) -> None:
-    """Benchmarks, figures side by side in one run: `-- trainer [ARGS]` or `-- api [ARGS]`.
+    """Benchmarks, figures side by side in one run: `-- trainer|api|hosts [ARGS]`.
 
     trainer: ingest rows/s, end-to-end training wall time and peak RSS on 1.6 M rated titles.
     api: throughput and latency of /predict and /predict/batch against a no-op endpoint on the
     same stack and against `mlflow models serve` on the same model, driven by wrk.
+    hosts: deploy and rollback under load on light Podman hosts, booting machines (non-root,
+    rootless) and Docker Engine hosts, and reboots of a machine under load on the other
+    (MLOPS_HOSTS_BENCHMARK_ROUNDS, default 3); reports/benchmark-hosts.{md,json}.
     """
-    if not session.posargs or session.posargs[0] not in {"trainer", "api"}:
-        session.error("usage: nox -s benchmark -- trainer|api [ARGS]")
+    if not session.posargs or session.posargs[0] not in {"trainer", "api", "hosts"}:
+        session.error("usage: nox -s benchmark -- trainer|api|hosts [ARGS]")
     target, *args = session.posargs
     REPORTS.mkdir(exist_ok=True)
     out = f"--out={REPORTS / f'benchmark-{target}.json'}"
     if target == "trainer":
         sync_locked(session)
         session.run("python", "-m", "imdb_trainer.benchmark", out, *args)
+        return
+    if target == "hosts":
+        sync_locked(session, "test")
+        session.run(
+            "pytest", "--layer=benchmark", "-p", "no:cacheprovider", "-s",
+            "tests/sandbox/test_sandbox_hosts_benchmark.py", *args,
+        )  # fmt: skip
         return
     sync_locked(session, "test", "benchmark")
     session.run("pytest", "--layer=benchmark", "-p", "no:cacheprovider", "tests/api")

@@ -792,33 +792,59 @@ def test_without_systemd_nothing_lingers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("upstream", "started"),
-    [("# live colour: green\nserver 1;\n", "green"), ("# live colour: blue\n", "blue"), ("", None)],
+    ("upstream", "started", "fails"),
+    [
+        ("# live colour: green\nserver 1;\n", "green", False),
+        ("# live colour: blue\n", "blue", False),
+        ("# live colour: blue\n", "blue", True),
+        ("", None, False),
+    ],
 )
-def test_the_restore_script_starts_only_the_live_colour(
-    tmp_path: Path, upstream: str, started: str | None
+def test_the_restore_script_starts_only_the_live_colour_and_audits_it(
+    tmp_path: Path, upstream: str, started: str | None, fails: bool
 ) -> None:
     env = make_env(tmp_path)
-    layout = env.layout(env.hosts[0])
+    host = env.hosts[0]
+    layout = env.layout(host)
     Path(str(layout.upstream_conf)).parent.mkdir(parents=True)
     Path(str(layout.upstream_conf)).write_text(upstream)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "podman.log"
-    (bin_dir / "podman").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    refusal = "echo 'Error: \"no such container\"' >&2; exit 125" if fails else ""
+    (bin_dir / "podman").write_text(f'#!/bin/sh\necho "$@" >> {log}\n{refusal}\n')
     (bin_dir / "podman").chmod(0o755)
     script = tmp_path / "restore.sh"
-    script.write_text(commands.restore_script(env, layout))
+    script.write_text(commands.restore_script(env, layout, host))
     result = subprocess.run(
         ["sh", str(script)], capture_output=True, text=True, check=False,
         env={**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    audit = Path(str(layout.audit_log))
     if started is None:
-        assert result.stdout == "nothing live yet\n"
+        assert (result.returncode, result.stdout) == (0, "nothing live yet\n")
         assert not log.exists()
+        assert not audit.exists()
+        return
+    name = env.container_name(started)
+    assert log.read_text() == f"start {name}\n"
+    (entry,) = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert (entry["action"], entry["user"], entry["host"]) == ("restore", "boot", host.name)
+    assert re.fullmatch(r"[0-9a-f]{12}", entry["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", entry["logged_at"])
+    if fails:
+        assert result.returncode == 1
+        assert entry["result"] == "failed"
+        assert (
+            entry["detail"] == f"could not start {started} after a boot: Error: no such container"
+        )
     else:
-        assert log.read_text() == f"start {env.container_name(started)}\n"
+        assert result.returncode == 0, result.stderr
+        assert entry == {
+            **entry,
+            "result": "ok",
+            "detail": f"started {started} ({name}) after a boot",
+        }
 
 
 @pytest.mark.parametrize(("user_unit", "target"), [(True, "default"), (False, "multi-user")])
@@ -874,7 +900,7 @@ def test_docker_hosts_get_the_docker_cli_with_docker_semantics(tmp_path: Path) -
         "c", "http://x/ready", engine="docker"
     )
     assert commands.list_containers(env).startswith("docker ps --all --format '{{json .}}'")
-    assert "exec docker start" in commands.restore_script(env, layout)
+    assert 'out=$(docker start "$name"' in commands.restore_script(env, layout, host)
     # The login: Podman takes the file, Docker the directory that holds it as config.json.
     login = layout.registry_auth_file
     assert login.name == "config.json"

@@ -4,6 +4,8 @@ hosts (sshd, Podman storage and nginx each) with an environment file pointing at
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import fcntl
 import http.client
 import io
@@ -23,11 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import bcrypt
 import docker
 import pytest
+import yaml
 
+from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
+from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.orchestrator import Orchestrator
+from imdb_deploy.engine.processes import ManagedProcess
+from imdb_deploy.engine.registry import registry_config
 from imdb_deploy.images import build, manifest_list, metadata, publish, services
 from imdb_deploy.images import release as release_identity
 from imdb_deploy.images.platforms import PLATFORMS
@@ -35,7 +43,13 @@ from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
 from imdb_deploy.supply_chain import signing
 from imdb_model import verify_artifact
-from tests.support import SharedEngine, fixture_artifact, loopback, shared_engine
+from tests.support import (
+    SharedEngine,
+    fixture_artifact,
+    loopback,
+    registry_storage,
+    shared_engine,
+)
 
 # Ports of the test fleets, on addresses apart from the sandbox environments' (test_hosts()).
 SSH_PORT = 2261
@@ -545,3 +559,224 @@ def ready_status(address: str) -> int:
         return 0
     finally:
         connection.close()
+
+
+# ---- a second registry, and releases the hosts must pull again ----------------------------------
+
+
+@dataclass
+class RegistryReplica:
+    """A second registry process serving the test registry's own storage at `address`; the
+    hosts pull the test releases through it, so stopping it is the registry going down."""
+
+    address: str
+    process: ManagedProcess
+    config: Path
+
+    def start(self) -> None:
+        self.process.start(["docker-registry", "serve", str(self.config)])
+        deadline = time.monotonic() + 15
+        while not registry_answers(self.address):
+            if time.monotonic() > deadline:
+                self.process.stop()
+                raise AssertionError(f"the replica did not answer:\n{self.process.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def registry_answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status in {200, 401}  # 401: it wants a login
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def serving_through_replica(
+    sandbox: Sandbox, directory: Path, htpasswd: Path | None = None, remap: bool = True
+) -> Iterator[RegistryReplica]:
+    """The replica running (behind a login when `htpasswd` is given). With `remap`, every test
+    host's engine is sent to it for the test releases: a registries.conf entry for their
+    namespace, so the references, and the signatures' identities, stay the same; without, the
+    hosts reach it only by its own address. All undone at the end."""
+    address = f"{loopback(181 + worker_index())}:5000"
+    settings = yaml.safe_load(registry_config(registry_storage(sandbox.releases.registry), address))
+    if htpasswd is not None:
+        settings["auth"] = {"htpasswd": {"realm": "mlops-imdb-tests", "path": str(htpasswd)}}
+    config = directory / "replica.yml"
+    config.write_text(yaml.safe_dump(settings))
+    registry = RegistryReplica(address, ManagedProcess("replica", directory), config)
+    image = sandbox.releases.image
+    namespace, repository = image.rpartition("/")[0], image.partition("/")[2]
+    entry = (
+        f'\n[[registry]]\nprefix = "{namespace}"\n'
+        f'location = "{address}/{namespace.partition("/")[2]}"\ninsecure = true\n'
+        if remap
+        else f'\n[[registry]]\nlocation = "{address}"\ninsecure = true\n'
+    )
+    # Docker Engine hosts need neither: 127.0.0.0/8 registries may speak plain HTTP to Docker,
+    # and Docker reads no lookaside (the deploy checks signatures itself).
+    podman_hosts = [host for host in sandbox.fleet.hosts if host.engine == "podman"]
+    files = [
+        Path(sandbox.fleet.engine_env(host)["CONTAINERS_REGISTRIES_CONF"]) for host in podman_hosts
+    ]
+    originals = {path: path.read_text() for path in files}
+    # The engine finds a pulled image's lookaside by the location it pulls from, as it would
+    # for any mirror: the replica gets the same signature directory as the registry.
+    lookasides = []
+    for host in sandbox.environment.hosts:
+        if sandbox.fleet.host(host.name).engine != "podman":
+            continue
+        home = sandbox.fleet.home(sandbox.fleet.host(host.name))
+        lookaside = home / ".config/containers/registries.d/replica.yaml"
+        signatures = sandbox.environment.layout(host).signatures_dir
+        lookaside.write_text(signing.registries_d(f"{address}/{repository}", signatures))
+        lookasides.append(lookaside)
+    try:
+        registry.start()
+        for path, text in originals.items():
+            path.write_text(text + entry)
+        yield registry
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+        for lookaside in lookasides:
+            lookaside.unlink()
+        registry.stop()
+
+
+def forget_release(sandbox: Sandbox, version: str) -> None:
+    """Remove `version`'s container and image from every host, so a deploy must pull it."""
+    deployer, engine = sandbox.orchestrator(), sandbox.environment.engine
+    try:
+        for host in sandbox.environment.hosts:
+            runner, state = deployer.runners[host.name], deployer.read_state(host)
+            for colour, running in state.colours.items():
+                if running == version and colour != state.live:
+                    name = sandbox.environment.container_name(colour)
+                    runner.run(commands.remove_container(name, engine))
+            image = sandbox.environment.image_ref(version, deployer._digest_of(version))
+            runner.run(commands.remove_image(image, engine))
+            assert not runner.run(commands.image_exists(image, engine), check=False).ok
+    finally:
+        deployer.close()
+
+
+def private_registry_case(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The releases served by a registry that wants a login, at its own address (the image of
+    an environment that names no signing key: this case is about the login alone)."""
+    user, password = "puller", "pw-" + secrets.token_hex(12)
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{user}:{hashed}\n")
+    live, other = sandbox.live_and_other()
+    forget_release(sandbox, other)  # else the hosts have it already and pull nothing
+    reader = sandbox.orchestrator()
+    try:
+        digest = reader._digest_of(other)  # the replica serves the same manifests
+    finally:
+        reader.close()
+    with serving_through_replica(sandbox, tmp_path, htpasswd, remap=False) as registry:
+        image = f"{registry.address}/{sandbox.releases.image.partition('/')[2]}"
+        public = sandbox.environment.model_copy(update={"image": image, "signing": None})
+        deployer = sandbox.orchestrator(public)
+        try:
+            # Podman says "unauthorized"; Docker "no basic auth credentials".
+            with pytest.raises(DeployError, match=r"unauthorized|no basic auth credentials"):
+                deployer.deploy(other, digest=digest)
+            assert deployer.outcome is not None
+            assert not [e for e in deployer.outcome.events if e.step.endswith(" retry")]
+        finally:
+            deployer.close()
+        sandbox.assert_settled(live, "failed")
+
+        pull = public.pull.model_copy(
+            update={"user_var": "E2E_PULL_USER", "password_var": "E2E_PULL_PASSWORD"}
+        )
+        private = public.model_copy(update={"pull": pull})
+        environ = {**os.environ, "E2E_PULL_USER": user, "E2E_PULL_PASSWORD": password}
+        deployer = sandbox.orchestrator(private, environ=environ)
+        try:
+            assert deployer.deploy(other, digest=digest).result == "ok"
+            for host in private.hosts:
+                auth = Path(str(private.layout(host).registry_auth_file))
+                assert auth.stat().st_mode & 0o777 == 0o600
+                token = json.loads(auth.read_text())["auths"][registry.address]["auth"]
+                assert base64.b64decode(token).decode() == f"{user}:{password}"
+            assert deployer.outcome is not None
+            logged = json.dumps(deployer.outcome.audit_entry()) + "\n".join(sandbox.lines)
+            assert password not in logged
+        finally:
+            deployer.close()
+    sandbox.assert_settled(other, "ok")
+
+
+# ---- fleets of other kinds: booting machines, Docker Engine hosts ------------------------------
+
+
+def kind_toml(
+    state: Path, releases: Releases, kind: str, hosts: tuple[tuple[str, str], ...]
+) -> str:
+    """The test environment on `hosts` of `kind`: machine (booting, set up by root, deployed to
+    by `deploy`, the system nginx) or docker (light hosts with a Docker Engine each)."""
+    if kind == "docker":
+        return environment_toml(
+            state, releases.image, state / "roots", signing_key=releases.signing_key,
+            fleet_hosts=hosts, top='engine = "docker"\n',
+        )  # fmt: skip
+    ssh = (
+        f'user = "deploy"\nport = {SSH_PORT}\nknown_hosts = "{state / "known_hosts"}"\n'
+        f'identity_file = "{state / "id_ed25519"}"\nconnect_timeout_s = 5\ncommand_timeout_s = 120'
+    )
+    return environment_toml(
+        state, releases.image, Path("/srv/mlops-imdb"), signing_key=releases.signing_key,
+        fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "root"',
+        nginx=f'mode = "system"\nport = {HTTP_PORT}\nmetrics_allow = ["127.0.0.1/32"]',
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def fleet_of_kind(
+    releases: Releases, state: Path, kind: str, hosts: tuple[tuple[str, str], ...]
+) -> Iterator[Sandbox]:
+    """A fleet of `kind` up for the block (not set up: that is for the test to do); machines
+    are removed at the end, disks and all."""
+    toml = state / f"{kind}.toml"
+    toml.write_text(kind_toml(state, releases, kind, hosts))
+    environment = load_environment(str(toml))
+    fleet = fleet_of([environment], state, registry=releases.registry)
+    ours = SECRET_VARIABLE not in os.environ
+    os.environ.setdefault(SECRET_VARIABLE, "e2e-" + secrets.token_hex(12))
+    try:
+        fleet.up()
+        yield Sandbox(fleet, environment, toml, releases, [])
+    finally:
+        fleet.down(forget=kind == "machine")
+        if ours:
+            os.environ.pop(SECRET_VARIABLE, None)
+
+
+def machine_hosts() -> tuple[tuple[str, str], ...]:
+    first = 201 + 2 * worker_index()
+    return (("box-1", loopback(first)), ("box-2", loopback(first + 1)))
+
+
+def docker_hosts() -> tuple[tuple[str, str], ...]:
+    first = 211 + 2 * worker_index()
+    return (("dock-1", loopback(first)), ("dock-2", loopback(first + 1)))
+
+
+def set_up(box: Sandbox) -> dict[str, list[str]]:
+    """The deploy's own setup on the box's hosts; what it changed per host."""
+    deployer = box.orchestrator()
+    try:
+        return deployer.setup()
+    finally:
+        deployer.close()

@@ -1,5 +1,7 @@
 """Docker Engine hosts: the same deploys, rollbacks and faults on hosts whose engine is a real
-Docker Engine (Debian's docker.io, one daemon per host on its own socket).
+Docker Engine (Debian's docker.io, one daemon per host on its own socket): deploy and rollback
+under load, releases that are unsigned, signed by another key, carry a moved signature or never
+get ready, a crashed container, a private registry without and with the login.
 
 Docker has no signature policy of its own: setup gives each host the release key as a gpgv
 keyring, and the deploy verifies the release's signature on the host before the pull
@@ -8,8 +10,6 @@ keyring, and the deploy verifies the release's signature on the host before the 
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,20 +17,18 @@ from pathlib import Path
 import pytest
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.config import load_environment
 from imdb_deploy.bluegreen.errors import DeployError
-from imdb_deploy.sandbox.inventory import fleet_of
 from tests.sandbox.conftest import (
-    SECRET_VARIABLE,
     Releases,
     Sandbox,
     crash_one_and_wait,
-    environment_toml,
+    docker_hosts,
     failed_requests,
+    fleet_of_kind,
+    private_registry_case,
+    set_up,
     under_load,
-    worker_index,
 )
-from tests.support import loopback
 
 pytestmark = pytest.mark.integration
 
@@ -42,42 +40,18 @@ def dockers(
     require_tool: Callable[[str], str],
 ) -> Iterator[Sandbox]:
     """Two light hosts, each with a Docker Engine of its own (deploy/system-packages.sh installs
-    docker.io), set up by the deploy's `setup`."""
+    docker.io)."""
     for tool in ("dockerd", "docker", "gpgv"):
         require_tool(tool)
-    state = tmp_path_factory.mktemp("docker-fleet")
-    first = 211 + 2 * worker_index()
-    hosts = (("dock-1", loopback(first)), ("dock-2", loopback(first + 1)))
-    text = environment_toml(
-        state, releases.image, state / "roots", signing_key=releases.signing_key,
-        fleet_hosts=hosts, top='engine = "docker"\n',
-    )  # fmt: skip
-    (state / "docker.toml").write_text(text)
-    environment = load_environment(str(state / "docker.toml"))
-    fleet = fleet_of([environment], state, registry=releases.registry)
-    ours = SECRET_VARIABLE not in os.environ
-    os.environ.setdefault(SECRET_VARIABLE, "e2e-" + secrets.token_hex(12))
-    try:
-        fleet.up()
-        box = Sandbox(fleet, environment, state / "docker.toml", releases, [])
+    with fleet_of_kind(
+        releases, tmp_path_factory.mktemp("docker-fleet"), "docker", docker_hosts()
+    ) as box:
         yield box
-    finally:
-        fleet.down()
-        if ours:
-            os.environ.pop(SECRET_VARIABLE, None)
-
-
-def _setup(box: Sandbox) -> dict[str, list[str]]:
-    deployer = box.orchestrator()
-    try:
-        return deployer.setup()
-    finally:
-        deployer.close()
 
 
 @pytest.fixture(scope="module")
 def ready(dockers: Sandbox) -> dict[str, list[str]]:
-    return _setup(dockers)
+    return set_up(dockers)
 
 
 def test_setup_gives_docker_hosts_the_release_keyring_and_repeats_as_nothing(
@@ -86,7 +60,7 @@ def test_setup_gives_docker_hosts_the_release_keyring_and_repeats_as_nothing(
     for changed in ready.values():
         assert "release keyring" in changed, changed
         assert "policy.json" not in changed  # Podman's policy means nothing to Docker
-    assert _setup(dockers) == {host.name: [] for host in dockers.environment.hosts}
+    assert set_up(dockers) == {host.name: [] for host in dockers.environment.hosts}
     engines = {
         dockers.orchestrator().runners[host.name].run("docker version --format '{{.Server.Os}}'")
         .stdout.strip()
@@ -168,3 +142,10 @@ def test_a_crashed_container_is_restarted_by_docker_while_the_other_host_serves(
     back, answered = crash_one_and_wait(dockers)
     print(f"docker crash: serving again after {back:.1f} s; the other host answered {answered}")
     assert dockers.served_versions() == [live, live]
+
+
+def test_a_private_registry_is_refused_without_the_login_and_pulled_with_it_on_docker_hosts(
+    dockers: Sandbox, ready: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """Docker reads the same login file, as `config.json` of its `--config` directory."""
+    private_registry_case(dockers, tmp_path)

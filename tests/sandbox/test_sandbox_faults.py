@@ -12,12 +12,7 @@ Each case ends on one release per host, serving, with the lock free and an audit
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import http.client
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import threading
@@ -26,20 +21,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import pytest
-import yaml
 
 from imdb_deploy.bluegreen import cli, commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.errors import DeployError
-from imdb_deploy.engine.processes import ManagedProcess
-from imdb_deploy.engine.registry import registry_config
 from imdb_deploy.sandbox.fleet import Fleet
 from imdb_deploy.sandbox.inventory import fleet_of
-from imdb_deploy.supply_chain import signing
-from tests.sandbox.conftest import Sandbox, crash_one_and_wait, environment_toml, worker_index
-from tests.support import loopback, registry_storage
+from tests.sandbox.conftest import (
+    RegistryReplica,
+    Sandbox,
+    crash_one_and_wait,
+    environment_toml,
+    forget_release,
+    private_registry_case,
+    serving_through_replica,
+    worker_index,
+)
+from tests.support import loopback
 
 pytestmark = pytest.mark.integration
 
@@ -78,111 +77,10 @@ def test_a_lock_lost_mid_deploy_stops_before_the_switch_and_undoes(sandbox: Sand
 # ---- the registry ------------------------------------------------------------------------------
 
 
-@dataclass
-class RegistryReplica:
-    """A second registry process serving the test registry's own storage at `address`; the
-    hosts pull the test releases through it, so stopping it is the registry going down."""
-
-    address: str
-    process: ManagedProcess
-    config: Path
-
-    def start(self) -> None:
-        self.process.start(["docker-registry", "serve", str(self.config)])
-        deadline = time.monotonic() + 15
-        while not _answers(self.address):
-            if time.monotonic() > deadline:
-                self.process.stop()
-                raise AssertionError(f"the replica did not answer:\n{self.process.log_tail()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.process.stop()
-
-
-def _answers(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=2)
-    try:
-        connection.request("GET", "/v2/")
-        return connection.getresponse().status in {200, 401}  # 401: it wants a login
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
-@contextlib.contextmanager
-def serving_through_replica(
-    sandbox: Sandbox, directory: Path, htpasswd: Path | None = None, remap: bool = True
-) -> Iterator[RegistryReplica]:
-    """The replica running (behind a login when `htpasswd` is given). With `remap`, every test
-    host's engine is sent to it for the test releases: a registries.conf entry for their
-    namespace, so the references, and the signatures' identities, stay the same; without, the
-    hosts reach it only by its own address. All undone at the end."""
-    address = f"{loopback(181 + worker_index())}:5000"
-    settings = yaml.safe_load(registry_config(registry_storage(sandbox.releases.registry), address))
-    if htpasswd is not None:
-        settings["auth"] = {"htpasswd": {"realm": "mlops-imdb-tests", "path": str(htpasswd)}}
-    config = directory / "replica.yml"
-    config.write_text(yaml.safe_dump(settings))
-    registry = RegistryReplica(address, ManagedProcess("replica", directory), config)
-    image = sandbox.releases.image
-    namespace, repository = image.rpartition("/")[0], image.partition("/")[2]
-    entry = (
-        f'\n[[registry]]\nprefix = "{namespace}"\n'
-        f'location = "{address}/{namespace.partition("/")[2]}"\ninsecure = true\n'
-        if remap
-        else f'\n[[registry]]\nlocation = "{address}"\ninsecure = true\n'
-    )
-    files = [
-        Path(sandbox.fleet.engine_env(host)["CONTAINERS_REGISTRIES_CONF"])
-        for host in sandbox.fleet.hosts
-    ]
-    originals = {path: path.read_text() for path in files}
-    # The engine finds a pulled image's lookaside by the location it pulls from, as it would
-    # for any mirror: the replica gets the same signature directory as the registry.
-    lookasides = []
-    for host in sandbox.environment.hosts:
-        home = sandbox.fleet.home(sandbox.fleet.host(host.name))
-        lookaside = home / ".config/containers/registries.d/replica.yaml"
-        signatures = sandbox.environment.layout(host).signatures_dir
-        lookaside.write_text(signing.registries_d(f"{address}/{repository}", signatures))
-        lookasides.append(lookaside)
-    try:
-        registry.start()
-        for path, text in originals.items():
-            path.write_text(text + entry)
-        yield registry
-    finally:
-        for path, text in originals.items():
-            path.write_text(text)
-        for lookaside in lookasides:
-            lookaside.unlink()
-        registry.stop()
-
-
 @pytest.fixture
 def replica(sandbox: Sandbox, tmp_path: Path) -> Iterator[RegistryReplica]:
     with serving_through_replica(sandbox, tmp_path) as registry:
         yield registry
-
-
-def forget_release(sandbox: Sandbox, version: str) -> None:
-    """Remove `version`'s container and image from every host, so a deploy must pull it."""
-    deployer = sandbox.orchestrator()
-    try:
-        for host in sandbox.environment.hosts:
-            runner, state = deployer.runners[host.name], deployer.read_state(host)
-            for colour, running in state.colours.items():
-                if running == version and colour != state.live:
-                    name = sandbox.environment.container_name(colour)
-                    runner.run(commands.remove_container(name))
-            image = sandbox.environment.image_ref(version, deployer._digest_of(version))
-            runner.run(commands.remove_image(image))
-            assert not runner.run(commands.image_exists(image), check=False).ok
-    finally:
-        deployer.close()
 
 
 def test_a_registry_down_for_seconds_mid_deploy_is_survived(
@@ -238,51 +136,7 @@ def test_a_registry_down_for_good_fails_the_deploy_with_nothing_changed(
 def test_a_private_registry_is_refused_without_the_login_and_pulled_with_it(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """The releases served by a registry that wants a login, at its own address (the image of
-    an environment that names no signing key: this case is about the login alone)."""
-    user, password = "puller", "pw-" + secrets.token_hex(12)
-    htpasswd = tmp_path / "htpasswd"
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"{user}:{hashed}\n")
-    live, other = sandbox.live_and_other()
-    forget_release(sandbox, other)  # else the hosts have it already and pull nothing
-    reader = sandbox.orchestrator()
-    try:
-        digest = reader._digest_of(other)  # the replica serves the same manifests
-    finally:
-        reader.close()
-    with serving_through_replica(sandbox, tmp_path, htpasswd, remap=False) as registry:
-        image = f"{registry.address}/{sandbox.releases.image.partition('/')[2]}"
-        public = sandbox.environment.model_copy(update={"image": image, "signing": None})
-        deployer = sandbox.orchestrator(public)
-        try:
-            with pytest.raises(DeployError, match="unauthorized"):
-                deployer.deploy(other, digest=digest)
-            assert deployer.outcome is not None
-            assert not [e for e in deployer.outcome.events if e.step.endswith(" retry")]
-        finally:
-            deployer.close()
-        sandbox.assert_settled(live, "failed")
-
-        pull = public.pull.model_copy(
-            update={"user_var": "E2E_PULL_USER", "password_var": "E2E_PULL_PASSWORD"}
-        )
-        private = public.model_copy(update={"pull": pull})
-        environ = {**os.environ, "E2E_PULL_USER": user, "E2E_PULL_PASSWORD": password}
-        deployer = sandbox.orchestrator(private, environ=environ)
-        try:
-            assert deployer.deploy(other, digest=digest).result == "ok"
-            for host in private.hosts:
-                auth = Path(str(private.layout(host).registry_auth_file))
-                assert auth.stat().st_mode & 0o777 == 0o600
-                token = json.loads(auth.read_text())["auths"][registry.address]["auth"]
-                assert base64.b64decode(token).decode() == f"{user}:{password}"
-            assert deployer.outcome is not None
-            logged = json.dumps(deployer.outcome.audit_entry()) + "\n".join(sandbox.lines)
-            assert password not in logged
-        finally:
-            deployer.close()
-    sandbox.assert_settled(other, "ok")
+    private_registry_case(sandbox, tmp_path)
 
 
 # ---- a crash -----------------------------------------------------------------------------------

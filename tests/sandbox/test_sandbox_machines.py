@@ -9,8 +9,6 @@ rootless. Everything here runs against the real machines over SSH.
 
 from __future__ import annotations
 
-import os
-import secrets
 import shlex
 import time
 import urllib.error
@@ -20,20 +18,15 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.config import load_environment
-from imdb_deploy.sandbox.inventory import fleet_of
 from tests.sandbox.conftest import (
-    HTTP_PORT,
-    SECRET_VARIABLE,
-    SSH_PORT,
     Releases,
     Sandbox,
-    environment_toml,
     failed_requests,
+    fleet_of_kind,
+    machine_hosts,
+    set_up,
     under_load,
-    worker_index,
 )
-from tests.support import loopback
 
 pytestmark = pytest.mark.integration
 
@@ -44,49 +37,16 @@ REBOOT_BOUND_S = 60.0
 
 @pytest.fixture(scope="module")
 def machines(releases: Releases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """Two bare machines, set up by the deploy's own `setup` as root; what that first setup
-    changed is in `box.lines` as its step lines. Removed at the end, disks and all."""
-    state = tmp_path_factory.mktemp("machines")
-    first = 201 + 2 * worker_index()
-    hosts = (("box-1", loopback(first)), ("box-2", loopback(first + 1)))
-    text = _machine_toml(state, releases, hosts)
-    (state / "machines.toml").write_text(text)
-    environment = load_environment(str(state / "machines.toml"))
-    fleet = fleet_of([environment], state, registry=releases.registry)
-    ours = SECRET_VARIABLE not in os.environ
-    os.environ.setdefault(SECRET_VARIABLE, "e2e-" + secrets.token_hex(12))
-    try:
-        fleet.up()
-        yield Sandbox(fleet, environment, state / "machines.toml", releases, [])
-    finally:
-        fleet.down(forget=True)
-        if ours:
-            os.environ.pop(SECRET_VARIABLE, None)
-
-
-def _machine_toml(state: Path, releases: Releases, hosts: tuple[tuple[str, str], ...]) -> str:
-    ssh = (
-        f'user = "deploy"\nport = {SSH_PORT}\nknown_hosts = "{state / "known_hosts"}"\n'
-        f'identity_file = "{state / "id_ed25519"}"\nconnect_timeout_s = 5\ncommand_timeout_s = 120'
-    )
-    return environment_toml(
-        state, releases.image, Path("/srv/mlops-imdb"), signing_key=releases.signing_key,
-        fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "root"',
-        nginx=f'mode = "system"\nport = {HTTP_PORT}\nmetrics_allow = ["127.0.0.1/32"]',
-    )  # fmt: skip
-
-
-def _setup(box: Sandbox) -> dict[str, list[str]]:
-    deployer = box.orchestrator()
-    try:
-        return deployer.setup()
-    finally:
-        deployer.close()
+    """Two bare machines; removed at the end, disks and all."""
+    with fleet_of_kind(
+        releases, tmp_path_factory.mktemp("machines"), "machine", machine_hosts()
+    ) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def first_setup(machines: Sandbox) -> dict[str, list[str]]:
-    return _setup(machines)
+    return set_up(machines)
 
 
 def _deploy_run(box: Sandbox, host: str, command: str) -> tuple[bool, str]:
@@ -107,7 +67,7 @@ def test_a_bare_machine_is_set_up_as_root_and_a_second_setup_changes_nothing(
         for change in ("user deploy", "deploy key", "linger", "sudoers", "restore unit"):
             assert change in changed, (host.name, changed)
         assert "nginx default site removed" in changed
-    assert _setup(machines) == {host.name: [] for host in machines.environment.hosts}
+    assert set_up(machines) == {host.name: [] for host in machines.environment.hosts}
     assert any("nothing changed" in line for line in machines.lines)
 
 
@@ -205,6 +165,14 @@ def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves
     console = machines.fleet.machines
     assert int(console.run_in(rebooted.name, "ps -o etimes= -p 1")) <= seconds
     assert machines.served_versions() == [live, live]
+    # The host says what it did at boot: an audit entry of its own.
+    deployer = machines.orchestrator()
+    try:
+        entries = [e for e in deployer.audit_log(50) if e.get("action") == "restore"]
+    finally:
+        deployer.close()
+    assert entries, "no restore entry in the audit log"
+    assert (entries[-1]["host"], entries[-1]["result"]) == (rebooted.name, "ok")
     # Only the live colour came back: the kept one stays stopped.
     ok, names = _deploy_run(machines, rebooted.name, "podman ps --format '{{.Names}}'")
     assert ok, names

@@ -294,22 +294,37 @@ def disable_default_site() -> str:
 # ---- back after a reboot ---------------------------------------------------------------------
 
 
-def restore_script(environment: Environment, layout: HostLayout) -> str:
+def restore_script(environment: Environment, layout: HostLayout, host: Host) -> str:
     """Start the colour nginx sends traffic to (upstream.conf says which) after a boot; the
-    kept colour stays stopped. Run by the restore unit."""
-    engine = environment.engine
+    kept colour stays stopped. Run by the restore unit; what it did is an audit entry (action
+    `restore`, user `boot`), so `fab audit` shows a host that came back by itself."""
     cases = "".join(
-        f"    {colour}) exec {engine} start {q(environment.container_name(colour))} ;;\n"
+        f"    {colour}) name={q(environment.container_name(colour))} ;;\n"
         for colour in environment.app.ports
     )
+    entry = (
+        '{"action":"restore","environment":"%s","host":"%s","id":"%s","logged_at":"%s",'
+        '"result":"%s","detail":"%s","user":"boot"}'
+    )
+    line = q(entry + "\\n")  # printf's format: one JSON line
     return (
         "#!/bin/sh\n"
         f"# Written by `fab setup`: at boot, start the live colour of {environment.name}.\n"
         f"colour=$(sed -n 's/^# live colour: //p' {q(layout.upstream_conf)})\n"
         'case "$colour" in\n'
         f"{cases}"
-        '    *) echo "nothing live yet" ;;\n'
+        '    *) echo "nothing live yet"; exit 0 ;;\n'
         "esac\n"
+        f'if out=$({environment.engine} start "$name" 2>&1); then result=ok; '
+        'detail="started $colour ($name) after a boot"; else result=failed; '
+        'detail="could not start $colour after a boot: $(printf \'%s\' "$out" | '
+        "tr -d '\"\\\\' | tr '\\n' ' ')\"; fi\n"
+        "id=$(tr -d - < /proc/sys/kernel/random/uuid | cut -c1-12)\n"
+        "now=$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)\n"
+        f"printf {line} {q(environment.name)} {q(host.name)} "
+        f'"$id" "$now" "$result" "$detail" >> {q(layout.audit_log)}\n'
+        'echo "$detail"\n'
+        '[ "$result" = ok ]\n'
     )
 
 

@@ -238,7 +238,7 @@ class HostSetup:
         unit = f"mlops-imdb-{env.name}.service"
         runner.run(f"mkdir -p {commands.q(directory)}")
         changed = []
-        script = commands.restore_script(env, layout)
+        script = commands.restore_script(env, layout, host)
         if put(runner, layout.restore_script, script, mode=0o755):
             changed.append("restore script")
         text = commands.restore_unit(env, layout.restore_script, user_unit=user_unit)

@@ -1,0 +1,179 @@
+"""`nox -s benchmark -- hosts`: deploy, rollback and reboot on each kind of host, side by side.
+
+One run, one release pair, three fleets of two hosts: light hosts with Podman (the staging kind),
+booting machines deployed to by a non-root user with rootless Podman (the production kind), and
+light hosts with a Docker Engine. Per kind, ROUNDS deploys and rollbacks under wrk load through
+both hosts' nginx; on the machines, ROUNDS reboots of one host under load on the other. Medians,
+ratios to the light hosts and every request count go to reports/benchmark-hosts.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imdb_deploy.bluegreen.orchestrator import Orchestrator, Outcome
+from tests.sandbox.conftest import (
+    Releases,
+    Sandbox,
+    docker_hosts,
+    failed_requests,
+    fleet_of_kind,
+    machine_hosts,
+    set_up,
+    under_load,
+)
+
+pytestmark = pytest.mark.benchmark
+
+ROUNDS = int(os.environ.get("MLOPS_HOSTS_BENCHMARK_ROUNDS", "3"))
+# The issue's targets: deploy with the image in the registry, rollback's switch, requests.
+DEPLOY_TARGET_S, ROLLBACK_TARGET_S = 30.0, 5.0
+
+
+def _timed(box: Sandbox, release: Callable[[Orchestrator], Outcome]) -> Callable[[], float]:
+    def action() -> float:
+        started = time.monotonic()
+        deployer = box.orchestrator()
+        try:
+            outcome = release(deployer)
+            assert outcome.result == "ok", outcome.detail
+        finally:
+            deployer.close()
+        return time.monotonic() - started
+
+    return action
+
+
+def _under_load(box: Sandbox, tmp_path: Path, action: Callable[[], float]) -> dict[str, float]:
+    took: list[float] = []
+    results, _ = under_load(box, tmp_path, lambda: took.append(action()))
+    requests = sum(int(result["requests"]) for result in results)
+    return {"seconds": took[0], "requests": requests, "failed": failed_requests(results)}
+
+
+def _releases(box: Sandbox, tmp_path: Path) -> dict[str, list[dict[str, float]]]:
+    live, other = box.live_and_other()
+    runs: dict[str, list[dict[str, float]]] = {"deploy": [], "rollback": []}
+    for _ in range(ROUNDS):
+        deploy = _timed(box, lambda deployer: deployer.deploy(other))
+        runs["deploy"].append(_under_load(box, tmp_path, deploy))
+        rollback = _timed(box, lambda deployer: deployer.rollback())
+        runs["rollback"].append(_under_load(box, tmp_path, rollback))
+        box.assert_settled(live, "ok")
+    return runs
+
+
+def _reboots(box: Sandbox, tmp_path: Path) -> list[dict[str, float]]:
+    live, _ = box.live_and_other()
+    rebooted, other = box.environment.hosts
+    runs = []
+    for _ in range(ROUNDS):
+        took: dict[str, float] = {}
+
+        def reboot(took: dict[str, float] = took) -> None:
+            started = time.monotonic()
+            took["ssh"] = box.fleet.reboot(box.fleet.host(rebooted.name))
+            while time.monotonic() - started < 120:
+                try:
+                    if box.served_versions()[0] == live:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            took["serving"] = time.monotonic() - started
+
+        results, _ = under_load(
+            box, tmp_path, reboot, environment=box.environment.only([other.name])
+        )
+        runs.append(
+            {**took, "requests": results[0]["requests"], "failed": failed_requests(results)}
+        )
+        assert box.served_versions() == [live, live]
+    return runs
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def _markdown(
+    kinds: dict[str, dict[str, list[dict[str, float]]]], reboots: list[dict[str, float]]
+) -> str:
+    light = next(iter(kinds.values()))
+    lines = [
+        f"# Hosts benchmark ({ROUNDS} rounds per kind, wrk through both hosts' nginx)",
+        "",
+        "| hosts | first deploy s | median deploy s | median rollback s "
+        "| vs light (deploy, rollback) | requests | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in kinds.items():
+        deploy, rollback = _median(runs["deploy"], "seconds"), _median(runs["rollback"], "seconds")
+        ratio = (
+            f"{deploy / _median(light['deploy'], 'seconds'):.2f}x, "
+            f"{rollback / _median(light['rollback'], 'seconds'):.2f}x"
+        )
+        every = runs["deploy"] + runs["rollback"]
+        lines.append(
+            f"| {name} | {runs['deploy'][0]['seconds']:.1f} | {deploy:.1f} | {rollback:.1f} | "
+            f"{ratio} | {sum(int(r['requests']) for r in every)} | "
+            f"{sum(int(r['failed']) for r in every)} |"
+        )
+    lines += [
+        "",
+        f"Targets: deploy {DEPLOY_TARGET_S:.0f} s or less, rollback (drain and stop included here) "
+        f"{ROLLBACK_TARGET_S:.0f} s or less for its switch, 0 failed requests.",
+        "",
+        "| machine reboot | sshd back s | live release served s | other host's requests | failed |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {index} | {run['ssh']:.1f} | {run['serving']:.1f} | {int(run['requests'])} | "
+        f"{int(run['failed'])} |"
+        for index, run in enumerate(reboots, 1)
+    ]
+    lines.append(
+        f"| median | {_median(reboots, 'ssh'):.1f} | {_median(reboots, 'serving'):.1f} | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def test_deploy_rollback_and_reboot_on_every_kind_of_host(
+    sandbox: Sandbox,
+    releases: Releases,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    repo_root: Path,
+) -> None:
+    kinds: dict[str, dict[str, list[dict[str, float]]]] = {}
+    with (
+        fleet_of_kind(
+            releases, tmp_path_factory.mktemp("bm-m"), "machine", machine_hosts()
+        ) as machines,
+        fleet_of_kind(
+            releases, tmp_path_factory.mktemp("bm-d"), "docker", docker_hosts()
+        ) as dockers,
+    ):
+        set_up(machines)
+        set_up(dockers)
+        kinds["light, Podman"] = _releases(sandbox, tmp_path)
+        kinds["machine, rootless Podman, non-root deploy user"] = _releases(machines, tmp_path)
+        kinds["light, Docker Engine"] = _releases(dockers, tmp_path)
+        reboots = _reboots(machines, tmp_path)
+    report = _markdown(kinds, reboots)
+    print("\n" + report)
+    out = repo_root / "reports"
+    out.mkdir(exist_ok=True)
+    (out / "benchmark-hosts.md").write_text(report)
+    (out / "benchmark-hosts.json").write_text(
+        json.dumps({"rounds": ROUNDS, "kinds": kinds, "reboots": reboots}, indent=2) + "\n"
+    )
+    every = [run for runs in kinds.values() for group in runs.values() for run in group]
+    assert sum(int(run["failed"]) for run in every + reboots) == 0
