@@ -813,7 +813,14 @@ def test_the_restore_script_starts_only_the_live_colour_and_audits_it(
     log = tmp_path / "podman.log"
     refusal = "echo 'Error: \"no such container\"' >&2; exit 125" if fails else ""
     (bin_dir / "podman").write_text(f'#!/bin/sh\necho "$@" >> {log}\n{refusal}\n')
-    (bin_dir / "podman").chmod(0o755)
+    # systemd-run --scope runs its command in a new scope: here, just runs it (and says so).
+    scopes = tmp_path / "scopes.log"
+    (bin_dir / "systemd-run").write_text(
+        f'#!/bin/sh\necho "$@" >> {scopes}\nwhile [ "${{1#-}}" != "$1" ]; do shift; done\n'
+        'exec "$@"\n'
+    )
+    for tool in ("podman", "systemd-run"):
+        (bin_dir / tool).chmod(0o755)
     script = tmp_path / "restore.sh"
     script.write_text(commands.restore_script(env, layout, host))
     result = subprocess.run(
@@ -828,6 +835,8 @@ def test_the_restore_script_starts_only_the_live_colour_and_audits_it(
         return
     name = env.container_name(started)
     assert log.read_text() == f"start {name}\n"
+    # A scope of the system's manager: this environment deploys as root (no --user).
+    assert scopes.read_text() == f"--scope --quiet --collect podman start {name}\n"
     (entry,) = [json.loads(line) for line in audit.read_text().splitlines()]
     assert (entry["action"], entry["user"], entry["host"]) == ("restore", "boot", host.name)
     assert re.fullmatch(r"[0-9a-f]{12}", entry["id"])
@@ -856,7 +865,9 @@ def test_the_restore_unit_is_enabled_by_its_wants_link(
     unit = commands.restore_unit(env, script, user_unit=user_unit)
     assert f"ExecStart=/bin/sh {script}\n" in unit
     assert f"WantedBy={target}.target\n" in unit
-    assert ("After=" in unit) is not user_unit  # a user unit cannot order after system units
+    # A user unit cannot order after system units; both start after the bus systemd-run uses.
+    assert ("nginx.service" in unit) is not user_unit
+    assert "dbus" in unit
     home = str(tmp_path / "home")
     directory = commands.unit_directory(home, user_unit=user_unit)
     if user_unit:
@@ -900,7 +911,8 @@ def test_docker_hosts_get_the_docker_cli_with_docker_semantics(tmp_path: Path) -
         "c", "http://x/ready", engine="docker"
     )
     assert commands.list_containers(env).startswith("docker ps --all --format '{{json .}}'")
-    assert 'out=$(docker start "$name"' in commands.restore_script(env, layout, host)
+    restore = commands.restore_script(env, layout, host)
+    assert 'systemd-run --scope --quiet --collect docker start "$name"' in restore
     # The login: Podman takes the file, Docker the directory that holds it as config.json.
     login = layout.registry_auth_file
     assert login.name == "config.json"

@@ -30,9 +30,11 @@ from tests.sandbox.conftest import (
 
 pytestmark = pytest.mark.integration
 
-# A machine's reboot, measured here: about 11 s from `podman restart` to its live release
-# answering again (systemd's shutdown, the boot, the deploy user's restore unit, the API's start).
-REBOOT_BOUND_S = 60.0
+# A machine's reboot, measured here: 1-3 s from `podman restart` to its live release answering
+# again (systemd's shutdown, the boot, the deploy user's restore unit, the API's start). A
+# shutdown held up by a unit that does not stop (before the restore unit stopped its container
+# itself: 30 s, Podman's stop timeout for the machine) must fail this.
+REBOOT_BOUND_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -138,29 +140,36 @@ def _serves(box: Sandbox, index: int) -> str | None:
 def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves_on(
     machines: Sandbox, tmp_path: Path
 ) -> None:
+    """Two reboots in a row: the first of a host whose release a deploy started, the second of
+    one whose release its restore unit started after the first."""
     live, _ = machines.live_and_other()
     rebooted, other = machines.environment.hosts
-    took: dict[str, float] = {}
+    reboots: list[dict[str, float]] = []
 
-    def reboot() -> None:
-        started = time.monotonic()
-        took["ssh"] = machines.fleet.reboot(machines.fleet.host(rebooted.name))
-        deadline = started + REBOOT_BOUND_S
-        while _serves(machines, 0) != live and time.monotonic() < deadline:
-            time.sleep(0.2)
-        took["serving"] = time.monotonic() - started
+    def reboot_twice() -> None:
+        for _ in range(2):
+            started = time.monotonic()
+            ssh = machines.fleet.reboot(machines.fleet.host(rebooted.name))
+            deadline = started + REBOOT_BOUND_S
+            while _serves(machines, 0) != live and time.monotonic() < deadline:
+                time.sleep(0.2)
+            reboots.append({"ssh": ssh, "serving": time.monotonic() - started})
 
     results, seconds = under_load(
-        machines, tmp_path, reboot, environment=machines.environment.only([other.name])
+        machines, tmp_path, reboot_twice, environment=machines.environment.only([other.name])
     )
+    for took in reboots:
+        print(
+            f"reboot of {rebooted.name}: sshd after {took['ssh']:.1f} s, its live release "
+            f"served after {took['serving']:.1f} s"
+        )
     print(
-        f"reboot of {rebooted.name}: sshd after {took['ssh']:.1f} s, its live release served "
-        f"after {took['serving']:.1f} s; {other.name} meanwhile: {results[0]['requests']} "
-        f"requests in {seconds:.1f} s, {failed_requests(results)} failed"
+        f"{other.name} meanwhile: {results[0]['requests']} requests in {seconds:.1f} s, "
+        f"{failed_requests(results)} failed"
     )
     assert failed_requests(results) == 0
     assert results[0]["requests"] > 100
-    assert took["serving"] < REBOOT_BOUND_S
+    assert all(took["serving"] < REBOOT_BOUND_S for took in reboots), reboots
     # A real boot: the machine's init and the release's container are younger than the reboot.
     console = machines.fleet.machines
     assert int(console.run_in(rebooted.name, "ps -o etimes= -p 1")) <= seconds
