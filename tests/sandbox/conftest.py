@@ -780,3 +780,49 @@ def set_up(box: Sandbox) -> dict[str, list[str]]:
         return deployer.setup()
     finally:
         deployer.close()
+
+
+# ---- a release under load, timed ---------------------------------------------------------------
+
+
+def release_under_load(
+    box: Sandbox, tmp_path: Path, release: Callable[[Orchestrator], object]
+) -> dict[str, float]:
+    """Run one release (`release(deployer)` must end `ok`) under wrk load through every host;
+    its wall time, the requests sent meanwhile, how many failed and the worst latency."""
+    took: list[float] = []
+
+    def timed() -> None:
+        started = time.monotonic()
+        deployer = box.orchestrator()
+        try:
+            outcome = release(deployer)
+            assert getattr(outcome, "result", None) == "ok", getattr(outcome, "detail", outcome)
+        finally:
+            deployer.close()
+        took.append(time.monotonic() - started)
+
+    results, _ = under_load(box, tmp_path, timed)
+    return {
+        "seconds": took[0],
+        "requests": sum(int(result["requests"]) for result in results),
+        "failed": failed_requests(results),
+        "worst_ms": max(result["max_ms"] for result in results),
+    }
+
+
+def deploy_and_roll_back_under_load(box: Sandbox, tmp_path: Path, hosts: str) -> None:
+    """Deploy the other release, then roll back, each under load: 0 failed, each settled."""
+    live, other = box.live_and_other()
+    steps: tuple[tuple[str, Callable[[Orchestrator], object], str], ...] = (
+        ("deploy", lambda deployer: deployer.deploy(other), other),
+        ("rollback", lambda deployer: deployer.rollback(), live),
+    )
+    for name, release, expected in steps:
+        run = release_under_load(box, tmp_path, release)
+        print(
+            f"{name} on {hosts}: {run['seconds']:.1f} s; under load {int(run['requests'])} "
+            f"requests, {int(run['failed'])} failed, worst {run['worst_ms']:.0f} ms"
+        )
+        assert run["failed"] == 0
+        box.assert_settled(expected, "ok")

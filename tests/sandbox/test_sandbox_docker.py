@@ -10,7 +10,6 @@ keyring, and the deploy verifies the release's signature on the host before the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,12 +21,11 @@ from tests.sandbox.conftest import (
     Releases,
     Sandbox,
     crash_one_and_wait,
+    deploy_and_roll_back_under_load,
     docker_hosts,
-    failed_requests,
     fleet_of_kind,
     private_registry_case,
     set_up,
-    under_load,
 )
 
 pytestmark = pytest.mark.integration
@@ -72,36 +70,7 @@ def test_setup_gives_docker_hosts_the_release_keyring_and_repeats_as_nothing(
 def test_deploy_and_rollback_on_docker_hosts_drop_no_request(
     dockers: Sandbox, ready: dict[str, list[str]], tmp_path: Path
 ) -> None:
-    live, other = dockers.live_and_other()
-    timings: dict[str, float] = {}
-
-    def deploy() -> None:
-        started = time.monotonic()
-        deployer = dockers.orchestrator()
-        try:
-            assert deployer.deploy(other).result == "ok"
-        finally:
-            deployer.close()
-        timings["deploy"] = time.monotonic() - started
-
-    def rollback() -> None:
-        started = time.monotonic()
-        deployer = dockers.orchestrator()
-        try:
-            assert deployer.rollback().result == "ok"
-        finally:
-            deployer.close()
-        timings["rollback"] = time.monotonic() - started
-
-    for action, expected in ((deploy, other), (rollback, live)):
-        results, seconds = under_load(dockers, tmp_path, action)
-        total = sum(int(result["requests"]) for result in results)
-        print(
-            f"{action.__name__} on docker hosts: {timings[action.__name__]:.1f} s; under load "
-            f"{total} requests in {seconds:.1f} s, {failed_requests(results)} failed"
-        )
-        assert failed_requests(results) == 0
-        dockers.assert_settled(expected, "ok")
+    deploy_and_roll_back_under_load(dockers, tmp_path, "docker hosts")
     assert any("signature verified (gpgv)" in line for line in dockers.lines)
 
 

@@ -13,12 +13,10 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from imdb_deploy.bluegreen.orchestrator import Orchestrator, Outcome
 from tests.sandbox.conftest import (
     Releases,
     Sandbox,
@@ -26,6 +24,7 @@ from tests.sandbox.conftest import (
     failed_requests,
     fleet_of_kind,
     machine_hosts,
+    release_under_load,
     set_up,
     under_load,
 )
@@ -37,35 +36,16 @@ ROUNDS = int(os.environ.get("MLOPS_HOSTS_BENCHMARK_ROUNDS", "3"))
 DEPLOY_TARGET_S, ROLLBACK_TARGET_S = 30.0, 5.0
 
 
-def _timed(box: Sandbox, release: Callable[[Orchestrator], Outcome]) -> Callable[[], float]:
-    def action() -> float:
-        started = time.monotonic()
-        deployer = box.orchestrator()
-        try:
-            outcome = release(deployer)
-            assert outcome.result == "ok", outcome.detail
-        finally:
-            deployer.close()
-        return time.monotonic() - started
-
-    return action
-
-
-def _under_load(box: Sandbox, tmp_path: Path, action: Callable[[], float]) -> dict[str, float]:
-    took: list[float] = []
-    results, _ = under_load(box, tmp_path, lambda: took.append(action()))
-    requests = sum(int(result["requests"]) for result in results)
-    return {"seconds": took[0], "requests": requests, "failed": failed_requests(results)}
-
-
 def _releases(box: Sandbox, tmp_path: Path) -> dict[str, list[dict[str, float]]]:
     live, other = box.live_and_other()
     runs: dict[str, list[dict[str, float]]] = {"deploy": [], "rollback": []}
     for _ in range(ROUNDS):
-        deploy = _timed(box, lambda deployer: deployer.deploy(other))
-        runs["deploy"].append(_under_load(box, tmp_path, deploy))
-        rollback = _timed(box, lambda deployer: deployer.rollback())
-        runs["rollback"].append(_under_load(box, tmp_path, rollback))
+        runs["deploy"].append(
+            release_under_load(box, tmp_path, lambda deployer: deployer.deploy(other))
+        )
+        runs["rollback"].append(
+            release_under_load(box, tmp_path, lambda deployer: deployer.rollback())
+        )
         box.assert_settled(live, "ok")
     return runs
 

@@ -21,6 +21,7 @@ from imdb_deploy.bluegreen import commands
 from tests.sandbox.conftest import (
     Releases,
     Sandbox,
+    deploy_and_roll_back_under_load,
     failed_requests,
     fleet_of_kind,
     machine_hosts,
@@ -189,34 +190,4 @@ def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves
 
 
 def test_deploy_and_rollback_on_machines_drop_no_request(machines: Sandbox, tmp_path: Path) -> None:
-    live, other = machines.live_and_other()
-    timings: dict[str, float] = {}
-
-    def deploy() -> None:
-        started = time.monotonic()
-        deployer = machines.orchestrator()
-        try:
-            assert deployer.deploy(other).result == "ok"
-        finally:
-            deployer.close()
-        timings["deploy"] = time.monotonic() - started
-
-    def rollback() -> None:
-        started = time.monotonic()
-        deployer = machines.orchestrator()
-        try:
-            assert deployer.rollback().result == "ok"
-        finally:
-            deployer.close()
-        timings["rollback"] = time.monotonic() - started
-
-    for action, expected in ((deploy, other), (rollback, live)):
-        results, seconds = under_load(machines, tmp_path, action)
-        total = sum(int(result["requests"]) for result in results)
-        print(
-            f"{action.__name__} on machines: {timings[action.__name__]:.1f} s; under load "
-            f"{total} requests in {seconds:.1f} s, {failed_requests(results)} failed, worst "
-            f"{max(result['max_ms'] for result in results):.0f} ms"
-        )
-        assert failed_requests(results) == 0
-        machines.assert_settled(expected, "ok")
+    deploy_and_roll_back_under_load(machines, tmp_path, "machines")
