@@ -186,15 +186,8 @@ class PodmanService:
         self.socket.unlink(missing_ok=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         if self.storage_dir is not None and self.runroot is not None:
-            # Podman leaves its overlay mounts behind, and the `podman container cleanup` that
-            # conmon starts when a container exits can mount the store again a moment later: an
-            # own storage must not outlive its engine, so unmount until nothing comes back.
-            for _ in range(10):
-                unmount_below(self.storage_dir)
-                unmount_below(self.runroot)
-                time.sleep(0.3)
-                if not mount_points_below(self.storage_dir) + mount_points_below(self.runroot):
-                    break
+            # An own storage must not outlive its engine.
+            unmount_until_clear(self.storage_dir, self.runroot)
             shutil.rmtree(self.runroot, ignore_errors=True)
         return stopped
 
@@ -223,6 +216,19 @@ def unmount_below(directory: Path) -> None:
         subprocess.run(  # noqa: S603 - fixed argv, no shell
             [umount, "--lazy", str(point)], capture_output=True, check=False
         )
+
+
+def unmount_until_clear(*directories: Path, attempts: int = 10, pause_s: float = 0.3) -> bool:
+    """Unmount everything below `directories` until nothing is mounted there any more; True
+    when clear. Podman leaves its overlay mounts behind, and the `podman container cleanup`
+    that conmon starts when a container exits can mount the store again a moment later."""
+    for _ in range(attempts):
+        for directory in directories:
+            unmount_below(directory)
+        time.sleep(pause_s)
+        if not any(mount_points_below(directory) for directory in directories):
+            return True
+    return False
 
 
 def find_docker_engine(environ: dict[str, str] | None = None) -> Engine | None:

@@ -43,7 +43,7 @@ from imdb_deploy.engine.podman import (
     containers_conf,
     mount_points_below,
     registries_conf,
-    unmount_below,
+    unmount_until_clear,
 )
 from imdb_deploy.engine.processes import ManagedProcess, run_tool, wait_until
 from imdb_deploy.engine.registry import DEFAULT_REGISTRY_ADDRESS
@@ -821,15 +821,7 @@ class Fleet:
         graphroot, runroot = self.graphroot(host), self.runroot(host)
         if not graphroot.exists() and not runroot.exists():
             return True  # never ran: nothing can be mounted
-        # Podman leaves overlay mounts behind, and the `podman container cleanup` that conmon
-        # starts when a container exits can mount the store again a moment later.
-        for _ in range(10):
-            unmount_below(graphroot)
-            unmount_below(runroot)
-            time.sleep(0.3)
-            if not mount_points_below(graphroot) + mount_points_below(runroot):
-                break
-        if mount_points_below(graphroot) + mount_points_below(runroot):
+        if not unmount_until_clear(graphroot, runroot):
             return False
         shutil.rmtree(runroot, ignore_errors=True)
         # The fleet's directory under /run goes with its last host (rmdir fails while not empty).

@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,7 @@ from imdb_deploy.engine.base_image import RootfsRecipe, default_cache_dir, rootf
 from imdb_deploy.engine.podman import (
     CONTAINERS_CONF,
     containers_conf,
-    mount_points_below,
-    unmount_below,
+    unmount_until_clear,
 )
 from imdb_deploy.engine.processes import run_tool
 
@@ -262,13 +260,7 @@ class MachineEngine:
             for name in names:
                 if self.state(name) is not None:
                     self.podman("rm", "--force", f"--time={STOP_TIMEOUT_S}", self.container(name))
-        for _ in range(10):
-            unmount_below(self.storage)
-            unmount_below(self.runroot)
-            if not mount_points_below(self.storage) + mount_points_below(self.runroot):
-                break
-            time.sleep(0.3)
-        if mount_points_below(self.storage):
+        if not unmount_until_clear(self.storage, self.runroot):
             raise MachineError(f"machine storage still mounted below {self.storage}")
         shutil.rmtree(self.runroot, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
