@@ -35,7 +35,7 @@ class StandInFleet:
     def host(self, name: str) -> SandboxHost:
         return next(host for host in self.hosts if host.name == name)
 
-    def reboot(self, host: SandboxHost) -> float:
+    def reboot(self, host: SandboxHost, timeout: float = 60.0) -> float:
         self.rebooted.append(host.name)
         self.then()
         return 0.5
@@ -59,7 +59,7 @@ def fleet_host() -> SandboxHost:
 def test_a_rebooted_host_that_serves_again_is_timed(capsys: pytest.CaptureFixture[str]) -> None:
     with serving(Ready) as address:
         fleet = StandInFleet((fleet_host(),))
-        assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 0  # type: ignore[arg-type]
+        assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 0
     assert fleet.rebooted == ["m-1"]
     out = capsys.readouterr().out
     assert "m-1: rebooted; sshd answered after 0.5 s" in out
@@ -69,7 +69,7 @@ def test_a_rebooted_host_that_serves_again_is_timed(capsys: pytest.CaptureFixtur
 def test_a_host_that_served_nothing_is_not_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
     address = f"127.0.0.1:{free_port()}"
     fleet = StandInFleet((fleet_host(),))
-    assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 0  # type: ignore[arg-type]
+    assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 0
     assert "served no release before the reboot" in capsys.readouterr().out
 
 
@@ -88,20 +88,20 @@ def test_a_host_that_stops_serving_fails_the_reboot(
         thread.join()
 
     fleet = StandInFleet((fleet_host(),), then=power_gone)
-    assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 1  # type: ignore[arg-type]
+    assert sandbox_cli.reboot([environment(address)], fleet, "m-1") == 1
     assert "did not answer 200 within 0.5 s" in capsys.readouterr().out
 
 
 def test_unknown_hosts_and_failed_reboots_are_errors(capsys: pytest.CaptureFixture[str]) -> None:
     fleet = StandInFleet((fleet_host(),))
-    assert sandbox_cli.reboot([environment("127.0.0.1:9")], fleet, "nope") == 2  # type: ignore[arg-type]
+    assert sandbox_cli.reboot([environment("127.0.0.1:9")], fleet, "nope") == 2
     assert "no sandbox host 'nope'" in capsys.readouterr().out
 
     def fail() -> None:
         raise SandboxError("m-1 is a light host: only machine hosts reboot")
 
     failing = StandInFleet((fleet_host(),), then=fail)
-    assert sandbox_cli.reboot([environment("127.0.0.1:9")], failing, "m-1") == 1  # type: ignore[arg-type]
+    assert sandbox_cli.reboot([environment("127.0.0.1:9")], failing, "m-1") == 1
     assert "only machine hosts reboot" in capsys.readouterr().err
 
 

@@ -11,7 +11,7 @@ did change is listed per host.
 from __future__ import annotations
 
 import hashlib
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from imdb_deploy.bluegreen import commands
@@ -154,14 +154,13 @@ class HostSetup:
         key = private_key(private)
         return f"{key.get_name()} {key.get_base64()} mlops-imdb deploy\n"
 
-    def docker_trust(self, host: Host) -> list[str]:
+    def docker_trust(self, host: Host, public_key: Path) -> list[str]:
         """Docker hosts: the release key as gpgv's keyring; the deploy checks each release's
         signature with it before the pull (`commands.verify_signature`)."""
         env, orchestrator = self.environment, self.orchestrator
         runner, layout = orchestrator.runners[host.name], self.environment.layout(host)
-        assert env.signing is not None  # noqa: S101 - checked by trust()
         fingerprint = orchestrator.trusted_key()
-        keyring = signing.dearmor(env.signing.public_key.read_text())
+        keyring = signing.dearmor(public_key.read_text())
         changed = []
         if runner.run(file_state(layout.release_keyring)).stdout.strip() != _wanted(keyring, 0o644):
             runner.run(commands.write_binary(layout.release_keyring, keyring))
@@ -256,7 +255,7 @@ class HostSetup:
         if env.signing is None:
             raise DeployError(f"{env.name} names no signing key")
         if env.engine == "docker":
-            return self.docker_trust(host)
+            return self.docker_trust(host, env.signing.public_key)
         home = runner.run(commands.home_directory()).stdout
         files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
         fingerprint = orchestrator.trusted_key()  # read and checked once for all hosts

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from typing import Protocol
 
 from imdb_deploy.bluegreen import cli as deploy_cli
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, Environment
@@ -26,7 +27,7 @@ from imdb_deploy.bluegreen.orchestrator import Orchestrator
 from imdb_deploy.engine import local, registry
 from imdb_deploy.engine.processes import wait_until
 from imdb_deploy.monitoring.stack import MonitoringError, MonitoringStack
-from imdb_deploy.sandbox.fleet import Fleet, SandboxError
+from imdb_deploy.sandbox.fleet import Fleet, SandboxError, SandboxHost
 from imdb_deploy.sandbox.inventory import fleet_of, sandbox_environments
 from imdb_deploy.supply_chain import signing
 
@@ -80,7 +81,18 @@ def status(environments: Sequence[Environment], as_json: bool) -> int:
     return 0 if all(row.get("reachable") for row in rows) else 3
 
 
-def reboot(environments: Sequence[Environment], fleet: Fleet, name: str) -> int:
+class Rebooting(Protocol):
+    """What `reboot` needs of a fleet (a Fleet; a stand-in in its tests)."""
+
+    @property
+    def hosts(self) -> tuple[SandboxHost, ...]: ...
+
+    def host(self, name: str) -> SandboxHost: ...
+
+    def reboot(self, host: SandboxHost, timeout: float = ...) -> float: ...
+
+
+def reboot(environments: Sequence[Environment], fleet: Rebooting, name: str) -> int:
     """Reboot one machine host; report when its sshd and then its live release answer."""
     found = [(env, host) for env in environments for host in env.hosts if host.name == name]
     if not found:
