@@ -826,3 +826,19 @@ def deploy_and_roll_back_under_load(box: Sandbox, tmp_path: Path, hosts: str) ->
         )
         assert run["failed"] == 0
         box.assert_settled(expected, "ok")
+
+
+def reboot_until_serving(box: Sandbox, version: str, limit_s: float) -> dict[str, float]:
+    """Reboot the box's first host (a machine) and wait, up to `limit_s` from the reboot, until
+    it serves `version` again; seconds until its sshd answered and until it served."""
+    name = box.environment.hosts[0].name
+    started = time.monotonic()
+    ssh = box.fleet.reboot(box.fleet.host(name))
+    while time.monotonic() - started < limit_s:
+        try:
+            if box.served_versions()[0] == version:
+                break
+        except (OSError, ValueError, KeyError):  # URLError is an OSError: not up yet
+            pass
+        time.sleep(0.1)
+    return {"ssh": ssh, "serving": time.monotonic() - started}

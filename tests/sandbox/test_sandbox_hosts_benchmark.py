@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from tests.sandbox.conftest import (
     failed_requests,
     fleet_of_kind,
     machine_hosts,
+    reboot_until_serving,
     release_under_load,
     set_up,
     under_load,
@@ -52,22 +52,13 @@ def _releases(box: Sandbox, tmp_path: Path) -> dict[str, list[dict[str, float]]]
 
 def _reboots(box: Sandbox, tmp_path: Path) -> list[dict[str, float]]:
     live, _ = box.live_and_other()
-    rebooted, other = box.environment.hosts
+    other = box.environment.hosts[1]  # the first one reboots
     runs = []
     for _ in range(ROUNDS):
         took: dict[str, float] = {}
 
         def reboot(took: dict[str, float] = took) -> None:
-            started = time.monotonic()
-            took["ssh"] = box.fleet.reboot(box.fleet.host(rebooted.name))
-            while time.monotonic() - started < 120:
-                try:
-                    if box.served_versions()[0] == live:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
-            took["serving"] = time.monotonic() - started
+            took.update(reboot_until_serving(box, live, limit_s=120))
 
         results, _ = under_load(
             box, tmp_path, reboot, environment=box.environment.only([other.name])

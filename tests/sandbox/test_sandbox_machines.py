@@ -10,8 +10,6 @@ rootless. Everything here runs against the real machines over SSH.
 from __future__ import annotations
 
 import shlex
-import time
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +23,7 @@ from tests.sandbox.conftest import (
     failed_requests,
     fleet_of_kind,
     machine_hosts,
+    reboot_until_serving,
     set_up,
     under_load,
 )
@@ -131,13 +130,6 @@ def _upstream(box: Sandbox, name: str) -> str:
     return box.fleet.machines.run_in(name, f"cat {shlex.quote(str(layout.upstream_conf))}")
 
 
-def _serves(box: Sandbox, index: int) -> str | None:
-    try:
-        return box.served_versions()[index]
-    except (OSError, urllib.error.URLError, ValueError, KeyError):
-        return None
-
-
 def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves_on(
     machines: Sandbox, tmp_path: Path
 ) -> None:
@@ -149,12 +141,7 @@ def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves
 
     def reboot_twice() -> None:
         for _ in range(2):
-            started = time.monotonic()
-            ssh = machines.fleet.reboot(machines.fleet.host(rebooted.name))
-            deadline = started + REBOOT_BOUND_S
-            while _serves(machines, 0) != live and time.monotonic() < deadline:
-                time.sleep(0.2)
-            reboots.append({"ssh": ssh, "serving": time.monotonic() - started})
+            reboots.append(reboot_until_serving(machines, live, limit_s=REBOOT_BOUND_S))
 
     results, seconds = under_load(
         machines, tmp_path, reboot_twice, environment=machines.environment.only([other.name])
