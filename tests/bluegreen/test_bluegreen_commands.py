@@ -26,6 +26,7 @@ import pytest
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.bluegreen.runner import AsRoot, RemoteError, Result
 from imdb_deploy.supply_chain import signing
 from tests.support import free_port, serving
 
@@ -1002,3 +1003,100 @@ def test_a_signature_is_verified_for_this_digest_and_repository_only(tmp_path: P
     (directory / "signature-2").write_text(payload(f"{env.image}:v1", digest))
     accepted = sh(command, env=path_env)
     assert (accepted.returncode, accepted.stdout) == (0, "signature verified (gpgv)\n")
+
+
+class LocalLogin:
+    """A host login run in a local shell, with stand-ins for `id` and `sudo` on its PATH (what
+    AsRoot needs of a HostRunner)."""
+
+    def __init__(self, bin_dir: Path, *, uid: int, sudo_allowed: bool) -> None:
+        self.name = "local"
+        self.environment = make_env(bin_dir.parent).model_copy(
+            update={"ssh": make_env(bin_dir.parent).ssh.model_copy(update={"user": "admin"})}
+        )
+        self.commands: list[str] = []
+        self.env = {**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"}
+        stand_ins = {
+            "id": f'#!/bin/sh\n[ "$1" = -u ] && echo {uid}\n',
+            # sudo -n: runs the command when allowed, else the message sudo prints.
+            "sudo": '#!/bin/sh\n[ "$1" = -n ] || exit 9\nshift\n'
+            + (
+                'exec "$@"\n'
+                if sudo_allowed
+                else 'echo "sudo: a password is required" >&2\nexit 1\n'
+            ),
+        }
+        for name, text in stand_ins.items():
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        self.commands.append(command)
+        done = sh(command, env=self.env)
+        result = Result(done.stdout, done.stderr, done.returncode)
+        if check and not result.ok:
+            raise RemoteError(self.name, f"`{command}` exited {done.returncode}: {done.stderr}")
+        return result
+
+    def upload(self, path: PurePosixPath, text: str) -> None:
+        Path(str(path)).write_text(text)
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        self.upload(path, text)
+        Path(str(path)).chmod(mode)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sudo_admin_runs_setups_root_commands_through_sudo(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    login = LocalLogin(tmp_path / "bin", uid=1000, sudo_allowed=True)
+    root = AsRoot(login)
+    assert root.via_sudo()
+    # The whole line goes to one root shell, quoting and all.
+    assert root.run("echo 'two  words' | tr a-z A-Z").stdout == "TWO  WORDS\n"
+    assert login.commands[-1] == "sudo -n sh -c 'echo '\"'\"'two  words'\"'\"' | tr a-z A-Z'"
+    # A file goes to the login's own temporary file, then into place by root, owned by root.
+    target = tmp_path / "site.conf"
+    root.put_text(PurePosixPath(target), "server {}\n", mode=0o640)
+    assert target.read_text() == "server {}\n"
+    assert (target.stat().st_mode & 0o777, target.stat().st_uid) == (0o640, 0)
+    staged = next(c for c in login.commands if c.startswith("sudo -n sh -c 'install -o root"))
+    assert not list(tmp_path.glob(".site.conf.tmp")), "the copy beside the target is renamed"
+    assert login.commands[-1].startswith("rm -f "), "the login's temporary file is removed"
+    assert not Path(shlex.split(login.commands[-1])[-1]).exists(), staged
+
+
+def test_a_root_login_needs_no_sudo_and_a_login_without_it_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    login = LocalLogin(tmp_path / "bin", uid=0, sudo_allowed=False)
+    root = AsRoot(login)
+    assert not root.via_sudo()
+    assert root.run("echo hi").stdout == "hi\n"
+    assert login.commands == ["id -u", "echo hi"]
+    (tmp_path / "bin2").mkdir()
+    refused = AsRoot(LocalLogin(tmp_path / "bin2", uid=1000, sudo_allowed=False))
+    with pytest.raises(RemoteError, match="neither root nor allowed passwordless sudo") as error:
+        refused.run("apt-get install -y nginx")
+    assert "'admin'" in str(error.value)
+    assert "a password is required" in str(error.value)
+
+
+def test_setup_sets_the_rootless_driver_only_before_the_first_image_and_never_over_own_settings(
+    tmp_path: Path,
+) -> None:
+    home = str(tmp_path)
+    conf = Path(str(commands.rootless_storage_conf(home)))
+
+    def state() -> str:
+        return sh(commands.rootless_storage_state(home)).stdout.strip()
+
+    assert state() == ""  # a new user: setup writes its storage.conf
+    (tmp_path / ".local/share/containers/storage/vfs").mkdir(parents=True)
+    assert state() == "vfs"  # images already in vfs: a new driver would need a reset
+    conf.parent.mkdir(parents=True)
+    conf.write_text(commands.ROOTLESS_STORAGE_CONF)
+    assert state() == ""  # setup's own file: rewritten when it differs, else left
+    conf.write_text('[storage]\ndriver = "overlay"\ngraphroot = "/data/containers"\n')
+    assert state() == "own"  # the operator's: kept

@@ -142,10 +142,10 @@ def test_real_environment_loads(name: str) -> None:
         assert environment.ssh.user, "a real host needs an explicit login user"
 
 
-def test_sandbox_production_is_machines_set_up_by_root_for_a_non_root_deploy_user() -> None:
+def test_sandbox_production_is_machines_set_up_by_a_sudo_admin_for_a_non_root_deploy_user() -> None:
     environment = load_environment("sandbox-production")
     assert environment.sandbox_hosts == "machine"
-    assert (environment.setup.user, environment.deploy_user) == ("root", "deploy")
+    assert (environment.setup.user, environment.deploy_user) == ("admin", "deploy")
     assert environment.sudo == "sudo -n "
     # Each machine has its own file system: roots as on real hosts.
     assert {environment.layout(host).root for host in environment.hosts} == {

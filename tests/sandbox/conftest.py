@@ -724,8 +724,9 @@ def private_registry_case(sandbox: Sandbox, tmp_path: Path) -> None:
 def kind_toml(
     state: Path, releases: Releases, kind: str, hosts: tuple[tuple[str, str], ...]
 ) -> str:
-    """The test environment on `hosts` of `kind`: machine (booting, set up by root, deployed to
-    by `deploy`, the system nginx) or docker (light hosts with a Docker Engine each)."""
+    """The test environment on `hosts` of `kind`: machine (booting, set up through the cloud
+    image's sudo admin, deployed to by `deploy`, the system nginx) or docker (light hosts with a
+    Docker Engine each)."""
     if kind == "docker":
         return environment_toml(
             state, releases.image, state / "roots", signing_key=releases.signing_key,
@@ -737,7 +738,7 @@ def kind_toml(
     )
     return environment_toml(
         state, releases.image, Path("/srv/mlops-imdb"), signing_key=releases.signing_key,
-        fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "root"',
+        fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "admin"',
         nginx=f'mode = "system"\nport = {HTTP_PORT}\nmetrics_allow = ["127.0.0.1/32"]',
     )  # fmt: skip
 
@@ -773,9 +774,10 @@ def docker_hosts() -> tuple[tuple[str, str], ...]:
     return (("dock-1", loopback(first)), ("dock-2", loopback(first + 1)))
 
 
-def set_up(box: Sandbox) -> dict[str, list[str]]:
-    """The deploy's own setup on the box's hosts; what it changed per host."""
-    deployer = box.orchestrator()
+def set_up(box: Sandbox, environment: Environment | None = None) -> dict[str, list[str]]:
+    """The deploy's own setup on the box's hosts (as `environment` says, if given); what it
+    changed per host."""
+    deployer = box.orchestrator(environment)
     try:
         return deployer.setup()
     finally:

@@ -1,8 +1,9 @@
-"""Hosts that are whole machines: set up from bare as root, deployed to as a non-root user,
-back by themselves after a reboot.
+"""Hosts that are whole machines: set up from bare by a sudo admin (or root), deployed to as a
+non-root user, back by themselves after a reboot.
 
-Two systemd-booting machines (sandbox.machines) start as bare Debian 12 with sshd and sudo.
-`setup` logs in as root and makes them ready; every deploy after it logs in as `deploy`, whose
+Two systemd-booting machines (sandbox.machines) start as bare Debian 12 with sshd and sudo, and
+the `admin` user with passwordless sudo that a cloud image's first boot makes. `setup` logs in as
+that admin and makes them ready through sudo; every deploy after it logs in as `deploy`, whose
 sudoers file allows nginx's check, reload and start and nothing else, and whose containers are
 rootless. Everything here runs against the real machines over SSH.
 """
@@ -16,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.runner import AsRoot, RemoteError
 from tests.sandbox.conftest import (
     Releases,
     Sandbox,
@@ -60,16 +62,31 @@ def _deploy_run(box: Sandbox, host: str, command: str) -> tuple[bool, str]:
     return result.ok, (result.stdout + result.stderr).strip()
 
 
-def test_a_bare_machine_is_set_up_as_root_and_a_second_setup_changes_nothing(
+def test_a_bare_machine_is_set_up_through_sudo_and_again_as_root_changes_nothing(
     machines: Sandbox, first_setup: dict[str, list[str]]
 ) -> None:
-    for host in machines.environment.hosts:
+    environment = machines.environment
+    assert any("as admin (through sudo)" in line for line in machines.lines)
+    for host in environment.hosts:
         changed = first_setup[host.name]
         assert any(change.startswith("installed podman") for change in changed), changed
-        for change in ("user deploy", "deploy key", "linger", "sudoers", "restore unit"):
+        expected = ("user deploy", "deploy key", "linger", "sudoers", "storage overlay")
+        for change in (*expected, "restore unit"):
             assert change in changed, (host.name, changed)
         assert "nginx default site removed" in changed
-    assert set_up(machines) == {host.name: [] for host in machines.environment.hosts}
+        # What went in through sudo is root's, as if root had written it.
+        site = commands.site_path(environment, environment.layout(host))
+        owner = machines.fleet.machines.run_in(host.name, f"stat -c %U:%a {site}").strip()
+        assert owner == "root:644"
+        leftovers = "find /tmp -maxdepth 1 -user admin"  # the admin's staged uploads
+        assert machines.fleet.machines.run_in(host.name, leftovers).strip() == ""
+    # Root's own login (a server whose provider hands out root) finds the same host ready.
+    as_root = environment.model_copy(
+        update={"setup": environment.setup.model_copy(update={"user": "root"})}
+    )
+    del machines.lines[:]
+    assert set_up(machines, as_root) == {host.name: [] for host in environment.hosts}
+    assert any("as root (logged in as root)" in line for line in machines.lines)
     assert any("nothing changed" in line for line in machines.lines)
 
 
@@ -77,7 +94,10 @@ def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
     machines: Sandbox, first_setup: dict[str, list[str]]
 ) -> None:
     host = machines.environment.hosts[0].name
-    assert _deploy_run(machines, host, "id -un; id -u") == (True, "deploy\n1000")
+    ok, who = _deploy_run(machines, host, "id -un; id -u")
+    assert ok, who
+    assert who.split()[0] == "deploy", who
+    assert who.split()[1] != "0", who
     ok, listing = _deploy_run(machines, host, "sudo -n -l")
     assert ok, listing
     allowed = listing[listing.index("NOPASSWD:") :].split("NOPASSWD:", 1)[1]
@@ -89,6 +109,13 @@ def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
     refused, why = _deploy_run(machines, host, "sudo -n cat /etc/shadow")
     assert not refused
     assert "password is required" in why
+    # So the deploy user could not be setup's admin: refused before anything is done.
+    deployer = machines.orchestrator()
+    try:
+        with pytest.raises(RemoteError, match="neither root nor allowed passwordless sudo"):
+            AsRoot(deployer.runners[host]).run("apt-get install -y nginx")
+    finally:
+        deployer.close()
     assert _deploy_run(machines, host, "sudo -n /usr/sbin/nginx -t -q")[0]
     # What setup installed passes visudo, and a broken file never reaches sudoers.d.
     console = machines.fleet.machines
@@ -117,6 +144,11 @@ def test_releases_run_rootless_as_the_deploy_user(
         ok, names = _deploy_run(machines, host.name, "podman ps --format '{{.Names}}'")
         assert ok, names
         assert environment.container_name(colour) in names.split(), names
+        # Rootless storage on native overlay, not vfs's full copy of every layer.
+        ok, driver = _deploy_run(
+            machines, host.name, "podman info --format '{{.Store.GraphDriverName}}'"
+        )
+        assert (ok, driver) == (True, "overlay"), driver
         # root's engine runs nothing: the release is the deploy user's
         assert machines.fleet.machines.run_in(host.name, "podman ps -q").strip() == ""
         layout = environment.layout(host)

@@ -378,6 +378,33 @@ def home_directory() -> str:
     return 'printf "%s" "$HOME"'
 
 
+# A rootless engine's storage: native overlay (kernel 5.13+; Debian 12 has 6.1, Ubuntu 24.04 6.8)
+# shares image layers. Left to itself, Debian's Podman 4.3 may fall back to vfs, which copies every
+# layer in full on each pull: slower deploys and several times the disk.
+ROOTLESS_STORAGE_MARK = "# Written by mlops-imdb setup"
+ROOTLESS_STORAGE_CONF = f"""{ROOTLESS_STORAGE_MARK}: rootless Podman on native overlay.
+[storage]
+driver = "overlay"
+"""
+
+
+def rootless_storage_conf(home: str) -> PurePosixPath:
+    """The deploy user's own storage settings, read before /etc's (containers-storage.conf(5))."""
+    return PurePosixPath(home) / ".config" / "containers" / "storage.conf"
+
+
+def rootless_storage_state(home: str) -> str:
+    """Prints what decides whether setup may set the driver: `own` when the user has a
+    storage.conf setup did not write, `vfs` when the engine already keeps images in vfs (a
+    change of driver would need `podman system reset`, which deletes them), else nothing."""
+    conf = q(rootless_storage_conf(home))
+    vfs = q(PurePosixPath(home) / ".local" / "share" / "containers" / "storage" / "vfs")
+    return (
+        f"if [ -f {conf} ] && ! grep -qF {q(ROOTLESS_STORAGE_MARK)} {conf}; then echo own; "
+        f"elif [ ! -f {conf} ] && [ -d {vfs} ]; then echo vfs; fi"
+    )
+
+
 @dataclass(frozen=True)
 class TrustFiles:
     """Where setup puts an environment's image trust in the host's engine configuration."""
@@ -499,6 +526,25 @@ def join_group(user: str, group: str) -> str:
 def install_file(temporary: PurePosixPath, target: PurePosixPath, mode: int = 0o644) -> str:
     """Move an uploaded file into place atomically (rename within one directory)."""
     return f"chmod {mode:o} {q(temporary)} && mv -f {q(temporary)} {q(target)}"
+
+
+# Whether the login may run anything as root without a password (a cloud image's admin user).
+SUDO_CHECK = "sudo -n true"
+
+
+def as_root(command: str) -> str:
+    """`command` (a shell line) run as root by a login with passwordless sudo; never prompts."""
+    return f"sudo -n sh -c {q(command)}"
+
+
+def install_root_file(staged: PurePosixPath, target: PurePosixPath, mode: int = 0o644) -> str:
+    """As root: a file the login uploaded to `staged`, put in place owned by root (sshd and sudo
+    refuse files others own), atomically (copied beside the target, then renamed)."""
+    beside = target.with_name(f".{target.name}.tmp")
+    return (
+        f"install -o root -g root -m {mode:o} {q(staged)} {q(beside)} "
+        f"&& mv -f {q(beside)} {q(target)}"
+    )
 
 
 def write_file(path: PurePosixPath, text: str) -> str:

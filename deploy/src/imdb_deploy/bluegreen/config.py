@@ -224,9 +224,9 @@ class SetupSettings(_Strict):
     user: str | None = Field(
         default=None,
         pattern=r"^[a-z_][a-z0-9_-]*$",
-        description="root (or a user with full sudo) that installs packages and makes the deploy "
-        "user, its sudoers file and the nginx site; none: setup runs as the deploy user, who "
-        "must then be root",
+        description="root, or a user with passwordless sudo (a cloud image's `admin` or "
+        "`ubuntu`), that installs packages and makes the deploy user, its sudoers file and the "
+        "nginx site; none: setup runs as the deploy user, who must then be root",
     )
     authorized_key: Path | None = Field(
         default=None,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Host
 from imdb_deploy.bluegreen.errors import DeployError
-from imdb_deploy.bluegreen.runner import HostRunner, on_each, private_key
+from imdb_deploy.bluegreen.runner import AsRoot, HostRunner, Shell, on_each, private_key
 from imdb_deploy.supply_chain import signing
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def _wanted(content: str | bytes, mode: int) -> str:
     return f"{hashlib.sha256(data).hexdigest()} {mode:o}"
 
 
-def put(runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
+def put(runner: Shell, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
     """Write `text` to the host's `path` unless it already holds it with `mode`; whether it
     wrote."""
     if runner.run(file_state(path)).stdout.strip() == _wanted(text, mode):
@@ -51,21 +51,22 @@ def put(runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -
 class HostSetup:
     """One run of `setup` over the orchestrator's hosts and SSH connections.
 
-    With `setup.user` (root) named, a bare host is prepared in three phases: as root, the
-    packages, the deploy user (its key, lingering systemd instance, sudoers file checked by
-    visudo) and the deploy root it owns; as the deploy user, its directories, registry login,
-    image trust and restore unit; as root again, the nginx site, checked and running. Without it,
-    the deploy user (root then) does all of it.
+    With `setup.user` named (root, or an admin with passwordless sudo as cloud images have), a
+    bare host is prepared in three phases: as root, the packages, the deploy user (its key,
+    lingering systemd instance, sudoers file checked by visudo) and the deploy root it owns; as
+    the deploy user, its directories, registry login, image trust and restore unit; as root
+    again, the nginx site, checked and running. Without it, the deploy user (root then) does all
+    of it.
     """
 
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
         self.environment = orchestrator.environment
         admin = self.environment.as_setup_user()
-        self.admins: dict[str, HostRunner] = (
+        self.admins: dict[str, AsRoot] = (
             {}
             if admin is None
-            else {host.name: orchestrator.runner_for(admin, host) for host in admin.hosts}
+            else {host.name: AsRoot(orchestrator.runner_for(admin, host)) for host in admin.hosts}
         )
 
     def run(self) -> dict[str, list[str]]:
@@ -78,14 +79,6 @@ class HostSetup:
         if failures:
             raise DeployError(f"setup failed: {self.orchestrator._failures_text(failures)}")
         return results
-
-    def put(self, runner: HostRunner, path: PurePosixPath, text: str, mode: int = 0o644) -> bool:
-        """Write `text` to the host's `path` unless it already holds it with `mode`; whether it
-        wrote."""
-        if runner.run(file_state(path)).stdout.strip() == _wanted(text, mode):
-            return False
-        runner.put_text(path, text, mode=mode)
-        return True
 
     def one(self, host: Host) -> list[str]:
         env, orchestrator = self.environment, self.orchestrator
@@ -101,7 +94,7 @@ class HostSetup:
         )
         return changed
 
-    def tools(self, host: Host, runner: HostRunner) -> list[str]:
+    def tools(self, host: Host, runner: Shell) -> list[str]:
         """The commands the deploy runs, installed from Debian's packages when missing."""
         missing = runner.run(commands.check_tools(commands.host_packages(self.environment))).stdout
         if not missing.split():
@@ -110,12 +103,13 @@ class HostSetup:
         runner.run(commands.install_packages(missing.split()), timeout_s=900)
         return [f"installed {' '.join(missing.split())}"]
 
-    def system(self, host: Host, admin: HostRunner) -> list[str]:
-        """As root: packages, the deploy user with its key and sudoers file, its deploy root."""
+    def system(self, host: Host, admin: AsRoot) -> list[str]:
+        """As root (or through the admin's sudo): packages, the deploy user with its key and
+        sudoers file, its deploy root."""
         env = self.environment
         user = env.deploy_user
-        if admin.run("id -u").stdout.strip() != "0":
-            raise DeployError(f"setup.user {env.setup.user!r} is not root on {host.name}")
+        how = "through sudo" if admin.via_sudo() else "logged in as root"
+        self.orchestrator.step(host.name, "setup", f"as {env.setup.user} ({how})")
         changed = self.tools(host, admin)
         if admin.run(commands.ensure_user(user)).stdout.strip() == "created":
             changed.append(f"user {user}")
@@ -170,7 +164,7 @@ class HostSetup:
         )
         return changed
 
-    def sudoers(self, admin: HostRunner) -> bool:
+    def sudoers(self, admin: AsRoot) -> bool:
         """The deploy user's sudoers file, installed only if visudo accepts it; whether it
         changed."""
         text, target = commands.sudoers(self.environment), commands.sudoers_path(
@@ -190,6 +184,8 @@ class HostSetup:
         layout = env.layout(host)
         changed: list[str] = []
         runner.run(commands.make_directories(layout))
+        if env.engine == "podman" and env.sudo:
+            changed += self.rootless_storage(host, runner)
         login = orchestrator.registry_auth()
         if login is not None and put(runner, layout.registry_auth_file, login, mode=0o600):
             changed.append("registry login")
@@ -202,7 +198,27 @@ class HostSetup:
             changed.append(f"upstream ({colour})")
         return changed
 
-    def nginx(self, host: Host, runner: HostRunner) -> list[str]:
+    def rootless_storage(self, host: Host, runner: HostRunner) -> list[str]:
+        """The deploy user's engine on native overlay, set before its first pull; a storage.conf
+        of the operator's own, or images already in vfs, are left as they are and said."""
+        home = runner.run(commands.home_directory()).stdout
+        state = runner.run(commands.rootless_storage_state(home)).stdout.strip()
+        if state == "own":
+            self.orchestrator.step(host.name, "storage", "kept the deploy user's own storage.conf")
+            return []
+        if state == "vfs":
+            self.orchestrator.step(
+                host.name,
+                "storage",
+                "images are in vfs storage (a full copy per layer): `podman system reset` as "
+                f"{self.environment.deploy_user} deletes them, then setup moves it to overlay",
+            )
+            return []
+        path = commands.rootless_storage_conf(home)
+        runner.run(f"mkdir -p {commands.q(path.parent)}")
+        return ["storage overlay"] if put(runner, path, commands.ROOTLESS_STORAGE_CONF) else []
+
+    def nginx(self, host: Host, runner: Shell) -> list[str]:
         """The site (and an own nginx's whole config), checked, and nginx running."""
         env = self.environment
         layout = env.layout(host)

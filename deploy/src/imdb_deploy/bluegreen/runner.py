@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import paramiko
 import tenacity
@@ -199,12 +199,11 @@ class HostRunner:
             )
         return result
 
-    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
-        """Write a file atomically: upload beside it, then rename into place."""
-        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    def upload(self, path: PurePosixPath, text: str) -> None:
+        """Write `text` to the host's `path` by SFTP, readable by the login user only."""
         try:
             sftp = self.connection().sftp()
-            with sftp.open(str(temporary), "w") as remote:
+            with sftp.open(str(path), "w") as remote:
                 remote.chmod(0o600)  # restricted before the content (secrets) arrives
                 remote.write(text.encode())
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -212,6 +211,11 @@ class HostRunner:
             raise UnreachableError(
                 self.name, self.redact(f"upload of {path} failed: {exc}")
             ) from None
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        """Write a file atomically: upload beside it, then rename into place."""
+        temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.upload(temporary, text)
         self.run(commands.install_file(temporary, path, mode))
 
     def close(self) -> None:
@@ -220,3 +224,77 @@ class HostRunner:
                 with contextlib.suppress(OSError, EOFError):
                     self._connection.close()
                 self._connection = None
+
+
+class Shell(Protocol):
+    """What setup needs of a login on a host: a command, a file."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result: ...
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None: ...
+
+
+class Login(Shell, Protocol):
+    """One user's SSH login to a host (a HostRunner): what AsRoot builds on."""
+
+    environment: Environment
+
+    def upload(self, path: PurePosixPath, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AsRoot:
+    """Root on a host through one login: the login itself when it is root, else through
+    passwordless sudo, as a cloud image's admin user (`admin` on Debian's, `ubuntu` on
+    Ubuntu's) has it. Files are uploaded to the login's own temporary file first, then
+    installed owned by root."""
+
+    def __init__(self, login: Login) -> None:
+        self.login = login
+        self._via_sudo: bool | None = None
+
+    @property
+    def name(self) -> str:
+        return self.login.name
+
+    def via_sudo(self) -> bool:
+        """Whether commands go through `sudo -n` (asked of the host once); RemoteError when the
+        login is neither root nor allowed passwordless sudo."""
+        if self._via_sudo is None:
+            if self.login.run("id -u").stdout.strip() == "0":
+                self._via_sudo = False
+            else:
+                refused = self.login.run(commands.SUDO_CHECK, check=False)
+                if not refused.ok:
+                    user = self.login.environment.ssh.user
+                    detail = (refused.stderr or refused.stdout).strip()[-300:]
+                    raise RemoteError(
+                        self.name,
+                        f"setup.user {user!r} is neither root nor allowed passwordless sudo "
+                        f"(`sudo -n true`: {detail or f'exit {refused.exit_code}'})",
+                    )
+                self._via_sudo = True
+        return self._via_sudo
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        if self.via_sudo():
+            command = commands.as_root(command)
+        return self.login.run(command, timeout_s=timeout_s, check=check)
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        if not self.via_sudo():
+            self.login.put_text(path, text, mode=mode)
+            return
+        staged = PurePosixPath(self.login.run("mktemp").stdout.strip())  # the login's, 0600
+        try:
+            self.login.upload(staged, text)
+            self.run(commands.install_root_file(staged, path, mode))
+        finally:
+            self.login.run(f"rm -f {commands.q(staged)}", check=False)
+
+    def close(self) -> None:
+        self.login.close()

@@ -5,7 +5,8 @@ root file system, users, sudo, systemd units and journal, and it boots and reboo
 own Debian 12 servers are, minus the hardware. It starts *bare* (Debian with systemd, sshd and
 sudo, no container engine, no nginx, no deploy user), so `fab setup` has to do on it what it does
 on a new server. Its sshd listens on the host's own loopback address (the machines share this
-machine's network, as the light hosts do) and accepts the fleet's key for root only.
+machine's network, as the light hosts do) and accepts the fleet's key for root and for `admin`,
+the passwordless-sudo user a cloud image's first boot makes.
 
 Per machine, under `<state_dir>/hosts/<name>/`:
 
@@ -66,7 +67,37 @@ RUN rm -f /etc/ssh/ssh_host_* \\
       '[Install]' 'WantedBy=local-fs.target' > /etc/systemd/system/make-rshared.service \\
  && systemctl enable make-rshared.service
 COPY containers.conf /etc/containers/containers.conf
+COPY cloud-admin.sh /usr/local/sbin/cloud-admin
+COPY cloud-admin.service /etc/systemd/system/cloud-admin.service
+COPY cloud-admin.sudoers /etc/sudoers.d/90-cloud-admin
+RUN chmod 755 /usr/local/sbin/cloud-admin && chmod 440 /etc/sudoers.d/90-cloud-admin \\
+ && visudo -c -q -f /etc/sudoers.d/90-cloud-admin && systemctl enable cloud-admin.service
 """
+# What a cloud image's first boot does (cloud-init's default user): an admin user allowed every
+# command through passwordless sudo, logging in with the provider's key, the key root has here too.
+# `fab setup` may log in as either, as on real servers.
+CLOUD_ADMIN = "admin"
+CLOUD_ADMIN_FILES = {
+    "cloud-admin.sh": f"""#!/bin/sh
+set -e
+id -u {CLOUD_ADMIN} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {CLOUD_ADMIN}
+install -d -m 700 -o {CLOUD_ADMIN} -g {CLOUD_ADMIN} /home/{CLOUD_ADMIN}/.ssh
+install -m 600 -o {CLOUD_ADMIN} -g {CLOUD_ADMIN} /root/.ssh/authorized_keys \\
+  /home/{CLOUD_ADMIN}/.ssh/authorized_keys
+""",
+    "cloud-admin.service": """[Unit]
+Description=The cloud image's admin user and its key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/cloud-admin
+
+[Install]
+WantedBy=multi-user.target
+""",
+    "cloud-admin.sudoers": f"{CLOUD_ADMIN} ALL=(ALL) NOPASSWD:ALL\n",
+}
 # /sbin/init as PID 1; systemd in a container needs the host's cgroups writable.
 BOOT_ARGS = (
     "--privileged",
@@ -104,7 +135,12 @@ def sshd_drop_in(address: str, port: int) -> str:
 
 def image_reference(recipe: RootfsRecipe = MACHINE_RECIPE) -> str:
     """The machine image's name: changes with the recipe and the hardware's additions."""
-    text = recipe.key() + MACHINE_CONTAINERFILE + CONTAINERS_CONF
+    text = (
+        recipe.key()
+        + MACHINE_CONTAINERFILE
+        + CONTAINERS_CONF
+        + repr(sorted(CLOUD_ADMIN_FILES.items()))
+    )
     return f"localhost/mlops-sandbox-machine:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -202,6 +238,8 @@ class MachineEngine:
         with tempfile.TemporaryDirectory(dir=self.state_dir) as context:
             (Path(context) / "Containerfile").write_text(MACHINE_CONTAINERFILE.format(base=base))
             (Path(context) / "containers.conf").write_text(CONTAINERS_CONF)
+            for name, text in CLOUD_ADMIN_FILES.items():
+                (Path(context) / name).write_text(text)
             self.podman("build", "--pull=never", "-t", reference, context, timeout=600)
         self.podman("rmi", base)
         return reference
