@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.runner import AsRoot, RemoteError
 from tests.sandbox.conftest import (
     Releases,
@@ -88,6 +89,33 @@ def test_a_bare_machine_is_set_up_through_sudo_and_again_as_root_changes_nothing
     assert set_up(machines, as_root) == {host.name: [] for host in environment.hosts}
     assert any("as root (logged in as root)" in line for line in machines.lines)
     assert any("nothing changed" in line for line in machines.lines)
+    deployer = machines.orchestrator()
+    try:
+        setups = [e for e in deployer.audit_log(50) if e["action"] == "setup"]
+    finally:
+        deployer.close()
+    assert [e["result"] for e in setups] == ["ok", "ok"]
+    assert "user deploy" in str(setups[0]["detail"])
+
+
+def test_a_setup_user_that_cannot_log_in_fails_setup_audited_and_changes_nothing(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    environment = machines.environment
+    before = machines.served_versions()
+    stranger = environment.model_copy(
+        update={"setup": environment.setup.model_copy(update={"user": "nobody"})}
+    )
+    deployer = machines.orchestrator(stranger)
+    try:
+        with pytest.raises(DeployError, match=r"setup failed: .*login refused"):
+            deployer.setup()
+        entry = deployer.audit_log(1)[-1]
+    finally:
+        deployer.close()
+    assert (entry["action"], entry["result"]) == ("setup", "failed")
+    assert "login refused" in str(entry["detail"])
+    assert machines.served_versions() == before
 
 
 def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(

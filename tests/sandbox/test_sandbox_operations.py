@@ -207,8 +207,13 @@ def test_setup_a_second_time_changes_nothing_and_says_so(sandbox: Sandbox) -> No
         deployer.setup()
         sandbox.lines.clear()
         assert deployer.setup() == {host.name: [] for host in sandbox.environment.hosts}
+        entries = deployer.audit_log(2)
     finally:
         deployer.close()
     ready = [line for line in sandbox.lines if "ready for deploys" in line]
     assert len(ready) == len(sandbox.environment.hosts)
     assert all(line.endswith("nothing changed") for line in ready), ready
+    # Each run is audited, with what it changed per host.
+    assert [(e["action"], e["result"]) for e in entries] == [("setup", "ok"), ("setup", "ok")]
+    hosts = [host.name for host in sandbox.environment.hosts]
+    assert entries[-1]["detail"] == "; ".join(f"{name}: nothing changed" for name in hosts)

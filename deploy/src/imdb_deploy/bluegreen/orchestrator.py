@@ -996,8 +996,25 @@ class Orchestrator:
         return self._run("rollback", target, approve, confirm, requested=version)
 
     def setup(self) -> dict[str, list[str]]:
-        """Prepare every host (safe to repeat: `hostsetup`); what changed per host."""
-        return hostsetup.HostSetup(self).run()
+        """Prepare every host (safe to repeat: `hostsetup`); what changed per host. Audited
+        like a release: when a host was provisioned, by whom, and what it changed."""
+        self._t0 = time.monotonic()
+        outcome = Outcome(new_id(), "setup", self.environment.name, current_user(), now_iso(),
+                          {}, None)  # fmt: skip
+        self.outcome = outcome
+        try:
+            changes = hostsetup.HostSetup(self).run()
+        except DeployError as error:
+            outcome.result, outcome.detail = "failed", str(error)
+            self._finish(outcome)  # on the hosts that have a deploy root to log in
+            raise
+        outcome.result = "ok"
+        outcome.detail = "; ".join(
+            f"{host}: {', '.join(changed) or 'nothing changed'}"
+            for host, changed in changes.items()
+        )
+        self._finish(outcome)
+        return changes
 
     def prune(self) -> set[str]:
         """Remove releases beyond `keep_releases` from every host, under the lock (a deploy
