@@ -91,5 +91,7 @@ def trust(c: Context, env: str = DEFAULT_ENV, fingerprint: str = "") -> None:
 
 @task(help={"env": "environment name"})
 def setup(c: Context, env: str = DEFAULT_ENV) -> None:
-    """Prepare the hosts: engine, nginx and directories (safe to run again)."""
+    """Prepare the hosts from bare (as [setup] user: root or a passwordless-sudo admin): engine,
+    nginx, the deploy user and its sudoers file, directories, the restore unit (safe to run
+    again; audited)."""
     _run("setup", env)
