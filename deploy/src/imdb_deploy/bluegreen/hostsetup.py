@@ -85,9 +85,10 @@ class HostSetup:
         deploy = orchestrator.runners[host.name]
         admin = self.admins.get(host.name)
         changed = self.system(host, admin) if admin is not None else self.tools(host, deploy)
-        changed += self.deploy_side(host, deploy)
+        home = deploy.run(commands.home_directory()).stdout  # the deploy user's, asked once
+        changed += self.deploy_side(host, deploy, home)
         changed += self.nginx(host, admin or deploy)
-        changed += self.restore(host, deploy)
+        changed += self.restore(host, deploy, home)
         summary = f"changed: {', '.join(changed)}" if changed else "nothing changed"
         orchestrator.step(
             host.name, "ready for deploys", f"nginx on {env.http_address(host)}; {summary}"
@@ -178,19 +179,19 @@ class HostSetup:
         admin.run(commands.install_sudoers(staged, target))
         return True
 
-    def deploy_side(self, host: Host, runner: HostRunner) -> list[str]:
+    def deploy_side(self, host: Host, runner: HostRunner, home: str) -> list[str]:
         """As the deploy user: directories, registry login, image trust, a first upstream."""
         env, orchestrator = self.environment, self.orchestrator
         layout = env.layout(host)
         changed: list[str] = []
         runner.run(commands.make_directories(layout))
         if env.engine == "podman" and env.sudo:
-            changed += self.rootless_storage(host, runner)
+            changed += self.rootless_storage(host, runner, home)
         login = orchestrator.registry_auth()
         if login is not None and put(runner, layout.registry_auth_file, login, mode=0o600):
             changed.append("registry login")
         if env.signing is not None:
-            changed += self.trust(host)
+            changed += self.trust(host, home)
         if not runner.run(f"test -s {commands.q(layout.upstream_conf)}", check=False).ok:
             state = orchestrator.read_state(host)
             colour = state.live or state.idle
@@ -198,10 +199,9 @@ class HostSetup:
             changed.append(f"upstream ({colour})")
         return changed
 
-    def rootless_storage(self, host: Host, runner: HostRunner) -> list[str]:
+    def rootless_storage(self, host: Host, runner: HostRunner, home: str) -> list[str]:
         """The deploy user's engine on native overlay, set before its first pull; a storage.conf
         of the operator's own, or images already in vfs, are left as they are and said."""
-        home = runner.run(commands.home_directory()).stdout
         state = runner.run(commands.rootless_storage_state(home)).stdout.strip()
         if state == "own":
             self.orchestrator.step(host.name, "storage", "kept the deploy user's own storage.conf")
@@ -238,7 +238,7 @@ class HostSetup:
             changed.append("nginx started")
         return changed
 
-    def restore(self, host: Host, runner: HostRunner) -> list[str]:
+    def restore(self, host: Host, runner: HostRunner, home: str) -> list[str]:
         """The unit that starts the live colour after a boot (systemd hosts only): the deploy
         user's own, or a system unit when it is root."""
         env, layout = self.environment, self.environment.layout(host)
@@ -248,7 +248,6 @@ class HostSetup:
             )
             return []
         user_unit = bool(env.sudo)
-        home = runner.run(commands.home_directory()).stdout
         directory = commands.unit_directory(home, user_unit=user_unit)
         unit = f"mlops-imdb-{env.name}.service"
         runner.run(f"mkdir -p {commands.q(directory)}")
@@ -262,7 +261,7 @@ class HostSetup:
         runner.run(commands.enable_unit(directory, unit, user_unit=user_unit))
         return changed
 
-    def trust(self, host: Host) -> list[str]:
+    def trust(self, host: Host, home: str) -> list[str]:
         """The host's engine requires this environment's signature on its image repository:
         the public key, policy.json (merged with the host's own) and the lookaside location.
         Returns what changed."""
@@ -272,7 +271,6 @@ class HostSetup:
             raise DeployError(f"{env.name} names no signing key")
         if env.engine == "docker":
             return self.docker_trust(host, env.signing.public_key)
-        home = runner.run(commands.home_directory()).stdout
         files = commands.TrustFiles(commands.trust_config_dir(env.signing.containers_config, home))
         fingerprint = orchestrator.trusted_key()  # read and checked once for all hosts
         runner.run(commands.make_trust_directories(files, layout))
