@@ -803,10 +803,8 @@ class Orchestrator:
         of the version every host already runs does nothing, unless `force`. `requested` is
         the release asked for, named by the audit entry even when it is refused."""
         env = self.environment
-        self._t0 = time.monotonic()
-        outcome = Outcome(new_id(), action, env.name, current_user(), now_iso(), {}, requested)
+        outcome = self._begin(action, requested)
         outcome.skipped = self.skipped
-        self.outcome = outcome
         if self.skipped:
             self.step("*", "partial", f"only {[h.name for h in env.hosts]}; skipped on purpose: "
                       f"{self.skipped} (the next full {action} brings them in line)")  # fmt: skip
@@ -866,6 +864,13 @@ class Orchestrator:
             outcome.detail = self.redact(f"{exc}: stopped there, and undid what it had changed")
         except (DeployError, RemoteError, StateError, ValueError) as exc:
             outcome.result, outcome.detail = "failed", self.redact(str(exc))
+
+    def _begin(self, action: str, requested: str | None = None) -> Outcome:
+        """A new audited action, timed from now; `_finish` prints and audits it."""
+        self._t0 = time.monotonic()
+        self.outcome = Outcome(new_id(), action, self.environment.name, current_user(), now_iso(),
+                               {}, requested)  # fmt: skip
+        return self.outcome
 
     def _finish(self, outcome: Outcome) -> None:
         outcome.seconds = round(time.monotonic() - self._t0, 3)
@@ -998,10 +1003,7 @@ class Orchestrator:
     def setup(self) -> dict[str, list[str]]:
         """Prepare every host (safe to repeat: `hostsetup`); what changed per host. Audited
         like a release: when a host was provisioned, by whom, and what it changed."""
-        self._t0 = time.monotonic()
-        outcome = Outcome(new_id(), "setup", self.environment.name, current_user(), now_iso(),
-                          {}, None)  # fmt: skip
-        self.outcome = outcome
+        outcome = self._begin("setup")
         try:
             changes = hostsetup.HostSetup(self).run()
         except DeployError as error:
@@ -1020,10 +1022,7 @@ class Orchestrator:
         """Remove releases beyond `keep_releases` from every host, under the lock (a deploy
         prunes too, when it is done); returns the versions that must stay anywhere: what each
         host runs and would roll back to."""
-        self._t0 = time.monotonic()
-        outcome = Outcome(new_id(), "prune", self.environment.name, current_user(), now_iso(),
-                          {}, None)  # fmt: skip
-        self.outcome = outcome
+        outcome = self._begin("prune")
         lock = self.new_lock(outcome)
         try:
             lock.acquire(self.holder(outcome))
