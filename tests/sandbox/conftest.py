@@ -20,7 +20,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -342,11 +342,18 @@ class Sandbox:
     lines: list[str]
 
     def orchestrator(
-        self, environment: Environment | None = None, **kwargs: object
+        self,
+        environment: Environment | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        on_step: Callable[[str, str], None] | None = None,
     ) -> Orchestrator:
         """A deployer for the test environment (or a variant of it) that logs into `lines`."""
         return Orchestrator(
-            environment or self.environment, echo=self.lines.append, **kwargs  # type: ignore[arg-type]
+            environment or self.environment,
+            environ=environ,
+            echo=self.lines.append,
+            on_step=on_step,
         )
 
     def served_versions(self, environment: Environment | None = None) -> list[str | None]:
@@ -389,12 +396,16 @@ class Sandbox:
         live = v1 if served == {v1} else v2
         return live, v2 if live == v1 else v1
 
-    def last_audit(self) -> dict[str, object]:
+    def audit(self, limit: int = 50) -> list[dict[str, object]]:
+        """The newest `limit` audit entries, merged from every host, oldest first."""
         deployer = self.orchestrator()
         try:
-            return deployer.audit_log(1)[-1]
+            return deployer.audit_log(limit)
         finally:
             deployer.close()
+
+    def last_audit(self) -> dict[str, object]:
+        return self.audit(1)[-1]
 
     def assert_settled(self, version: str, result: str) -> None:
         """One version served everywhere, no lock held, and the audit says how it ended."""

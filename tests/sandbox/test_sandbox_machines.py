@@ -89,11 +89,7 @@ def test_a_bare_machine_is_set_up_through_sudo_and_again_as_root_changes_nothing
     assert set_up(machines, as_root) == {host.name: [] for host in environment.hosts}
     assert any("as root (logged in as root)" in line for line in machines.lines)
     assert any("nothing changed" in line for line in machines.lines)
-    deployer = machines.orchestrator()
-    try:
-        setups = [e for e in deployer.audit_log(50) if e["action"] == "setup"]
-    finally:
-        deployer.close()
+    setups = [e for e in machines.audit() if e["action"] == "setup"]
     assert [e["result"] for e in setups] == ["ok", "ok"]
     assert "user deploy" in str(setups[0]["detail"])
 
@@ -223,11 +219,7 @@ def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves
     assert int(console.run_in(rebooted.name, "ps -o etimes= -p 1")) <= seconds
     assert machines.served_versions() == [live, live]
     # The host says what it did at boot: an audit entry of its own.
-    deployer = machines.orchestrator()
-    try:
-        entries = [e for e in deployer.audit_log(50) if e.get("action") == "restore"]
-    finally:
-        deployer.close()
+    entries = [e for e in machines.audit() if e.get("action") == "restore"]
     assert entries, "no restore entry in the audit log"
     assert (entries[-1]["host"], entries[-1]["result"]) == (rebooted.name, "ok")
     # Only the live colour came back: the kept one stays stopped.
