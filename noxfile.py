@@ -103,21 +103,25 @@ def reusable(
     *outputs: Path,
     reuse: bool = True,
     sources: Sequence[str] = (),
+    stage: str | None = None,
+    args: Sequence[str] | None = None,
+    by_default: bool = False,
     **inputs: str,
 ) -> Iterator[bool]:
     """Yield True when this stage already passed on exactly these inputs, so the session can
     return at once; else yield False, run it, and stamp it as passed if it did.
 
-    Only with MLOPS_STAGE_CACHE=1 (`make pipeline` sets it). The inputs are the content of every
-    file git would commit (or only those under `sources`), the session's name, posargs and
-    interpreter, plus `inputs`; the `outputs` (files or directories) must still be as the passing
-    run left them. `reuse=False`
-    runs the stage whatever its stamp says (what it made elsewhere is gone, or it asks a service
-    whose answers change).
+    Only with MLOPS_STAGE_CACHE=1 (`make pipeline` sets it), or unless it is 0 for a stage
+    reused `by_default` (the model). The inputs are the content of every file git would commit
+    (or only those under `sources`), the stage's name (default: the session's), its arguments
+    (default: the posargs) and interpreter, plus `inputs`; the `outputs` (files or directories)
+    must still be as the passing run left them. `reuse=False` runs the stage whatever its stamp
+    says (what it made elsewhere is gone, or it asks a service whose answers change).
     """
-    if not stagecache.enabled():
+    if not stagecache.enabled(default=by_default):
         yield False
         return
+    stage_name = stage or session.name
     python = subprocess.run(
         [str(Path(session.bin) / "python"), "-c", "import sys; print(sys.version)"],
         capture_output=True,
@@ -130,27 +134,27 @@ def reusable(
         session.log(f"stage cache off: {error}")
         yield False
         return
-    stage = stagecache.Stage(
-        stamp=STAGE_STAMPS / f"{session.name}.json",
+    stamp = stagecache.Stage(
+        stamp=STAGE_STAMPS / f"{stage_name}.json",
         inputs={
-            "session": session.name,
-            "posargs": json.dumps(session.posargs),
+            "session": stage_name,
+            "posargs": json.dumps(list(session.posargs if args is None else args)),
             "python": python,
             "sources": digest,
             **inputs,
         },
         outputs=outputs,
     )
-    passed_at = stage.passed_before() if reuse else None
+    passed_at = stamp.passed_before() if reuse else None
     if passed_at is not None:
         session.log(
-            f"reused: {session.name} passed at {passed_at} on exactly these inputs "
-            f"(key {stage.key[:12]}); {stagecache.ENABLE_VAR}=0 runs it anyway"
+            f"reused: {stage_name} passed at {passed_at} on exactly these inputs "
+            f"(key {stamp.key[:12]}); {stagecache.ENABLE_VAR}=0 runs it anyway"
         )
         yield True
         return
     yield False
-    stage.record_pass()
+    stamp.record_pass()
 
 
 def measured_pytest(
@@ -369,64 +373,81 @@ def train(session: nox.Session) -> None:
     with a size bound and their fingerprint recorded), or `-- --data DIR`. A challenger worse
     than the champion on the same held-out rows (or than the linear baseline) fails the session,
     leaves artifacts/model as it was, and the notification says why. With no release live there
-    (a new environment, a sandbox not up yet), the last local model is the champion.
+    (a new environment, a sandbox not up yet), the last local model is the champion. A model
+    already trained on the same data by the same code is reused (MLOPS_STAGE_CACHE=0 retrains).
     """
-    imdb = "--imdb" in session.posargs
-    args = [arg for arg in session.posargs if arg != "--imdb"]
-    if imdb and args:
-        session.error("usage: nox -s train [-- --imdb | -- --data DIR]")
-    data = [f"--data={IMDB_DATA}"] if imdb else args or [f"--data={GENERATED_DATA}"]
-    target = os.environ.get(CHAMPION_ENV_VAR, "sandbox-production")
     sync_locked(session, *TRACKING)
-    if not session.posargs and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
+    train_model(session, session.posargs)
+
+
+def train_model(session: nox.Session, args: Sequence[str]) -> None:
+    """`train`'s work, also done by `images` when it has no model to publish: with a session's
+    own arguments only, never another session's (nox hands every session the command line's).
+
+    Reused, by default, when the model sources, the data and the champion's environment are
+    those of the model already in artifacts/model: a rebuilt release then keeps its model
+    version. The public IMDb files (`--imdb`) change upstream: that model is trained each time.
+    """
+    data_dir, imdb = training_data(session, args)
+    target = os.environ.get(CHAMPION_ENV_VAR, "sandbox-production")
+    if data_dir == GENERATED_DATA and not (GENERATED_DATA / "title.ratings.tsv.gz").is_file():
         session.run(
             "imdb-trainer", "generate", f"--out={GENERATED_DATA}", f"--rows={GENERATED_ROWS}"
         )
-    # The generated data is part of the key (new data: a model-only release); posargs name
-    # other data, which is trained on every time.
+    # The IMDb files are downloaded afresh (never reused): no need to read them here.
+    data = "imdb" if imdb else stagecache.directory_digest(data_dir)
     with reusable(
-        session, MODEL_DIR, reuse=not session.posargs, sources=MODEL_SOURCES, champion=target,
-        data=stagecache.directory_digest(GENERATED_DATA),
+        session, MODEL_DIR, reuse=not imdb, sources=MODEL_SOURCES, stage="train", args=args,
+        by_default=True, champion=target, data=data,
     ) as reused:  # fmt: skip
-        if reused:
-            return
-        if imdb:
-            session.run("imdb-trainer", "download", f"--out={IMDB_DATA}")
-        session.run(
-            "python", "-m", "imdb_deploy.champion", "train", target, f"--out={CHAMPION_DIR}",
-            f"--fallback={MODEL_DIR}", "--", *data, f"--out={MODEL_DIR}", "--overwrite",
-        )  # fmt: skip
+        if not reused:
+            if imdb:
+                session.run("imdb-trainer", "download", f"--out={IMDB_DATA}")
+            session.run(
+                "python", "-m", "imdb_deploy.champion", "train", target, f"--out={CHAMPION_DIR}",
+                f"--fallback={MODEL_DIR}", "--", f"--data={data_dir}", f"--out={MODEL_DIR}",
+                "--overwrite",
+            )  # fmt: skip
     session.log(f"model and report: {MODEL_DIR} (report: {MODEL_DIR / 'report' / 'report.md'})")
 
 
-@nox.session(
-    python=DEFAULT_PYTHON,
-    tags=["ci", "build", "pipeline"],
-    # A release serves a trained model: `train` publishes it first, unless MLOPS_ARTIFACT names
-    # one (CD: the artifact its train job published).
-    requires=[] if os.environ.get("MLOPS_ARTIFACT") else ["train"],
-)
+def training_data(session: nox.Session, args: Sequence[str]) -> tuple[Path, bool]:
+    """The data `train` is asked for (generated by default) and whether it is the IMDb files."""
+    if not args:
+        return GENERATED_DATA, False
+    if list(args) == ["--imdb"]:
+        return IMDB_DATA, True
+    if len(args) == 1 and args[0].startswith("--data="):
+        return Path(args[0].removeprefix("--data=")), False
+    if len(args) == 2 and args[0] == "--data":
+        return Path(args[1]), False
+    return session.error("usage: nox -s train [-- --imdb | -- --data DIR]")
+
+
+@nox.session(python=DEFAULT_PYTHON, tags=["ci", "build", "pipeline"])
 def images(session: nox.Session) -> None:
     """Container images, one release: build both through the Docker API, push, SBOM and scan,
     then test them.
 
-    The API image serves the model `nox -s train` published (artifacts/model; `train` runs first)
-    or the one MLOPS_ARTIFACT names, and refuses to build without one; the release is that model
-    plus this tree,
-    its record (digests included) in reports/release.json and the registry. Starts (or reuses)
-    the local engine and registry first (`integration` shares them: one layer cache, one base
-    image, one registry); the tests build there too. Posargs go to the build
-    (`--export=DIR`, `--no-cache`, ...). MLOPS_PLATFORMS (default linux/amd64; `make pipeline`
-    and CD: linux/amd64,linux/arm64) names the platforms: each release tag is one signed manifest
+    The API image serves the model MLOPS_ARTIFACT names, else artifacts/model, trained first as
+    `nox -s train` does (reused when nothing it depends on changed, so a rebuild is the same
+    release). The release is that model plus this tree, its record (digests included) in
+    reports/release.json and the registry. Starts (or reuses) the local engine and registry first
+    (`integration` shares them: one layer cache, one base image, one registry); the tests build
+    there too. Posargs go to the build only (`--platform=linux/amd64,linux/arm64`, `--export=DIR`,
+    `--no-cache`, ...). MLOPS_PLATFORMS (default linux/amd64; `make pipeline` and CD:
+    linux/amd64,linux/arm64) names the platforms too: each release tag is one signed manifest
     list of them, and an emulated arm64 API image must give the model's golden answers first.
     """
+    sync_locked(session, "test", *TRACKING)
+    if not os.environ.get("MLOPS_ARTIFACT"):
+        train_model(session, [])
     artifact = Path(os.environ.get("MLOPS_ARTIFACT") or MODEL_DIR)
     if not (artifact / "manifest.json").is_file():
         session.error(
-            f"no trained model in {artifact}: a release serves one; run `nox -s train` first "
-            "(or set MLOPS_ARTIFACT to an artifact directory)"
+            f"no trained model in {artifact}: a release serves one (MLOPS_ARTIFACT names an "
+            "artifact directory)"
         )
-    sync_locked(session, "test", *TRACKING)
     session.run("python", "-m", "imdb_deploy.engine", "up")
     summary = REPORTS / "images-amd64.json"
     scans = [REPORTS / f"{kind}-image-{name}.{ext}" for name in SERVICES for kind, ext in SCANS]

@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# The Debian packages behind the pipeline's real parts: a container engine speaking the Docker API
-# (Podman with runc), a local registry, debootstrap for the locally made base image, promtool
-# (Prometheus) to check metrics and rules, wrk to load the API in benchmarks, and qemu-user-static
-# with binfmt-support to build and run arm64 images under emulation (`--arm64` registers it);
-# openssh-server, nginx and curl for the sandbox fleet's simulated hosts (util-linux gives flock);
-# prometheus-pushgateway for the monitoring stack's deploy markers (its tests run a real one);
-# gnupg to sign releases (podman image sign) and read the hosts' public keys; docker.io for the
-# sandbox's Docker Engine hosts (a daemon per host on its own socket, started by the fleet; the
-# package's own service is not started on machines without systemd).
-# As root on Debian they are installed when missing; elsewhere the missing ones are named, and
-# with CI=true that is an error.
+# The Debian packages behind every program the project runs outside its Python environments:
+# each one named in deploy/programs.txt, the inventory (tests/deploy/test_programs.py keeps it in
+# step with the code). As root on Debian (or Ubuntu) the missing ones are installed; elsewhere they
+# are named, and with CI=true that is an error.
 #
-#   bash deploy/system-packages.sh [--arm64] [--trivy]
+#   bash deploy/system-packages.sh [--arm64] [--trivy] [--list]
 #
+# --arm64 registers qemu's aarch64 handler with binfmt_misc (arm64 builds and the arm64 image test
+# run under emulation). --list prints the packages and changes nothing.
 # --trivy also installs Trivy, the image scanner of `nox -s images` (the GitHub workflows' image
 # jobs ask for it): one pinned release, its tarball checked against the pinned sha256 before any
 # of it is unpacked, as /usr/local/bin/trivy. Without it `images` records that the images' OS
@@ -25,15 +20,23 @@ TRIVY_SHA256_64bit=8b4376d5d6befe5c24d503f10ff136d9e0c49f9127a4279fd110b727929a5
 TRIVY_SHA256_ARM64=2f6bb988b553a1bbac6bdd1ce890f5e412439564e17522b88a4541b4f364fc8d
 arm64=false
 trivy=false
+list=false
 for arg in "$@"; do
     case $arg in
         --arm64) arm64=true ;;
         --trivy) trivy=true ;;
-        *) echo "usage: $0 [--arm64] [--trivy]" >&2; exit 2 ;;
+        --list) list=true ;;
+        *) echo "usage: $0 [--arm64] [--trivy] [--list]" >&2; exit 2 ;;
     esac
 done
-packages=(podman runc debootstrap docker-registry prometheus wrk qemu-user-static binfmt-support
-          openssh-server nginx-light curl util-linux prometheus-pushgateway gnupg docker.io)
+# The inventory's second column, where it names a Debian package (not an @source).
+inventory="$(dirname "${BASH_SOURCE[0]}")/programs.txt"
+mapfile -t packages < <(awk '{ sub(/#.*/, "") } NF >= 2 && $2 !~ /^@/ { print $2 }' "$inventory" \
+    | sort -u)
+if [[ $list == true ]]; then
+    printf '%s\n' "${packages[@]}"
+    exit 0
+fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

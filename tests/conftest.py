@@ -14,7 +14,7 @@ import pytest
 from imdb_deploy.report.timeline import TIMELINES_VAR
 
 # The test pyramid: `--layer`, the layer markers and the unit layer's rules.
-pytest_plugins = ["tests.layers", "pytester"]
+pytest_plugins = ["tests.layers", "tests.programs_guard", "pytester"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

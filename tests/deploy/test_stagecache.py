@@ -41,6 +41,12 @@ def test_enabled_only_when_set_to_one() -> None:
     assert not stagecache.enabled({})
 
 
+def test_a_stage_reused_by_default_runs_again_only_when_asked() -> None:
+    assert stagecache.enabled({}, default=True)
+    assert stagecache.enabled({stagecache.ENABLE_VAR: "1"}, default=True)
+    assert not stagecache.enabled({stagecache.ENABLE_VAR: "0"}, default=True)
+
+
 def test_a_passed_stage_is_reused_on_the_same_inputs(checkout: Path) -> None:
     stage = stage_of(checkout)
     assert stage.passed_before() is None

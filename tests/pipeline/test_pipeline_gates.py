@@ -146,3 +146,20 @@ def test_the_stage_cache_never_hides_a_failure(repo_copy: Path) -> None:
 
     (repo_copy / API_INIT).write_text(clean)  # back to content that passed
     assert "reused: lint passed at" in passed(run_session(repo_copy, "lint", env=cached))
+
+
+def test_a_program_missing_from_the_inventory_fails_the_tests(repo_copy: Path) -> None:
+    """A new program in the code, not in deploy/programs.txt: the unit layer's inventory test
+    fails and names it, before a fresh machine would meet it."""
+    (repo_copy / API_INIT.parent / "injected.py").write_text(
+        "import subprocess\n\n\ndef moo() -> None:\n"
+        '    subprocess.run(["cowsay", "moo"], check=True)\n'
+    )
+    subprocess.run(["git", "init", "-q", str(repo_copy)], check=True)  # the test reads git's list
+    subprocess.run(["git", "-C", str(repo_copy), "add", "-A"], check=True)
+    result = run_session(repo_copy, "tests-3.11", "tests/deploy/test_programs.py")
+    assert_failed_because(
+        result,
+        "cowsay is run (services/api/src/imdb_api/injected.py:5) but not listed",
+        "Session tests-3.11 failed",
+    )

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-# `make pipeline` sets it to 1; any other value (or none) runs every stage.
+# `make pipeline` sets it to 1; any other value runs every stage. Unset, only the stages reused by
+# default are (the trained model, so that a rebuilt release keeps its model version).
 ENABLE_VAR = "MLOPS_STAGE_CACHE"
 CHUNK = 1 << 20
 MANIFEST_TYPES = (
@@ -38,8 +39,10 @@ class StageCacheError(Exception):
     """The inputs cannot be fingerprinted (for example: not a git checkout)."""
 
 
-def enabled(environ: Mapping[str, str] | None = None) -> bool:
-    return (os.environ if environ is None else environ).get(ENABLE_VAR) == "1"
+def enabled(environ: Mapping[str, str] | None = None, *, default: bool = False) -> bool:
+    """Whether stages may be reused: MLOPS_STAGE_CACHE=1, or `default` where it is unset."""
+    value = (os.environ if environ is None else environ).get(ENABLE_VAR)
+    return default if value is None else value == "1"
 
 
 def file_digest(path: Path) -> str:

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 
 from imdb_deploy.bluegreen.config import Environment, Host
 from imdb_deploy.bluegreen.layout import HostLayout
+from imdb_deploy.programs import ShellCommand
 from imdb_deploy.supply_chain import signing
 
 # Exit codes of the lock's commands, so the caller can tell "held by someone" (or "past its
@@ -53,10 +54,10 @@ def host_packages(environment: Environment) -> dict[str, str]:
 COMMON_TOOLS = ("nginx", "curl", "flock")
 # The root commands a non-root deploy user runs, by absolute path: its sudoers file allows exactly
 # these command lines (sudo compares paths and arguments).
-NGINX = "/usr/sbin/nginx"
-SYSTEMCTL = "/usr/bin/systemctl"
+NGINX: ShellCommand = "/usr/sbin/nginx"
+SYSTEMCTL: ShellCommand = "/usr/bin/systemctl"
 # True on a host booted by systemd (sd_booted(3)); restart units are installed only there.
-HAS_SYSTEMD = "[ -d /run/systemd/system ]"
+HAS_SYSTEMD: ShellCommand = "[ -d /run/systemd/system ]"
 LINGER_DIR = PurePosixPath("/var/lib/systemd/linger")
 CONTAINER_LABEL = "io.mlops-imdb"
 
@@ -66,7 +67,7 @@ def q(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def _nginx(environment: Environment) -> str:
+def _nginx(environment: Environment) -> ShellCommand:
     """nginx as the deploy runs it: the system's through sudo for a non-root deploy user."""
     if environment.nginx.mode == "system" and environment.sudo:
         return f"{environment.sudo}{NGINX}"
@@ -82,7 +83,7 @@ def _nginx_args(environment: Environment, layout: HostLayout) -> str:
 # ---- setup -------------------------------------------------------------------------------------
 
 
-def check_tools(tools: Mapping[str, str] = HOST_PACKAGES) -> str:
+def check_tools(tools: Mapping[str, str] = HOST_PACKAGES) -> ShellCommand:
     """Prints the Debian packages whose commands are missing; empty output means all there."""
     checks = [
         f"command -v {tool} >/dev/null 2>&1 || echo {package}" for tool, package in tools.items()
@@ -90,7 +91,7 @@ def check_tools(tools: Mapping[str, str] = HOST_PACKAGES) -> str:
     return "; ".join(checks)
 
 
-def install_packages(packages: Sequence[str]) -> str:
+def install_packages(packages: Sequence[str]) -> ShellCommand:
     """Install Debian packages as root (a real host's first setup). A new server often runs
     unattended-upgrades right after boot: wait for its dpkg lock instead of failing."""
     names = " ".join(q(package) for package in packages)
@@ -98,7 +99,7 @@ def install_packages(packages: Sequence[str]) -> str:
     return f"{apt} update -qq && {apt} install -y -qq {names}"
 
 
-def make_directories(layout: HostLayout) -> str:
+def make_directories(layout: HostLayout) -> ShellCommand:
     env_dir, login_dir = q(layout.env_dir), q(layout.registry_auth_file.parent)
     return (
         f"mkdir -p {q(layout.root)} {q(layout.nginx_dir)} {env_dir} {login_dir} "
@@ -184,15 +185,17 @@ def upstream_conf(environment: Environment, host: Host, colour: str) -> str:
     return f"# live colour: {colour}\nserver {address};\n"
 
 
-def nginx_test(environment: Environment, layout: HostLayout) -> str:
+def nginx_test(environment: Environment, layout: HostLayout) -> ShellCommand:
     return f"{_nginx(environment)} -t -q {_nginx_args(environment, layout)}".rstrip()
 
 
-def nginx_reload(environment: Environment, layout: HostLayout) -> str:
+def nginx_reload(environment: Environment, layout: HostLayout) -> ShellCommand:
     return f"{_nginx(environment)} -s reload {_nginx_args(environment, layout)}".rstrip()
 
 
-def switch_upstream(environment: Environment, host: Host, layout: HostLayout, colour: str) -> str:
+def switch_upstream(
+    environment: Environment, host: Host, layout: HostLayout, colour: str
+) -> ShellCommand:
     """Make `colour` live in one step: new upstream, `nginx -t`, reload; when nginx refuses the
     config, the previous upstream file is put back and the command fails with nginx's reason."""
     target = layout.upstream_conf
@@ -206,11 +209,11 @@ def switch_upstream(environment: Environment, host: Host, layout: HostLayout, co
     )
 
 
-def nginx_ensure_running(environment: Environment, layout: HostLayout) -> str:
+def nginx_ensure_running(environment: Environment, layout: HostLayout) -> ShellCommand:
     """Reload a running nginx (prints `running`), start a stopped one (prints `started`); safe
     to repeat."""
     if environment.nginx.mode == "system":
-        start = f"{environment.sudo}{SYSTEMCTL}" if environment.sudo else "systemctl"
+        start: ShellCommand = f"{environment.sudo}{SYSTEMCTL}" if environment.sudo else "systemctl"
         return (
             f"if {nginx_reload(environment, layout)} 2>/dev/null; then echo running; "
             f"else {start} start nginx && echo started; fi"
@@ -241,7 +244,7 @@ def sudoers_path(user: str) -> PurePosixPath:
     return PurePosixPath("/etc/sudoers.d") / f"mlops-imdb-{user}"
 
 
-def install_sudoers(staged: PurePosixPath, target: PurePosixPath) -> str:
+def install_sudoers(staged: PurePosixPath, target: PurePosixPath) -> ShellCommand:
     """Install a staged sudoers file only if `visudo -c` accepts it (a broken file in
     sudoers.d would lock every sudo user out); else remove it and fail with visudo's reason."""
     return (
@@ -251,7 +254,7 @@ def install_sudoers(staged: PurePosixPath, target: PurePosixPath) -> str:
     )
 
 
-def ensure_user(user: str) -> str:
+def ensure_user(user: str) -> ShellCommand:
     """Make the login user `user` with a home unless it exists; prints `created` if made."""
     return (
         f"id -u {q(user)} >/dev/null 2>&1 || "
@@ -259,18 +262,18 @@ def ensure_user(user: str) -> str:
     )
 
 
-def user_home(user: str) -> str:
+def user_home(user: str) -> ShellCommand:
     """Prints the home directory of `user`."""
     return f"getent passwd {q(user)} | cut -d: -f6"
 
 
-def own_ssh_dir(user: str, home: PurePosixPath) -> str:
+def own_ssh_dir(user: str, home: PurePosixPath) -> ShellCommand:
     """The user's ~/.ssh: there, its own, mode 700 (sshd refuses keys in a laxer one)."""
     ssh_dir = q(home / ".ssh")
     return f"install -d -m 700 -o {q(user)} -g {q(user)} {ssh_dir} && chown -R {q(user)}: {ssh_dir}"
 
 
-def enable_linger(user: str) -> str:
+def enable_linger(user: str) -> ShellCommand:
     """Let `user`'s systemd instance run without a login, from boot (its restore unit and its
     rootless containers need it); prints `enabled` when it changed. Nothing without systemd."""
     return (
@@ -279,12 +282,12 @@ def enable_linger(user: str) -> str:
     )
 
 
-def own_directory(path: PurePosixPath, user: str) -> str:
+def own_directory(path: PurePosixPath, user: str) -> ShellCommand:
     """`path` exists and belongs to `user` (the deploy root: everything below is the user's)."""
     return f"install -d -m 755 -o {q(user)} -g {q(user)} {q(path)}"
 
 
-def disable_default_site() -> str:
+def disable_default_site() -> ShellCommand:
     """Debian's nginx serves a default site on port 80 of every address: a host dedicated to
     the API does not; prints `removed` when it was there."""
     default = "/etc/nginx/sites-enabled/default"
@@ -294,7 +297,7 @@ def disable_default_site() -> str:
 # ---- back after a reboot ---------------------------------------------------------------------
 
 
-def restore_script(environment: Environment, layout: HostLayout, host: Host) -> str:
+def restore_script(environment: Environment, layout: HostLayout, host: Host) -> ShellCommand:
     """Start the colour nginx sends traffic to (upstream.conf says which) after a boot; the
     kept colour stays stopped. Run by the restore unit; what it did is an audit entry (action
     `restore`, user `boot`), so `fab audit` shows a host that came back by itself.
@@ -363,7 +366,7 @@ def unit_directory(home: str, *, user_unit: bool) -> PurePosixPath:
     return PurePosixPath("/etc/systemd/system")
 
 
-def enable_unit(directory: PurePosixPath, unit: str, *, user_unit: bool) -> str:
+def enable_unit(directory: PurePosixPath, unit: str, *, user_unit: bool) -> ShellCommand:
     """Enable a unit by its wants link (what `systemctl enable` makes; no running manager
     needed, so it works before the user's first login)."""
     wants = directory / f"{'default' if user_unit else 'multi-user'}.target.wants"
@@ -373,7 +376,7 @@ def enable_unit(directory: PurePosixPath, unit: str, *, user_unit: bool) -> str:
 # ---- image trust (the engine verifies signatures; see imdb_deploy.supply_chain.signing) -----
 
 
-def home_directory() -> str:
+def home_directory() -> ShellCommand:
     """Prints the SSH user's home (what `~/` in `containers_config` means on that host)."""
     return 'printf "%s" "$HOME"'
 
@@ -393,7 +396,7 @@ def rootless_storage_conf(home: str) -> PurePosixPath:
     return PurePosixPath(home) / ".config" / "containers" / "storage.conf"
 
 
-def rootless_storage_state(home: str) -> str:
+def rootless_storage_state(home: str) -> ShellCommand:
     """Prints what decides whether setup may set the driver: `own` when the user has a
     storage.conf setup did not write, `vfs` when the engine already keeps images in vfs (a
     change of driver would need `podman system reset`, which deletes them), else nothing."""
@@ -431,7 +434,7 @@ def trust_config_dir(configured: str, home: str) -> PurePosixPath:
     return PurePosixPath(configured)
 
 
-def make_trust_directories(files: TrustFiles, layout: HostLayout) -> str:
+def make_trust_directories(files: TrustFiles, layout: HostLayout) -> ShellCommand:
     dirs = [files.config_dir / "registries.d", files.config_dir / "keys", layout.signatures_dir]
     return "mkdir -p " + " ".join(q(directory) for directory in dirs)
 
@@ -443,7 +446,7 @@ def registry_auth(registry: str, user: str, password: str) -> str:
     return json.dumps({"auths": {registry: {"auth": token}}}, indent=2) + "\n"
 
 
-def _engine(engine: str, authfile: PurePosixPath | None = None) -> str:
+def _engine(engine: str, authfile: PurePosixPath | None = None) -> ShellCommand:
     """The engine's command, with the registry login for a pull: Podman takes the file
     (`pull --authfile F`, see `_authfile`), Docker the directory holding it as config.json."""
     if engine == "docker" and authfile is not None:
@@ -460,7 +463,7 @@ def fetch_signatures(
     digest: str,
     layout: HostLayout,
     authfile: PurePosixPath | None = None,
-) -> str:
+) -> ShellCommand:
     """Copy the release's published signatures (its carrier image) into the host's lookaside
     directory. Prints `signatures fetched`, or `no signatures published` when the registry has
     no carrier for the digest (then the pull that follows is what refuses: the engine's policy;
@@ -483,7 +486,7 @@ def fetch_signatures(
     )
 
 
-def verify_signature(environment: Environment, digest: str, layout: HostLayout) -> str:
+def verify_signature(environment: Environment, digest: str, layout: HostLayout) -> ShellCommand:
     """Docker hosts: the engine checks no signatures, so the deploy does, before the pull. One
     of the release's fetched signatures must verify with gpgv against the environment's key
     (setup's keyring) and name this digest and this repository. Prints that it is signed, or
@@ -502,7 +505,7 @@ def verify_signature(environment: Environment, digest: str, layout: HostLayout) 
     )
 
 
-def write_binary(path: PurePosixPath, data: bytes, mode: int = 0o644) -> str:
+def write_binary(path: PurePosixPath, data: bytes, mode: int = 0o644) -> ShellCommand:
     """Write a small binary, non-secret file (a public keyring) atomically."""
     temporary = path.with_name(f".{path.name}.tmp")
     encoded = base64.b64encode(data).decode()
@@ -512,7 +515,7 @@ def write_binary(path: PurePosixPath, data: bytes, mode: int = 0o644) -> str:
     )
 
 
-def join_group(user: str, group: str) -> str:
+def join_group(user: str, group: str) -> ShellCommand:
     """`user` in `group` (prints `added` when it was not)."""
     return (
         f"id -nG {q(user)} | tr ' ' '\\n' | grep -qx {q(group)} || "
@@ -523,21 +526,25 @@ def join_group(user: str, group: str) -> str:
 # ---- files -------------------------------------------------------------------------------------
 
 
-def install_file(temporary: PurePosixPath, target: PurePosixPath, mode: int = 0o644) -> str:
+def install_file(
+    temporary: PurePosixPath, target: PurePosixPath, mode: int = 0o644
+) -> ShellCommand:
     """Move an uploaded file into place atomically (rename within one directory)."""
     return f"chmod {mode:o} {q(temporary)} && mv -f {q(temporary)} {q(target)}"
 
 
 # Whether the login may run anything as root without a password (a cloud image's admin user).
-SUDO_CHECK = "sudo -n true"
+SUDO_CHECK: ShellCommand = "sudo -n true"
 
 
-def as_root(command: str) -> str:
+def as_root(command: str) -> ShellCommand:
     """`command` (a shell line) run as root by a login with passwordless sudo; never prompts."""
     return f"sudo -n sh -c {q(command)}"
 
 
-def install_root_file(staged: PurePosixPath, target: PurePosixPath, mode: int = 0o644) -> str:
+def install_root_file(
+    staged: PurePosixPath, target: PurePosixPath, mode: int = 0o644
+) -> ShellCommand:
     """As root: a file the login uploaded to `staged`, put in place owned by root (sshd and sudo
     refuse files others own), atomically (copied beside the target, then renamed)."""
     beside = target.with_name(f".{target.name}.tmp")
@@ -547,18 +554,18 @@ def install_root_file(staged: PurePosixPath, target: PurePosixPath, mode: int = 
     )
 
 
-def write_file(path: PurePosixPath, text: str) -> str:
+def write_file(path: PurePosixPath, text: str) -> ShellCommand:
     """Write a small, non-secret file atomically within one command (saves the SFTP round
     trips; secrets go by SFTP instead, never on a command line)."""
     temporary = path.with_name(f".{path.name}.tmp")
     return f"printf '%s' {q(text)} > {q(temporary)} && mv -f {q(temporary)} {q(path)}"
 
 
-def remove_file(path: PurePosixPath) -> str:
+def remove_file(path: PurePosixPath) -> ShellCommand:
     return f"rm -f {q(path)}"
 
 
-def read_file(path: PurePosixPath) -> str:
+def read_file(path: PurePosixPath) -> ShellCommand:
     """Print a file, or nothing when it does not exist."""
     return f"cat {q(path)} 2>/dev/null || true"
 
@@ -566,7 +573,7 @@ def read_file(path: PurePosixPath) -> str:
 JOURNAL_SEPARATOR = "\n--- journal ---\n"
 
 
-def read_state_and_journal(layout: HostLayout) -> str:
+def read_state_and_journal(layout: HostLayout) -> ShellCommand:
     """Both records in one trip, split by JOURNAL_SEPARATOR."""
     return (
         f"cat {q(layout.state_file)} 2>/dev/null; printf {q(JOURNAL_SEPARATOR)}; "
@@ -582,11 +589,11 @@ def env_file(values: Mapping[str, str]) -> str:
     return "".join(f"{name}={value}\n" for name, value in sorted(values.items()))
 
 
-def restore_file(backup: PurePosixPath, target: PurePosixPath) -> str:
+def restore_file(backup: PurePosixPath, target: PurePosixPath) -> ShellCommand:
     return f"mv -f {q(backup)} {q(target)}"
 
 
-def backup_file(target: PurePosixPath, backup: PurePosixPath) -> str:
+def backup_file(target: PurePosixPath, backup: PurePosixPath) -> ShellCommand:
     return f"cp -p {q(target)} {q(backup)}"
 
 
@@ -596,7 +603,7 @@ def backup_file(target: PurePosixPath, backup: PurePosixPath) -> str:
 ENGINE_ROOT = {"podman": "{{.Store.GraphRoot}}", "docker": "{{.DockerRootDir}}"}
 
 
-def pull(image: str) -> str:
+def pull(image: str) -> ShellCommand:
     return f"podman pull --quiet {q(image)}"
 
 
@@ -605,7 +612,7 @@ def ensure_image(
     min_free_mb: int = 0,
     authfile: PurePosixPath | None = None,
     engine: str = "podman",
-) -> str:
+) -> ShellCommand:
     """Pull unless present (a release tag never moves); prints `present` or `pulled`. Before a
     pull, the engine's storage must have `min_free_mb` free: else it says how much there is and
     exits DISK_LOW, before a pull could fill the disk the running release writes to. A private
@@ -639,30 +646,30 @@ def transient_pull_error(stderr: str) -> bool:
     return any(marker in text for marker in TRANSIENT_PULL_ERRORS)
 
 
-def image_exists(image: str, engine: str = "podman") -> str:
+def image_exists(image: str, engine: str = "podman") -> ShellCommand:
     if engine == "docker":
         return f"docker image inspect {q(image)} >/dev/null 2>&1"
     return f"podman image exists {q(image)}"
 
 
-def image_labels(image: str, engine: str = "podman") -> str:
+def image_labels(image: str, engine: str = "podman") -> ShellCommand:
     labels = ".Config.Labels" if engine == "docker" else ".Labels"
     return f"{engine} image inspect --format '{{{{json {labels}}}}}' {q(image)}"
 
 
-def remove_image(image: str, engine: str = "podman") -> str:
+def remove_image(image: str, engine: str = "podman") -> ShellCommand:
     if engine == "docker":  # no --ignore: ask first
         return f"if {image_exists(image, engine)}; then docker rmi {q(image)} >/dev/null; fi"
     return f"podman rmi --ignore {q(image)}"
 
 
-def container_exists(name: str, engine: str = "podman") -> str:
+def container_exists(name: str, engine: str = "podman") -> ShellCommand:
     if engine == "docker":
         return f"docker container inspect {q(name)} >/dev/null 2>&1"
     return f"podman container exists {q(name)}"
 
 
-def remove_container(name: str, engine: str = "podman") -> str:
+def remove_container(name: str, engine: str = "podman") -> ShellCommand:
     if engine == "docker":
         return (
             f"if {container_exists(name, engine)}; then docker rm --force {q(name)} >/dev/null; fi"
@@ -678,7 +685,7 @@ def run_container(
     layout: HostLayout,
     *,
     digest: str | None = None,
-) -> str:
+) -> ShellCommand:
     """Start one colour: host network on its own port, read-only, no privileges, the settings
     from the env file (secrets never appear on a command line)."""
     port = environment.app.ports[colour]
@@ -712,11 +719,11 @@ def restart_policy(attempts: int) -> str:
     return f"--restart=on-failure:{attempts}" if attempts else "--restart=no"
 
 
-def start_container(name: str, engine: str = "podman") -> str:
+def start_container(name: str, engine: str = "podman") -> ShellCommand:
     return f"{engine} start {q(name)}"
 
 
-def stop_container(name: str, timeout_s: float, engine: str = "podman") -> str:
+def stop_container(name: str, timeout_s: float, engine: str = "podman") -> ShellCommand:
     """SIGTERM (the API drains in-flight requests), SIGKILL after the grace period."""
     if engine == "docker":
         stop = f"docker stop --time {int(timeout_s)} {q(name)} >/dev/null"
@@ -724,11 +731,13 @@ def stop_container(name: str, timeout_s: float, engine: str = "podman") -> str:
     return f"podman stop --ignore --time {int(timeout_s)} {q(name)}"
 
 
-def container_logs(name: str, lines: int = 30, engine: str = "podman") -> str:
+def container_logs(name: str, lines: int = 30, engine: str = "podman") -> ShellCommand:
     return f"{engine} logs --tail {lines} {q(name)} 2>&1 || true"
 
 
-def why_not_ready(name: str, ready_url: str, lines: int = 8, engine: str = "podman") -> str:
+def why_not_ready(
+    name: str, ready_url: str, lines: int = 8, engine: str = "podman"
+) -> ShellCommand:
     """What /ready says now (its body names the reason) and the container's last log lines
     that are not access logs (the readiness probes would drown everything else)."""
     return (
@@ -739,7 +748,7 @@ def why_not_ready(name: str, ready_url: str, lines: int = 8, engine: str = "podm
     )
 
 
-def list_containers(environment: Environment) -> str:
+def list_containers(environment: Environment) -> ShellCommand:
     """The environment's containers: a JSON list (Podman), one JSON object per line (Docker)."""
     label = f"{CONTAINER_LABEL}.environment={environment.name}"
     output = "json" if environment.engine == "podman" else "'{{json .}}'"
@@ -757,7 +766,7 @@ def public_url(environment: Environment, host: Host, path: str) -> str:
     return f"http://{environment.http_address(host)}{path}"
 
 
-def wait_ready(url: str, passes: int, interval_s: float, timeout_s: float) -> str:
+def wait_ready(url: str, passes: int, interval_s: float, timeout_s: float) -> ShellCommand:
     """Poll `url` until it answers 2xx `passes` times in a row; exit 1 after `timeout_s`.
 
     One command for the whole wait, so it costs one SSH round trip, not one per probe.
@@ -771,11 +780,11 @@ def wait_ready(url: str, passes: int, interval_s: float, timeout_s: float) -> st
     )
 
 
-def http_get(url: str, timeout_s: float = 5) -> str:
+def http_get(url: str, timeout_s: float = 5) -> ShellCommand:
     return f"curl -fsS --max-time {timeout_s:g} {q(url)}"
 
 
-def http_post_json(url: str, body: object, timeout_s: float = 10) -> str:
+def http_post_json(url: str, body: object, timeout_s: float = 10) -> ShellCommand:
     payload = json.dumps(body, separators=(",", ":"))
     return (
         f"curl -fsS --max-time {timeout_s:g} -H 'content-type: application/json' "
@@ -789,7 +798,7 @@ def http_post_json(url: str, body: object, timeout_s: float = 10) -> str:
 # holder's heartbeat pushes the expiry forward; a holder that died stops renewing, the lock expires.
 
 
-def _locked(layout: HostLayout, script: str) -> str:
+def _locked(layout: HostLayout, script: str) -> ShellCommand:
     mutex = layout.lock_mutex
     return f"mkdir -p {q(layout.root)} && flock -w 10 {q(mutex)} sh -c {q(script)}"
 
@@ -798,7 +807,9 @@ def _lock_files(layout: HostLayout) -> tuple[str, str, str]:
     return q(layout.lock_record), q(layout.lock_token), q(layout.lock_expires)
 
 
-def lock_acquire(layout: HostLayout, holder: Mapping[str, object], token: str, ttl_s: float) -> str:
+def lock_acquire(
+    layout: HostLayout, holder: Mapping[str, object], token: str, ttl_s: float
+) -> ShellCommand:
     """Take the lock if it is free or expired: prints `acquired`, or `expired` and the stale
     holder's record. When it is held, prints the holder's record and exits LOCK_HELD."""
     record, token_file, expires = _lock_files(layout)
@@ -814,7 +825,7 @@ def lock_acquire(layout: HostLayout, holder: Mapping[str, object], token: str, t
     return _locked(layout, script)
 
 
-def lock_renew(layout: HostLayout, token: str, ttl_s: float) -> str:
+def lock_renew(layout: HostLayout, token: str, ttl_s: float) -> ShellCommand:
     """Push the expiry forward while the lock is still ours and not yet expired; else exit
     LOCK_HELD (someone else's, or none) or LOCK_EXPIRED (anyone could have taken it since)."""
     _, token_file, expires = _lock_files(layout)
@@ -827,7 +838,7 @@ def lock_renew(layout: HostLayout, token: str, ttl_s: float) -> str:
     return _locked(layout, script)
 
 
-def lock_release(layout: HostLayout, token: str) -> str:
+def lock_release(layout: HostLayout, token: str) -> ShellCommand:
     """Remove the lock if it is still ours; someone else's is left alone."""
     record, token_file, expires = _lock_files(layout)
     script = (
@@ -837,13 +848,13 @@ def lock_release(layout: HostLayout, token: str) -> str:
     return _locked(layout, script)
 
 
-def lock_force_release(layout: HostLayout) -> str:
+def lock_force_release(layout: HostLayout) -> ShellCommand:
     """Remove whoever's lock (`fab unlock`); prints the record it removed."""
     record, token_file, expires = _lock_files(layout)
     return _locked(layout, f"cat {record} 2>/dev/null; rm -f {token_file} {record} {expires}")
 
 
-def lock_show(layout: HostLayout) -> str:
+def lock_show(layout: HostLayout) -> ShellCommand:
     """Three lines: the host's clock, the expiry and the holder's record (empty when free)."""
     record, token_file, expires = _lock_files(layout)
     return (
@@ -852,11 +863,11 @@ def lock_show(layout: HostLayout) -> str:
     )
 
 
-def audit_append(layout: HostLayout, entry: Mapping[str, object]) -> str:
+def audit_append(layout: HostLayout, entry: Mapping[str, object]) -> ShellCommand:
     """Append one JSON line (O_APPEND: lines from several writers do not interleave)."""
     line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":"))
     return f"mkdir -p {q(layout.root)} && printf '%s\\n' {q(line)} >> {q(layout.audit_log)}"
 
 
-def audit_read(layout: HostLayout, lines: int) -> str:
+def audit_read(layout: HostLayout, lines: int) -> ShellCommand:
     return f"tail -n {lines} {q(layout.audit_log)} 2>/dev/null || true"

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from imdb_deploy.bluegreen.layout import COLOURS, HostLayout
+from imdb_deploy.programs import ShellCommand
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -404,7 +405,7 @@ class Environment(_Strict):
         return self.ssh.user or getpass.getuser()
 
     @property
-    def sudo(self) -> str:
+    def sudo(self) -> ShellCommand:
         """What goes before a command the deploy runs as root: nothing for root, else
         `sudo -n ` (never a password prompt: setup's sudoers file allows exactly those)."""
         return "" if self.deploy_user == "root" else "sudo -n "

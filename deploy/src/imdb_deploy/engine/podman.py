@@ -18,6 +18,7 @@ import docker
 from docker.errors import DockerException
 
 from imdb_deploy.engine.processes import ManagedProcess, wait_until
+from imdb_deploy.programs import Program
 
 DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
 # Our machines: crun cannot run on their hybrid cgroups, and Podman's default ulimits exceed the
@@ -114,7 +115,7 @@ class PodmanService:
 
     state_dir: Path
     storage_dir: Path | None = None
-    podman: str = "podman"
+    podman: Program = "podman"
 
     @property
     def socket(self) -> Path:

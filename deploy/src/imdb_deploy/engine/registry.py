@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from imdb_deploy.engine.processes import ManagedProcess, wait_until
+from imdb_deploy.programs import Program
 
 DEFAULT_REGISTRY_ADDRESS = "127.0.0.1:5000"
 
@@ -53,7 +54,7 @@ class LocalRegistry:
 
     state_dir: Path
     address: str = DEFAULT_REGISTRY_ADDRESS
-    executable: str = "docker-registry"
+    executable: Program = "docker-registry"
 
     @property
     def process(self) -> ManagedProcess:

@@ -42,6 +42,7 @@ from imdb_deploy.bluegreen.config import Environment
 from imdb_deploy.engine.processes import ManagedProcess, wait_until
 from imdb_deploy.monitoring import RULES_FILE
 from imdb_deploy.monitoring.scrape import prometheus_config, render
+from imdb_deploy.programs import Program
 
 PROMETHEUS: Final[str] = "prometheus"
 PUSHGATEWAY: Final[str] = "pushgateway"
@@ -139,8 +140,8 @@ class MonitoringStack:
         prometheus: str = DEFAULT_PROMETHEUS,
         pushgateway: str = DEFAULT_PUSHGATEWAY,
         *,
-        prometheus_command: Sequence[str] = ("prometheus",),
-        pushgateway_command: Sequence[str] = ("prometheus-pushgateway",),
+        prometheus_command: Sequence[Program] = ("prometheus",),
+        pushgateway_command: Sequence[Program] = ("prometheus-pushgateway",),
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if listen_address(prometheus) == listen_address(pushgateway):

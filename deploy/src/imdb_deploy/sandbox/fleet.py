@@ -47,6 +47,7 @@ from imdb_deploy.engine.podman import (
 )
 from imdb_deploy.engine.processes import ManagedProcess, run_tool, wait_until
 from imdb_deploy.engine.registry import DEFAULT_REGISTRY_ADDRESS
+from imdb_deploy.programs import Program
 from imdb_deploy.sandbox.machines import (
     MachineEngine,
     MachineError,
@@ -57,8 +58,8 @@ from imdb_deploy.sandbox.machines import (
 )
 
 # sshd re-executes itself for every connection and insists on an absolute path to do so.
-SSHD = "/usr/sbin/sshd"
-DOCKERD = "/usr/sbin/dockerd"
+SSHD: Program = "/usr/sbin/sshd"
+DOCKERD: Program = "/usr/sbin/dockerd"
 # sshd refuses to start without its privilege separation directory; /run is a tmpfs.
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
 RUNROOT_BASE = Path("/run")

@@ -143,8 +143,12 @@ def registries_d(image: str, lookaside: PurePosixPath) -> str:
 
 def _gpg(gnupghome: Path, *args: str, stdin: str | None = None) -> str:
     """gpg on `gnupghome` (Debian: apt-get install gnupg)."""
-    argv = ["gpg", "--batch", "--homedir", str(gnupghome), *args]
-    return run_tool(argv, error=SigningError, stdin=stdin, timeout=120)
+    return run_tool(
+        ["gpg", "--batch", "--homedir", str(gnupghome), *args],
+        error=SigningError,
+        stdin=stdin,
+        timeout=120,
+    )
 
 
 def _fingerprints(colons: str, record: str = "fpr") -> list[str]:
