@@ -530,6 +530,19 @@ def engine(session: nox.Session) -> None:
     session.run("python", "-m", "imdb_deploy.engine", *(session.posargs or ["status"]))
 
 
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def fresh(session: nox.Session) -> None:
+    """A fresh Debian 12 machine runs the README's two commands: debootstrap's minimal base,
+    booted, in a network namespace of its own that reaches only the package registries, clones
+    HEAD and runs the Quick start exactly as written. Prints each stage's time (apt, each nox
+    session, the test command) and the verdict; reports/fresh/. Needs root; about an hour.
+
+    `-- --keep` keeps the machine afterwards; `-- down` removes what an interrupted run left.
+    """
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.fresh", *session.posargs)
+
+
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "deploy"], default=False)
 def deliver(session: nox.Session) -> None:
     """The pipeline's deploy stage on the built-in default: the sandbox fleet up, the release

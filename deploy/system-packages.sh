@@ -42,6 +42,33 @@ for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$package")
 done
+# Debian starts a package's service as it installs it: Prometheus on 127.0.0.1:9090, the
+# Pushgateway on :9091, the registry on :5000, nginx on :80, dockerd, sshd... The project starts
+# instances of its own on its own addresses and needs none of them (on a systemd machine they took
+# those ports). So packages are installed held (policy-rc.d refuses every start while apt runs),
+# and the units of the packages this run installed are disabled, so no reboot starts them either.
+# Services that were there before are left as they were.
+install_held() {
+    local policy=/usr/sbin/policy-rc.d before after units
+    before=$(dpkg-query -W -f='${Package}\n' | sort)
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# deploy/system-packages.sh is installing: no service starts.\nexit 101\n' \
+            > "$policy"
+        chmod 755 "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    after=$(dpkg-query -W -f='${Package}\n' | sort)
+    mapfile -t units < <(comm -13 <(echo "$before") <(echo "$after") | xargs -r dpkg-query -L \
+        | grep -E '^(/usr)?/lib/systemd/system/[^/@]+\.(service|socket|timer)$' | xargs -rn1 basename \
+        | sort -u)
+    if [[ ${#units[@]} -gt 0 ]] && command -v systemctl >/dev/null; then
+        echo "not started at boot (the project runs its own): ${units[*]}"
+        systemctl disable --quiet "${units[@]}"
+        [[ ! -d /run/systemd/system ]] || systemctl stop "${units[@]}"
+    fi
+}
 # arm64 builds and the arm64 image test need qemu's aarch64 handler registered with binfmt_misc
 # (inside a container, binfmt_misc has to be mounted first); asked for explicitly with --arm64.
 enable_arm64_emulation() {
@@ -87,8 +114,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
         exit
     fi
     echo "installing Debian packages: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    install_held "${missing[@]}"
 fi
 if [[ $arm64 == true ]]; then
     enable_arm64_emulation

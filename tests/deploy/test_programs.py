@@ -150,9 +150,10 @@ def test_shell_commands_through_wrappers_pipes_and_substitutions() -> None:
         "if refusal=$(sudo -n -u deploy /usr/sbin/nginx -t 2>&1); then echo ok; fi\n"
         "env -i A=1 B=2 podman ps | grep -q x && command -v curl >/dev/null\n"
         "DEBIAN_FRONTEND=noninteractive apt-get install -y sudo\n"
+        "comm -13 a b | xargs -r -n 1 dpkg-query -L\n"
     )
     assert names(programs.shell_programs(script)) == [
-        "sudo", "nginx", "env", "podman", "grep", "curl", "apt-get",
+        "sudo", "nginx", "env", "podman", "grep", "curl", "apt-get", "comm", "xargs", "dpkg-query",
     ]  # fmt: skip
 
 

@@ -81,6 +81,7 @@ WRAPPERS: Mapping[str, frozenset[str]] = {
     "nohup": frozenset(),
     "nice": frozenset({"-n"}),
     "timeout": frozenset({"-s", "-k"}),
+    "xargs": frozenset({"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s", "--max-args"}),
 }
 # Where a placeholder stands for what an f-string inserts (never a program itself).
 HOLE = "__hole__"
@@ -150,11 +151,11 @@ def _parser() -> tree_sitter.Parser:
 
 def _words(node: tree_sitter.Node) -> list[str]:
     """A command's words as written (its name first), without its redirections."""
-    kept = ("command_name", "word", "string", "raw_string", "concatenation", "simple_expansion")
+    skipped = ("file_redirect", "heredoc_redirect", "herestring_redirect", "variable_assignment")
     return [
         child.text.decode(errors="replace")
         for child in node.children
-        if child.type in kept and child.text is not None
+        if child.type not in skipped and child.text is not None
     ]
 
 

@@ -203,12 +203,13 @@ class MachineEngine:
         to itself, as the sandbox hosts' engines do: see `containers_conf`."""
         return containers_conf(self.runroot / "libpod")
 
-    def _argv(self, *args: str) -> list[str]:
+    def argv(self, *args: str) -> list[str]:
+        """podman on this engine's storage, with `args`."""
         podman = shutil.which("podman") or "podman"
         return [podman, f"--root={self.storage}", f"--runroot={self.runroot}", *args]
 
     def podman(self, *args: str, timeout: float = 120.0) -> str:
-        return run_tool(self._argv(*args), error=MachineError, env=self.env(), timeout=timeout)
+        return run_tool(self.argv(*args), error=MachineError, env=self.env(), timeout=timeout)
 
     def container(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -281,7 +282,7 @@ class MachineEngine:
     def run_in(self, name: str, command: str) -> str:
         """A command on the machine's console, as root (a look behind SSH); its output, stderr
         included (MachineError with it when the command fails)."""
-        argv = [*self._argv("exec", self.container(name), "sh", "-c", command)]
+        argv = [*self.argv("exec", self.container(name), "sh", "-c", command)]
         done = subprocess.run(  # noqa: S603 - fixed argv; the command is the caller's own
             argv, env=self.env(), capture_output=True, text=True, check=False, timeout=120
         )
