@@ -94,18 +94,22 @@ def test_a_commands_time_is_split_at_the_lines_its_recipe_echoes() -> None:
     assert all(seconds >= 0 for _, seconds in phases.seconds(time.monotonic()))
 
 
-def test_the_prerequisites_are_installed_quoted() -> None:
+def test_the_prerequisites_are_installed_and_pyenv_set_up_as_its_readme_says() -> None:
     command = cli.prerequisites_command(["libssl3", "libffi8"])
     assert "apt-get install -y -qq ca-certificates make git libssl3 libffi8" in command
-    assert command.endswith("update-ca-certificates > /dev/null")
+    assert "update-ca-certificates > /dev/null" in command
+    assert command.endswith(">> /root/.profile")
+    assert 'eval "$(pyenv init - bash)"' in cli.PYENV_PROFILE
 
 
-def test_the_console_runs_with_ci_true_and_pyenv_first(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_console_runs_with_ci_true_and_the_tls_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.delenv("PIP_CERT", raising=False)
     env = cli.console_env()
     assert env["CI"] == "true"
-    assert env["PATH"].startswith(f"{cli.PYENV}/shims:{cli.PYENV}/bin:/usr/local/sbin")
+    assert "PATH" not in env  # the login shell's own, with pyenv from ~/.profile
     assert env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
     assert "PIP_CERT" not in env
 

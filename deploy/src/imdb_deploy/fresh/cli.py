@@ -72,7 +72,6 @@ TLS_VARIABLES = (
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
     "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS",
 )  # fmt: skip
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where a README command's time goes, by the line its Makefile recipe echoes first.
 PHASES = (
     ("uv bootstrap (.tools)", re.compile(r"^python3 -m venv \S*\.tools")),
@@ -213,26 +212,31 @@ def volumes(state: Path, advisories: Path | None) -> list[Volume]:
     return mounted
 
 
+# What pyenv's installation asks for in ~/.profile (a login shell's PATH is set by /etc/profile).
+PYENV_PROFILE = f"""
+export PYENV_ROOT="{PYENV}"
+[ -d "$PYENV_ROOT/bin" ] && export PATH="$PYENV_ROOT/bin:$PATH"
+eval "$(pyenv init - bash)"
+"""
+
+
 def console_env() -> dict[str, str]:
-    """What a newcomer's login shell has: pyenv on PATH, the workplace's TLS variables; and
-    CI=true, so that a missing prerequisite fails the tests instead of skipping them."""
-    env = {
-        "CI": "true",
-        "HOME": "/root",
-        "LANG": "C.UTF-8",
-        "PYENV_ROOT": str(PYENV),
-        "PATH": f"{PYENV}/shims:{PYENV}/bin:{SYSTEM_PATH}",
-    }
+    """What the console adds to a login shell (whose ~/.profile puts pyenv on PATH): the
+    workplace's TLS variables, and CI=true, so that a missing prerequisite fails the tests
+    instead of skipping them."""
+    env = {"CI": "true", "HOME": "/root", "LANG": "C.UTF-8"}
     env.update({name: os.environ[name] for name in TLS_VARIABLES if name in os.environ})
     return env
 
 
 def prerequisites_command(libraries: list[str]) -> str:
+    """make and git, the CA bundle, Python's libraries; pyenv in root's ~/.profile."""
     packages = ["ca-certificates", "make", "git", *libraries]
     apt = "DEBIAN_FRONTEND=noninteractive apt-get"
     return (
         f"{apt} update -qq && {apt} install -y -qq {' '.join(map(shlex.quote, packages))} "
-        "> /dev/null && update-ca-certificates > /dev/null"
+        f"> /dev/null && update-ca-certificates > /dev/null "
+        f"&& printf '%s' {shlex.quote(PYENV_PROFILE)} >> /root/.profile"
     )
 
 
