@@ -196,6 +196,9 @@ def uncommitted() -> int:
 
 
 def volumes(state: Path, advisories: Path | None) -> list[Volume]:
+    """The machine's mounts; its writable directories start empty (nothing of an earlier run)."""
+    for writable in ("containers", "work"):
+        shutil.rmtree(state / writable, ignore_errors=True)
     mounted = [
         Volume(state / "containers", "/var/lib/containers"),
         Volume(state / "work", WORK),
@@ -373,8 +376,17 @@ def cleanup(
     if keep:
         timeline.say(f"kept: the machine {machine.container} (`python -m imdb_deploy.fresh down`)")
     else:
+        clone_reports = STATE_DIR / "work" / "mlops-imdb" / "reports"
+        kept = REPORTS / "clone"
+        shutil.rmtree(kept, ignore_errors=True)
+        if clone_reports.is_dir():  # its files (session times, the deployment report), not trees
+            kept.mkdir(parents=True)
+            for path in clone_reports.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, kept / path.name)
         machine.destroy()
-        shutil.rmtree(STATE_DIR / "containers", ignore_errors=True)
+        for writable in ("containers", "work"):
+            shutil.rmtree(STATE_DIR / writable, ignore_errors=True)
     if not keep:
         isolation.down(ip_forward)
     registered = binfmt_entries() - binfmt_before
@@ -410,7 +422,8 @@ def down() -> int:
     engine = MachineEngine(STATE_DIR / "engine", RUNROOT, "mlops")
     FreshMachine(engine).destroy()
     absent = Isolation(NETNS).down()
-    shutil.rmtree(STATE_DIR / "containers", ignore_errors=True)
+    for writable in ("containers", "work"):
+        shutil.rmtree(STATE_DIR / writable, ignore_errors=True)
     print(
         "removed the fresh machine and its network"
         + (f" ({', '.join(absent)}: not there)" if absent else "")
