@@ -785,11 +785,27 @@ def test_the_deploy_user_is_made_once(tmp_path: Path) -> None:
     assert sh(commands.ensure_user("deploy"), env=env).stdout == ""
 
 
-def test_without_systemd_nothing_lingers() -> None:
-    # This machine is not booted by systemd (no /run/systemd/system): nothing to enable.
-    assert not Path("/run/systemd/system").exists()
-    result = sh(commands.enable_linger("deploy"))
-    assert (result.returncode, result.stdout) == (0, "")
+@pytest.mark.parametrize("booted", [False, True])
+def test_linger_is_enabled_only_on_a_machine_booted_by_systemd(
+    tmp_path: Path, booted: bool
+) -> None:
+    """Whatever this machine is: the command's systemd marker and loginctl are stand-ins."""
+    marker, linger, called = tmp_path / "systemd-system", tmp_path / "linger", tmp_path / "called"
+    if booted:
+        marker.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "loginctl").write_text(f'#!/bin/sh\necho "$@" > {called}\n')
+    (bin_dir / "loginctl").chmod(0o755)
+    command = (
+        commands.enable_linger("deploy")
+        .replace("/run/systemd/system", str(marker))
+        .replace(str(commands.LINGER_DIR), str(linger))
+    )
+    result = sh(command, env={**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"})
+    assert (result.returncode, result.stdout) == (0, "enabled\n" if booted else "")
+    assert called.exists() == booted
+    assert not booted or called.read_text() == "enable-linger deploy\n"
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,8 @@ def test_main_runs_the_repository_workflow_and_says_how_each_job_ended(
     assert "  ok: success" in out
     assert main(argv) == 1  # the session `bad` fails
     (repo / ".github" / "workflows" / "ci.yml").write_text("jobs: {x: {steps: [{uses: a/b@v}]}}")
-    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "x"], check=True)
+    # An identity of its own: a fresh machine has no git user to commit as.
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "-C", str(repo), *identity, "commit", "-qam", "x"], check=True)
     assert main([*argv[:4], f"--workdir={tmp_path / 'run3'}"]) == 2
     assert "action not emulated here: a/b" in capsys.readouterr().err

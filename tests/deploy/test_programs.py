@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,10 +59,16 @@ def owners(paths: list[str], dpkg_query: str) -> dict[str, set[str]]:
 
 
 def candidates(program: str) -> list[str]:
-    """Where Debian puts a program (merged /usr: dpkg may know either spelling)."""
-    spots = [f"{prefix}/{program}" for prefix in ("/usr/bin", "/usr/sbin", "/bin", "/sbin")]
-    found = [Path(spot) for spot in spots if Path(spot).exists()]
-    return sorted({str(path) for path in found} | {str(path.resolve()) for path in found})
+    """Where Debian puts a program or a library (merged /usr: dpkg may know either spelling)."""
+    if ".so" in program:
+        found = [path for pattern in ("lib/*", "usr/lib/*") for path in Path("/").glob(pattern)]
+        found = [path / program for path in found if (path / program).exists()]
+    else:
+        spots = [f"{prefix}/{program}" for prefix in ("/usr/bin", "/usr/sbin", "/bin", "/sbin")]
+        found = [Path(spot) for spot in spots if Path(spot).exists()]
+    usr = [Path(str(path).removeprefix("/usr")) for path in found if str(path).startswith("/usr")]
+    spellings = {*found, *(path.resolve() for path in found), *usr}
+    return sorted(str(path) for path in spellings)
 
 
 def test_each_listed_program_here_comes_from_the_package_it_names(
@@ -85,6 +92,38 @@ def test_each_listed_program_here_comes_from_the_package_it_names(
         pytest.fail(
             "not installed with CI=true (run deploy/system-packages.sh): " + ", ".join(missing)
         )
+
+
+def test_every_library_the_wheels_load_from_the_system_is_listed(
+    inventory: dict[str, Entry], require_tool: Callable[[str], str]
+) -> None:
+    """What this session's virtualenv loads that no wheel bundles (LightGBM's libgomp, which a
+    fresh Debian machine lacks): a library the list does not name would be missing there."""
+    require_tool("ldd")
+    site_packages = Path(sysconfig.get_paths()["platlib"])
+    linked = programs.linked_libraries(site_packages)
+    assert "libgomp.so.1" in linked  # lightgbm's, in every session that tests the model
+    unlisted = {name: modules[:2] for name, modules in linked.items() if name not in inventory}
+    assert not unlisted, f"loaded from the system but not in {programs.INVENTORY}: {unlisted}"
+
+
+def test_ldd_output_names_the_system_libraries_not_the_bundled_ones(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"
+    ldd = (
+        f"{site}/lightgbm/lib/lib_lightgbm.so:\n"
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibgomp.so.1 => /lib/x86_64-linux-gnu/libgomp.so.1 (0x00007f)\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n"
+        f"{site}/numpy/linalg/_umath.so:\n"
+        f"\tlibopenblas-ff651d7f.so => {site}/numpy.libs/libopenblas-ff651d7f.so\n"
+        "\tlibquadmath-96973f99.so.0.0.0 => not found\n"
+        "\tlibfoo.so.2 => not found\n"
+    )
+    found = list(programs.system_libraries(ldd, site, "first"))
+    assert found == [
+        ("libgomp.so.1", "lightgbm/lib/lib_lightgbm.so"),
+        ("libfoo.so.2", "numpy/linalg/_umath.so"),
+    ]
 
 
 # ---- the inventory file --------------------------------------------------------------------
@@ -127,10 +166,11 @@ def test_check_names_unlisted_programs_and_unused_entries() -> None:
         "git": Entry("git", "git", 1),
         "gone": Entry("gone", "gone", 2),
         "qemu": Entry("qemu", "qemu-user-static", 3, implicit=True),
+        "libgomp.so.1": Entry("libgomp.so.1", "libgomp1", 4),
     }
     findings = programs.check(entries, [Use("git", "a.py:1"), Use("cowsay", "b.py:7")])
     assert findings.unlisted == {"cowsay": ["b.py:7"]}
-    assert findings.unused == [entries["gone"]]
+    assert findings.unused == [entries["gone"]]  # implicit ones and libraries aside
     lines = findings.lines(Path("deploy/programs.txt"))
     assert lines[0].startswith("cowsay is run (b.py:7) but not listed in deploy/programs.txt")
     assert lines[1] == "deploy/programs.txt:2: gone is listed but nothing runs it: remove it"

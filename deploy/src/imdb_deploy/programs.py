@@ -105,6 +105,11 @@ class Entry:
     def debian(self) -> bool:
         return not self.source.startswith("@")
 
+    @property
+    def library(self) -> bool:
+        """A shared library (`libgomp.so.1`) a wheel's compiled module loads, not a program."""
+        return ".so" in self.program
+
 
 @dataclass(frozen=True)
 class Use:
@@ -486,6 +491,44 @@ def find_uses(root: Path) -> list[Use]:
     return uses
 
 
+# ---- shared libraries ----------------------------------------------------------------------------
+
+# A library a wheel bundles carries a hash in its name (auditwheel: libquadmath-96973f99.so.0).
+BUNDLED = re.compile(r"-[0-9a-f]{8}\.so")
+
+
+def linked_libraries(site_packages: Path, batch: int = 100) -> dict[str, list[str]]:
+    """soname -> the compiled modules under `site_packages` that load it from the system (`ldd`;
+    a library the wheel bundles, found there or not, is the wheel's own)."""
+    modules = sorted(path for path in site_packages.rglob("*.so*") if path.is_file())
+    linked: dict[str, list[str]] = {}
+    for start in range(0, len(modules), batch):
+        chunk = [str(path) for path in modules[start : start + batch]]
+        listed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["ldd", *chunk], capture_output=True, text=True, check=False  # noqa: S607
+        ).stdout
+        for name, module in system_libraries(listed, site_packages, chunk[0]):
+            linked.setdefault(name, []).append(module)
+    return linked
+
+
+def system_libraries(ldd: str, site_packages: Path, first: str) -> Iterator[tuple[str, str]]:
+    """(soname, module relative to site_packages) from ldd's output for several files: each
+    `NAME => PATH` or `NAME => not found` that the wheel does not bundle."""
+    module = first
+    for line in ldd.splitlines():
+        if not line.startswith(("\t", " ")):
+            module = line.rstrip(":")
+            continue
+        name, arrow, target = line.strip().partition(" => ")
+        if not arrow or BUNDLED.search(name):
+            continue
+        path = target.split(" (")[0]
+        if path != "not found" and Path(path).resolve().is_relative_to(site_packages.resolve()):
+            continue
+        yield name, str(Path(module).relative_to(site_packages))
+
+
 # ---- the check ---------------------------------------------------------------------------------
 
 
@@ -517,7 +560,9 @@ def check(entries: Mapping[str, Entry], uses: Iterable[Use]) -> Findings:
         where.setdefault(use.program, []).append(use.where)
     unlisted = {program: sites for program, sites in where.items() if program not in entries}
     unused = [
-        entry for entry in entries.values() if entry.program not in where and not entry.implicit
+        entry
+        for entry in entries.values()
+        if entry.program not in where and not entry.implicit and not entry.library
     ]
     return Findings(unlisted, sorted(unused, key=lambda entry: entry.line))
 
