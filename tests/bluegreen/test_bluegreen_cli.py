@@ -722,6 +722,18 @@ def test_setup_writes_a_file_only_when_its_content_or_mode_differs(tmp_path: Pat
     assert not hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)
 
 
+def test_a_light_sandbox_host_leaves_no_unit_in_this_machines_boot(tmp_path: Path) -> None:
+    """Light hosts are this machine's sshds: a restore unit of theirs would start a test's
+    containers at this machine's next boot, and the hosts of one environment would share it."""
+    orch, lines = local_orchestrator(sandbox(tmp_path, hosts=1))
+    host = orch.environment.hosts[0]
+    assert orch.environment.shares_this_machine
+    assert hostsetup.HostSetup(orch).restore(host, orch.runners[host.name], str(tmp_path)) == []
+    assert any("a light sandbox host has no boot of its own: no unit" in line for line in lines)
+    machines = orch.environment.model_copy(update={"sandbox_hosts": "machine"})
+    assert not machines.shares_this_machine
+
+
 def with_setup(environment: Environment, **setup: object) -> Environment:
     ssh = environment.ssh.model_copy(update={"user": "deploy"})
     settings = environment.setup.model_copy(update=setup)

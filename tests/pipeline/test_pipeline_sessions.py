@@ -57,7 +57,7 @@ DEPLOY_SESSIONS = {"sandbox", "deploy", "promote", "rollback", "prune", "deliver
 
 
 def test_every_session_has_a_docstring(repo_root: Path) -> None:
-    extra = {"fmt", *DEPLOY_SESSIONS}
+    extra = {"fmt", "fresh", *DEPLOY_SESSIONS}
     sessions = nox_list(repo_root, "-s", *sorted(extra), *sorted(CI_SESSIONS))
     assert {session["session"] for session in sessions} == CI_SESSIONS | extra
     for session in sessions:
@@ -80,6 +80,7 @@ def test_heavy_sessions_are_not_default(repo_root: Path) -> None:
     default = {session["session"] for session in nox_list(repo_root)}
     assert "gates" not in default
     assert "fmt" not in default
+    assert "fresh" not in default
     assert "lint" in default
 
 

@@ -400,6 +400,12 @@ class Environment(_Strict):
         return HostLayout(root / host.name if shared else root)
 
     @property
+    def shares_this_machine(self) -> bool:
+        """Light sandbox hosts: sshds of this machine, not machines of their own. Nothing of
+        theirs may outlive the sandbox in this machine's boot (several share its systemd)."""
+        return self.sandbox and self.sandbox_hosts == "light"
+
+    @property
     def deploy_user(self) -> str:
         """Who the deploys log in as."""
         return self.ssh.user or getpass.getuser()

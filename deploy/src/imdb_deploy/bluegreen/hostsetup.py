@@ -242,6 +242,11 @@ class HostSetup:
         """The unit that starts the live colour after a boot (systemd hosts only): the deploy
         user's own, or a system unit when it is root."""
         env, layout = self.environment, self.environment.layout(host)
+        if env.shares_this_machine:
+            self.orchestrator.step(
+                host.name, "restore", "a light sandbox host has no boot of its own: no unit"
+            )
+            return []
         if not runner.run(commands.HAS_SYSTEMD, check=False).ok:
             self.orchestrator.step(
                 host.name, "restore", "no systemd: nothing restarts the live colour at boot"
