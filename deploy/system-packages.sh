@@ -43,14 +43,25 @@ for package in "${packages[@]}"; do
         || missing+=("$package")
 done
 # Debian starts a package's service as it installs it: Prometheus on 127.0.0.1:9090, the
-# Pushgateway on :9091, the registry on :5000, nginx on :80, dockerd, sshd... The project starts
-# instances of its own on its own addresses and needs none of them (on a systemd machine they took
-# those ports). So packages are installed held (policy-rc.d refuses every start while apt runs),
-# and the units of the packages this run installed are disabled, so no reboot starts them either.
-# Services that were there before are left as they were.
+# Pushgateway on :9091, the registry on :5000, nginx on :80, dockerd (which the engine would then
+# take for the user's own Docker), sshd on :22... The project starts instances of its own and
+# needs none of them; on a systemd machine they took its ports. So packages are installed held
+# (policy-rc.d refuses every start while apt runs: in a privileged container a service would act
+# on the host's kernel), and the services of OUR_OWN that this run installed are disabled, so no
+# boot starts them either. Services that were there before are left as they were; the other new
+# ones start at the next boot, as Debian means them to.
+OUR_OWN=(prometheus.service prometheus-pushgateway.service prometheus-node-exporter.service
+         docker-registry.service nginx.service ssh.service docker.service docker.socket
+         containerd.service)
+unit_files() {
+    local unit
+    for unit in "${OUR_OWN[@]}"; do
+        [[ ! -e /lib/systemd/system/$unit ]] || echo "$unit"
+    done
+}
 install_held() {
-    local policy=/usr/sbin/policy-rc.d before after units
-    before=$(dpkg-query -W -f='${Package}\n' | sort)
+    local policy=/usr/sbin/policy-rc.d before unit units=()
+    before=" $(unit_files | tr '\n' ' ')"
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\n# deploy/system-packages.sh is installing: no service starts.\nexit 101\n' \
             > "$policy"
@@ -59,12 +70,11 @@ install_held() {
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    after=$(dpkg-query -W -f='${Package}\n' | sort)
-    mapfile -t units < <(comm -13 <(echo "$before") <(echo "$after") | xargs -r dpkg-query -L \
-        | grep -E '^(/usr)?/lib/systemd/system/[^/@]+\.(service|socket|timer)$' | xargs -rn1 basename \
-        | sort -u)
-    if [[ ${#units[@]} -gt 0 ]] && command -v systemctl >/dev/null; then
-        echo "not started at boot (the project runs its own): ${units[*]}"
+    for unit in $(unit_files); do
+        [[ $before == *" $unit "* ]] || units+=("$unit")
+    done
+    if [[ ${#units[@]} -gt 0 ]]; then
+        echo "not started, now or at boot (the project runs its own): ${units[*]}"
         systemctl disable --quiet "${units[@]}"
         [[ ! -d /run/systemd/system ]] || systemctl stop "${units[@]}"
     fi
