@@ -37,11 +37,22 @@ if [[ $list == true ]]; then
     printf '%s\n' "${packages[@]}"
     exit 0
 fi
+# A package is installed only for a program (or library) of its that the machine lacks: what
+# is there already stays, from wherever it came (a GitHub runner's own Docker, say, which
+# Debian's docker.io would replace).
+present() {
+    if [[ $1 == *.so* ]]; then
+        compgen -G "/lib/*/$1" >/dev/null || compgen -G "/usr/lib/*/$1" >/dev/null
+    else
+        command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
+    fi
+}
 missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$package")
-done
+while read -r program package; do
+    if ! present "$program" && [[ " ${missing[*]} " != *" $package "* ]]; then
+        missing+=("$package")
+    fi
+done < <(awk '{ sub(/#.*/, "") } NF >= 2 && $2 !~ /^@/ { print $1, $2 }' "$inventory")
 # Debian starts a package's service as it installs it: Prometheus on 127.0.0.1:9090, the
 # Pushgateway on :9091, the registry on :5000, nginx on :80, dockerd (which the engine would then
 # take for the user's own Docker), sshd on :22... The project starts instances of its own and
