@@ -94,11 +94,14 @@ def test_each_listed_program_here_comes_from_the_package_it_names(
         )
 
 
+@pytest.mark.integration
 def test_every_library_the_wheels_load_from_the_system_is_listed(
     inventory: dict[str, Entry], require_tool: Callable[[str], str]
 ) -> None:
     """What this session's virtualenv loads that no wheel bundles (LightGBM's libgomp, which a
-    fresh Debian machine lacks): a library the list does not name would be missing there."""
+    fresh Debian machine lacked): a library the list does not name would be missing there.
+    In the integration layer: its virtualenv holds every group's wheels, and reading them all
+    with ldd takes seconds."""
     require_tool("ldd")
     site_packages = Path(sysconfig.get_paths()["platlib"])
     linked = programs.linked_libraries(site_packages)
