@@ -38,11 +38,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from imdb_deploy.engine.processes import run_tool
 from imdb_deploy.fresh.machine import (
@@ -112,11 +112,11 @@ def python_libraries(pyenv: Path = PYENV) -> list[str]:
         done = subprocess.run(  # noqa: S603 - fixed argv, no shell
             ["ldd", str(binary)], capture_output=True, text=True, check=False  # noqa: S607
         )
-        linked.update(
-            str(Path(words[2]).resolve())
-            for words in (line.split() for line in done.stdout.splitlines())
-            if len(words) >= 3 and words[1] == "=>" and words[2].startswith("/")
-        )
+        for words in (line.split() for line in done.stdout.splitlines()):
+            if len(words) >= 3 and words[1] == "=>" and words[2].startswith("/"):
+                # Merged /usr: dpkg knows a file by one of its spellings only.
+                real = str(Path(words[2]).resolve())
+                linked.update({words[2], real, real.removeprefix("/usr")})
     if not linked:
         return []
     owners = subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -178,20 +178,20 @@ class Phases:
         ]
 
 
-def bare_clone(state: Path) -> tuple[Path, str]:
+def bare_clone(state: Path, repo_root: Path = REPO_ROOT) -> tuple[Path, str]:
     """A bare clone of HEAD for the machine to clone from; (its path, HEAD's commit)."""
     share = state / "share"
     shutil.rmtree(share, ignore_errors=True)
     share.mkdir(parents=True)
     repo = share / "repo.git"
-    clone = ["git", "clone", "--quiet", "--bare", "--no-local", str(REPO_ROOT), str(repo)]
+    clone = ["git", "clone", "--quiet", "--bare", "--no-local", str(repo_root), str(repo)]
     run_tool(clone, error=FreshError)
-    head = run_tool(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], error=FreshError)
+    head = run_tool(["git", "-C", str(repo_root), "rev-parse", "HEAD"], error=FreshError)
     return repo, head.strip()
 
 
-def uncommitted() -> int:
-    listed = run_tool(["git", "-C", str(REPO_ROOT), "status", "--porcelain"], error=FreshError)
+def uncommitted(repo_root: Path = REPO_ROOT) -> int:
+    listed = run_tool(["git", "-C", str(repo_root), "status", "--porcelain"], error=FreshError)
     return len(listed.splitlines())
 
 
@@ -243,60 +243,161 @@ def prerequisites_command(libraries: list[str]) -> str:
     )
 
 
-def nox_report(target: str) -> list[dict[str, Any]]:
-    """The sessions of `make TARGET`, from the report the Makefile asks nox for."""
-    path = STATE_DIR / "work" / "mlops-imdb" / "reports" / f"sessions-{target}.json"
-    try:
-        sessions: list[dict[str, Any]] = json.loads(path.read_text())["sessions"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return sessions
+class Machine(Protocol):
+    """What a run needs of the machine (imdb_deploy.fresh.machine.FreshMachine)."""
+
+    @property
+    def container(self) -> str: ...
+
+    def image(self) -> str: ...
+
+    def boot(self, image: str, netns: str, volumes: Sequence[Volume]) -> float: ...
+
+    def stream(
+        self, command: str, *, env: Mapping[str, str], cwd: str, on_line: Callable[[str], None]
+    ) -> int: ...
+
+    def destroy(self) -> None: ...
 
 
-def run(keep: bool) -> int:
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    commands = quick_start_commands(REPO_ROOT / "README.md")
-    engine = MachineEngine(STATE_DIR / "engine", RUNROOT, "mlops")
-    machine = FreshMachine(engine)
-    isolation = Isolation(NETNS)
-    advisories = REPO_ROOT.parent / ADVISORIES
-    summary: dict[str, Any] = {"commands": commands, "given": [], "results": []}
-    with (REPORTS / "fresh.log").open("w", encoding="utf-8") as log:
-        timeline = Timeline(log)
-        binfmt_before = binfmt_entries()
-        ip_forward: str | None = None
-        try:
-            with timeline.stage("image: Debian 12 minimal base that boots (cached once)"):
-                image = machine.image()
-            with timeline.stage("source: a bare clone of HEAD") as entry:
-                _, entry["commit"] = bare_clone(STATE_DIR)
-                if changed := uncommitted():
-                    timeline.say(f"note: {changed} uncommitted change(s) are not in HEAD")
-            allowed, dns = resolve(REGISTRIES), resolvers()
-            timeline.say(f"network: only {', '.join(allowed)} (80, 443) and {', '.join(dns)} (53)")
-            ip_forward = isolation.up(allowed, dns)
-            with timeline.stage("boot (systemd)"):
-                machine.boot(
-                    image, isolation.netns_path,
-                    volumes(STATE_DIR, advisories if advisories.is_dir() else None),
-                )  # fmt: skip
-            summary["given"] = given(advisories.is_dir())
-            for line in summary["given"]:
-                timeline.say(f"given: {line}")
-            status = prepare(machine, timeline)
-            for command in commands if status == 0 else []:
-                status = readme_command(machine, timeline, command, summary)
-                if status != 0:
-                    break
-        finally:
-            cleanup(
-                machine=machine, isolation=isolation, ip_forward=ip_forward,
-                binfmt_before=binfmt_before, keep=keep, timeline=timeline,
+class Network(Protocol):
+    """What a run needs of its network (imdb_deploy.fresh.network.Isolation)."""
+
+    @property
+    def netns_path(self) -> str: ...
+
+    def up(self, allowed: Sequence[str], dns: Sequence[str]) -> str: ...
+
+    def down(self, ip_forward: str | None = None) -> list[str]: ...
+
+
+@dataclass
+class FreshRun:
+    """One run: the machine, its network, where its state and reports go."""
+
+    machine: Machine
+    isolation: Network
+    state: Path = STATE_DIR
+    reports: Path = REPORTS
+    repo: Path = REPO_ROOT
+    keep: bool = False
+
+    @property
+    def clone(self) -> Path:
+        """The clone, seen from this machine (the fresh machine's /work is state/work)."""
+        return self.state / "work" / Path(CLONE).name
+
+    def __call__(self) -> int:
+        self.reports.mkdir(parents=True, exist_ok=True)
+        commands = quick_start_commands(self.repo / "README.md")
+        advisories = self.repo.parent / ADVISORIES
+        summary: dict[str, Any] = {"commands": commands, "given": [], "results": []}
+        status = 1
+        with (self.reports / "fresh.log").open("w", encoding="utf-8") as log:
+            timeline = Timeline(log)
+            binfmt_before = binfmt_entries()
+            ip_forward: str | None = None
+            try:
+                with timeline.stage("image: Debian 12 minimal base that boots (cached once)"):
+                    image = self.machine.image()
+                with timeline.stage("source: a bare clone of HEAD") as entry:
+                    _, entry["commit"] = bare_clone(self.state, self.repo)
+                    if changed := uncommitted(self.repo):
+                        timeline.say(f"note: {changed} uncommitted change(s) are not in HEAD")
+                allowed, dns = resolve(REGISTRIES), resolvers()
+                timeline.say(f"network: only {', '.join(allowed)} (80, 443), {', '.join(dns)} (53)")
+                ip_forward = self.isolation.up(allowed, dns)
+                mounts = volumes(self.state, advisories if advisories.is_dir() else None)
+                with timeline.stage("boot (systemd)"):
+                    self.machine.boot(image, self.isolation.netns_path, mounts)
+                summary["given"] = given(advisories.is_dir())
+                for line in summary["given"]:
+                    timeline.say(f"given: {line}")
+                status = self.prepare(timeline)
+                for command in commands if status == 0 else []:
+                    status = self.readme_command(timeline, command, summary)
+                    if status != 0:
+                        break
+            finally:
+                self.cleanup(ip_forward, binfmt_before, timeline)
+            summary["stages"] = timeline.stages
+            summary["ok"] = status == 0 and len(summary["results"]) == len(commands)
+            write_summary(summary, timeline, self.reports)
+        return 0 if summary["ok"] else 1
+
+    def prepare(self, timeline: Timeline) -> int:
+        """The README's prerequisites, then the clone."""
+        packages = python_libraries()
+        with timeline.stage("prerequisites: make, git, CA certificates, Python's libraries") as e:
+            e["exit"] = self.machine.stream(
+                prerequisites_command(packages), env=console_env(), cwd="/", on_line=timeline.say
+            )
+        if e["exit"] != 0:
+            return int(e["exit"])
+        with timeline.stage("git clone") as e:
+            e["exit"] = self.machine.stream(
+                f"git clone --quiet /share/repo.git {CLONE}", env=console_env(), cwd=WORK,
+                on_line=timeline.say,
             )  # fmt: skip
-        summary["stages"] = timeline.stages
-        summary["ok"] = status == 0 and len(summary["results"]) == len(commands)
-        write_summary(summary, timeline)
-    return 0 if summary["ok"] else 1
+        return int(e["exit"])
+
+    def readme_command(self, timeline: Timeline, command: str, summary: dict[str, Any]) -> int:
+        phases = Phases()
+
+        def line(text: str) -> None:
+            phases.see(text)
+            timeline.say(text)
+
+        with timeline.stage(f"README: {command}") as entry:
+            entry["exit"] = self.machine.stream(command, env=console_env(), cwd=CLONE, on_line=line)
+            ended = time.monotonic()
+        target = command.rsplit(maxsplit=1)[-1] if command.startswith("make ") else ""
+        sessions = self.nox_report(target) if target else []
+        summary["results"].append(
+            {
+                "command": command,
+                "exit": entry["exit"],
+                "seconds": entry["seconds"],
+                "phases": [{"phase": name, "seconds": s} for name, s in phases.seconds(ended)],
+                "sessions": [session_row(session) for session in sessions],
+            }
+        )
+        if sessions:
+            timeline.say(f"{command}: nox sessions\n{table(sessions, entry['seconds'])}")
+        return int(entry["exit"])
+
+    def nox_report(self, target: str) -> list[dict[str, Any]]:
+        """The sessions of `make TARGET`, from the report the Makefile asks nox for."""
+        path = self.clone / "reports" / f"sessions-{target}.json"
+        try:
+            sessions: list[dict[str, Any]] = json.loads(path.read_text())["sessions"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return sessions
+
+    def cleanup(self, ip_forward: str | None, binfmt_before: set[str], timeline: Timeline) -> None:
+        """Keep the clone's report files; remove the machine, its network and its directories
+        (all but the network with --keep); and any binfmt_misc handler it registered here."""
+        kept = self.reports / "clone"
+        shutil.rmtree(kept, ignore_errors=True)
+        if (self.clone / "reports").is_dir():  # its files (session times, deployment report)
+            kept.mkdir(parents=True)
+            for path in (self.clone / "reports").iterdir():
+                if path.is_file():
+                    shutil.copy2(path, kept / path.name)
+        if self.keep:
+            timeline.say(f"kept: {self.machine.container} (`python -m imdb_deploy.fresh down`)")
+        else:
+            self.machine.destroy()
+            for writable in ("containers", "work"):
+                shutil.rmtree(self.state / writable, ignore_errors=True)
+            self.isolation.down(ip_forward)
+        registered = binfmt_entries() - binfmt_before
+        if registered:
+            remove_binfmt_entries(registered)
+            timeline.say(
+                f"removed binfmt_misc handlers the machine registered: {sorted(registered)}"
+            )
 
 
 def given(advisories: bool) -> list[str]:
@@ -313,50 +414,6 @@ def given(advisories: bool) -> list[str]:
     return lines
 
 
-def prepare(machine: FreshMachine, timeline: Timeline) -> int:
-    """The README's prerequisites, then the clone."""
-    libraries = python_libraries()
-    with timeline.stage("prerequisites: make, git, CA certificates, Python's libraries (apt)") as e:
-        e["exit"] = machine.stream(
-            prerequisites_command(libraries), env=console_env(), cwd="/", on_line=timeline.say
-        )
-    if e["exit"] != 0:
-        return int(e["exit"])
-    with timeline.stage("git clone") as e:
-        e["exit"] = machine.stream(
-            f"git clone --quiet /share/repo.git {CLONE}", env=console_env(), cwd=WORK,
-            on_line=timeline.say,
-        )  # fmt: skip
-    return int(e["exit"])
-
-
-def readme_command(
-    machine: FreshMachine, timeline: Timeline, command: str, summary: dict[str, Any]
-) -> int:
-    phases = Phases()
-
-    def line(text: str) -> None:
-        phases.see(text)
-        timeline.say(text)
-
-    with timeline.stage(f"README: {command}") as entry:
-        entry["exit"] = machine.stream(command, env=console_env(), cwd=CLONE, on_line=line)
-        ended = time.monotonic()
-    target = command.rsplit(maxsplit=1)[-1] if command.startswith("make ") else ""
-    sessions = nox_report(target) if target else []
-    result = {
-        "command": command,
-        "exit": entry["exit"],
-        "seconds": entry["seconds"],
-        "phases": [{"phase": name, "seconds": s} for name, s in phases.seconds(ended)],
-        "sessions": [session_row(session) for session in sessions],
-    }
-    summary["results"].append(result)
-    if sessions:
-        timeline.say(f"{command}: nox sessions\n{table(sessions, entry['seconds'])}")
-    return int(entry["exit"])
-
-
 def session_row(session: dict[str, Any]) -> dict[str, Any]:
     """One nox session of the report: `tests-3.12`, its result and seconds."""
     name = (session.get("signatures") or [session.get("name")])[0]
@@ -364,38 +421,7 @@ def session_row(session: dict[str, Any]) -> dict[str, Any]:
     return {"session": name, "result": session.get("result"), "seconds": seconds}
 
 
-def cleanup(
-    *,
-    machine: FreshMachine,
-    isolation: Isolation,
-    ip_forward: str | None,
-    binfmt_before: set[str],
-    keep: bool,
-    timeline: Timeline,
-) -> None:
-    if keep:
-        timeline.say(f"kept: the machine {machine.container} (`python -m imdb_deploy.fresh down`)")
-    else:
-        clone_reports = STATE_DIR / "work" / "mlops-imdb" / "reports"
-        kept = REPORTS / "clone"
-        shutil.rmtree(kept, ignore_errors=True)
-        if clone_reports.is_dir():  # its files (session times, the deployment report), not trees
-            kept.mkdir(parents=True)
-            for path in clone_reports.iterdir():
-                if path.is_file():
-                    shutil.copy2(path, kept / path.name)
-        machine.destroy()
-        for writable in ("containers", "work"):
-            shutil.rmtree(STATE_DIR / writable, ignore_errors=True)
-    if not keep:
-        isolation.down(ip_forward)
-    registered = binfmt_entries() - binfmt_before
-    if registered:
-        remove_binfmt_entries(registered)
-        timeline.say(f"removed binfmt_misc handlers the machine registered: {sorted(registered)}")
-
-
-def write_summary(summary: dict[str, Any], timeline: Timeline) -> None:
+def write_summary(summary: dict[str, Any], timeline: Timeline, reports: Path) -> None:
     lines = ["# A fresh Debian 12 machine runs the README's commands", ""]
     lines += [f"- given: {line}" for line in summary["given"]]
     lines += ["", "| stage | seconds | exit |", "| --- | ---: | ---: |"]
@@ -412,8 +438,8 @@ def write_summary(summary: dict[str, Any], timeline: Timeline) -> None:
         ]
     verdict = "green" if summary["ok"] else "FAILED"
     lines += ["", f"Result: {verdict}."]
-    (REPORTS / "summary.md").write_text("\n".join(lines) + "\n")
-    (REPORTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / "summary.md").write_text("\n".join(lines) + "\n")
+    (reports / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     timeline.say("summary:\n" + "\n".join(lines))
     timeline.say(f"fresh machine: {verdict} (reports/fresh/summary.md, reports/fresh/fresh.log)")
 
@@ -439,4 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("error: the fresh machine needs root (namespaces, nftables)", file=sys.stderr)
         return 2
-    return down() if args.action == "down" else run(args.keep)
+    if args.action == "down":
+        return down()
+    machine = FreshMachine(MachineEngine(STATE_DIR / "engine", RUNROOT, "mlops"))
+    return FreshRun(machine, Isolation(NETNS), keep=args.keep)()
