@@ -354,7 +354,7 @@ def test_names_resolve_to_sorted_addresses_and_a_bad_one_is_an_error(
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", unknown)
-    with pytest.raises(network.NetworkError, match="cannot resolve deb.debian.org"):
+    with pytest.raises(network.NetworkError, match=r"cannot resolve deb\.debian\.org"):
         network.resolve(["deb.debian.org"])
 
 
