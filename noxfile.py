@@ -324,9 +324,10 @@ def integration(session: nox.Session) -> None:
     Pushgateway scraping a real API. The API's server process, Podman, the advisory snapshot."""
     # Two workers, each with a fleet of its own (tests/sandbox/conftest.py), modules kept whole:
     # the deploys mostly wait (readiness, drains), so two fleets fit on two cores.
+    # The slowest tests and fixtures are printed: where the layer's 5-minute budget goes.
     measured_pytest(
         session, "--layer=integration", "--numprocesses=2", "--dist=loadscope",
-        "-p", "no:cacheprovider", *session.posargs, engine=True,
+        "-p", "no:cacheprovider", "--durations=15", *session.posargs, engine=True,
         groups=["tracking", "mlflow-server"],
     )  # fmt: skip
 
