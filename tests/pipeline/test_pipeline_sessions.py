@@ -128,7 +128,7 @@ def test_workflow_is_a_thin_matrix_over_nox(repo_root: Path) -> None:
     assert "permissions: {}" in workflow
     assert "cancel-in-progress: ${{ github.event_name == 'pull_request' }}" in workflow
     for uses in re.findall(r"uses: (\S+)", workflow):
-        if uses.startswith("./"):  # this repository's own (reusable) workflow
+        if uses.startswith("$/"):  # this repository's own (reusable) workflow
             continue
         assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", uses), f"not pinned by SHA: {uses}"
 
@@ -140,7 +140,7 @@ def test_delivery_starts_only_after_green_ci_and_only_calls_nox(repo_root: Path)
     # cd.yml has no trigger of its own: ci.yml calls it once every CI job passed, on a push.
     assert cd[True] == {"workflow_call": None}  # YAML reads the key `on` as True
     call = ci["jobs"]["cd"]
-    assert (call["needs"], call["uses"]) == ("ci-ok", "./.github/workflows/cd.yml")
+    assert (call["needs"], call["uses"]) == ("ci-ok", "$/.github/workflows/cd.yml")
     assert call["if"] == "github.event_name == 'push'"
     # Every job a thin call of nox sessions (plus the file moves between jobs).
     for name, job in cd["jobs"].items():

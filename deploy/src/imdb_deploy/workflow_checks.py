@@ -3,8 +3,8 @@
 GitHub refuses a workflow run, or runs it differently than it reads, in ways a local emulation
 cannot reproduce. These rules read `.github/workflows/*.yml` as GitHub does and fail on each:
 
-- a called workflow (`uses: ./.github/workflows/X.yml`) must exist at that path, spelt as
-  GitHub wants it;
+- a called workflow of this repository (`uses: $/.github/workflows/X.yml`, GitHub's
+  self-repository form, or the older `./.github/...`) must exist;
 - a called workflow's jobs may ask for no more permissions than the calling job grants: GitHub
   refuses the whole run otherwise ("The nested job is requesting 'id-token: write', but is only
   allowed 'none'");
@@ -38,7 +38,7 @@ SCOPES = (
     "issues", "models", "packages", "pages", "pull-requests", "repository-projects",
     "security-events", "statuses",
 )  # fmt: skip
-LOCAL_CALL = re.compile(r"\./\.github/workflows/[\w.-]+\.ya?ml")
+LOCAL_CALL = re.compile(r"[$.]/\.github/workflows/[\w.-]+\.ya?ml")
 SECRET_OR_VARIABLE = re.compile(r"\$\{\{[^}]*\b(secrets|vars)\.([A-Za-z_][A-Za-z0-9_]*)")
 # Secrets GitHub provides itself: nothing to document.
 PROVIDED = {"GITHUB_TOKEN"}
@@ -105,10 +105,10 @@ def call_findings(workflow: Workflow, root: Path) -> list[str]:
         if not LOCAL_CALL.fullmatch(uses):
             findings.append(
                 f"{where} calls {uses!r}: a workflow of this repository is called as "
-                "./.github/workflows/NAME.yml"
+                "$/.github/workflows/NAME.yml"
             )
             continue
-        target = root / uses.removeprefix("./")
+        target = root / uses[2:]
         if not target.is_file():
             findings.append(f"{where} calls {uses}, which does not exist")
             continue
