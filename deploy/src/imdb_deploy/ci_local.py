@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from imdb_deploy import github_expressions as expressions
+
 WORKFLOW = Path(".github/workflows/ci.yml")
 TOOL_CACHE = Path("/opt/hostedtoolcache/Python")
 # After the tools the actions add: the system part of an Ubuntu runner's PATH (sbin included).
@@ -50,7 +52,6 @@ NETWORK_VARIABLES = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
 )  # fmt: skip
-EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
 
 
 class WorkflowError(RuntimeError):
@@ -59,45 +60,46 @@ class WorkflowError(RuntimeError):
 
 @dataclass
 class Context:
-    """What expressions can see: env, matrix, the finished jobs' outputs and results."""
+    """What expressions can see: env, matrix, the finished jobs' outputs and results, and the
+    parts of `github` emulated here (imdb_deploy.github_expressions evaluates them)."""
 
     env: dict[str, str] = field(default_factory=dict)
     matrix: dict[str, str] = field(default_factory=dict)
     needs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    github: dict[str, str] = field(
+        default_factory=lambda: {"workflow": "ci", "ref": "refs/heads/main", "event_name": "push"}
+    )
+
+    def contexts(self) -> dict[str, Any]:
+        return {
+            "env": self.env,
+            "matrix": self.matrix,
+            "needs": self.needs,
+            "github": expressions.Known(self.github),
+        }
 
     def value(self, expression: str) -> Any:
-        """The value of one `${{ }}` expression, for the forms this workflow uses."""
-        expression = expression.strip()
-        if match := re.fullmatch(r"fromJSON\((.+)\)", expression):
-            return json.loads(str(self.value(match.group(1))))
-        if match := re.fullmatch(r"contains\((.+),\s*([\w.]+)\)", expression):
-            return self.value(match.group(2)) in self.value(match.group(1))
-        if match := re.fullmatch(r"join\(needs\.\*\.result,\s*'(.*)'\)", expression):
-            return match.group(1).join(str(job["result"]) for job in self.needs.values())
-        if match := re.fullmatch(r"(env|matrix)\.(\w+)", expression):
-            scope = self.env if match.group(1) == "env" else self.matrix
-            return scope[match.group(2)]
-        if match := re.fullmatch(r"needs\.([\w-]+)\.outputs\.(\w+)", expression):
-            return self.needs[match.group(1)]["outputs"][match.group(2)]
-        if expression in {"always()", "github.workflow", "github.ref"}:
-            return True if expression == "always()" else expression
-        raise WorkflowError(f"expression not emulated here: ${{{{ {expression} }}}}")
+        """The value of one `${{ }}` expression."""
+        try:
+            return expressions.evaluate(expression, self.contexts())
+        except expressions.ExpressionError as error:
+            raise WorkflowError(str(error)) from error
+
+    def condition(self, expression: str, failed: bool) -> bool:
+        """An `if:` after an earlier job or step failed or not (GitHub's implied success())."""
+        try:
+            return expressions.condition(
+                expression, self.contexts(), expressions.Status(failed=failed)
+            )
+        except expressions.ExpressionError as error:
+            raise WorkflowError(str(error)) from error
 
     def render(self, text: Any) -> Any:
-        """A string with its expressions replaced (a whole-string expression keeps its type)."""
-        if not isinstance(text, str):
-            return text
-        whole = EXPRESSION.fullmatch(text.strip())
-        if whole:
-            found = self.value(whole.group(1))
-            return found if not isinstance(found, bool) else str(found).lower()
-        return EXPRESSION.sub(lambda m: _text(self.value(m.group(1))), text)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return value if isinstance(value, str) else json.dumps(value)
+        """A value with its expressions replaced (a whole-string expression keeps its type)."""
+        try:
+            return expressions.render(text, self.contexts())
+        except expressions.ExpressionError as error:
+            raise WorkflowError(str(error)) from error
 
 
 def job_order(jobs: Mapping[str, Any]) -> list[str]:
@@ -189,11 +191,13 @@ class Runner:
                 step.get("name") or step.get("uses") or step.get("run", "").splitlines()[0]
             )
             condition = step.get("if")
-            if failed and not (condition and context.value(condition) is True):
+            runs = context.condition(condition, failed) if condition else not failed
+            if not runs:
                 self.echo(f"  [{name}] skipped: {label}")
                 continue
             env = {**base, **context.env}
-            env.update({k: str(context.render(v)) for k, v in (step.get("env") or {}).items()})
+            given = (step.get("env") or {}).items()
+            env.update({k: expressions.text(context.render(v)) for k, v in given})
             env.update(self.overrides)
             env["PATH"] = os.pathsep.join([*paths, *RUNNER_PATH])
             started = time.monotonic()
@@ -349,7 +353,7 @@ def run_workflow(
             needs={need: results[need] for need in _needs(job)},
         )
         needs_passed = all(r["result"] == "success" for r in context.needs.values())
-        runs = context.value(job["if"]) is True if "if" in job else needs_passed
+        runs = context.condition(job["if"], not needs_passed) if "if" in job else needs_passed
         if not runs:
             results[name] = {"result": "skipped", "outputs": {}}
             runner.echo(f"job {name}: skipped (a job it needs did not pass)")
