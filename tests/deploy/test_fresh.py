@@ -381,6 +381,7 @@ def test_the_machines_console_and_stream_go_through_its_engine(
         'shift; exec "$@"',
     )  # fmt: skip
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the login shell reads no profile of ours
     machine = FreshMachine(MachineEngine(tmp_path / "engine", tmp_path / "run", "t"))
     assert machine.console("echo $((6 * 7))") == "42\n"
     with pytest.raises(MachineError, match="exited 3"):
