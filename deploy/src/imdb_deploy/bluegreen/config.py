@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from imdb_deploy.bluegreen import overlay
 from imdb_deploy.bluegreen.layout import COLOURS, HostLayout
 from imdb_deploy.programs import ShellCommand
 
@@ -500,6 +501,12 @@ def load_environment(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     data.setdefault("name", path.stem)
+    overlay_file = os.environ.get(overlay.OVERLAY_VAR)
+    if overlay_file:  # a rehearsal: the committed file, pointed at this machine
+        try:
+            data = overlay.apply(data, str(data["name"]), overlay.read(Path(overlay_file)))
+        except overlay.OverlayError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         environment = Environment.model_validate(data)
     except ValidationError as exc:
