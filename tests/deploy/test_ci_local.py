@@ -12,6 +12,7 @@ import yaml
 
 from imdb_deploy.ci_local import (
     Context,
+    Delivery,
     Runner,
     WorkflowError,
     job_order,
@@ -82,10 +83,8 @@ jobs:
 class SameUserRunner(Runner):
     """Runs the steps as this test's own user: what differs from GitHub is only sudo."""
 
-    def as_user(self, command: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
-        return subprocess.call(
-            ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command], cwd=cwd
-        )
+    def user_argv(self, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
 
     def give(self, path: Path) -> bool:
         return True
@@ -245,3 +244,133 @@ def test_main_runs_the_repository_workflow_and_says_how_each_job_ended(
     subprocess.run(["git", "-C", str(repo), *identity, "commit", "-qam", "x"], check=True)
     assert main([*argv[:4], f"--workdir={tmp_path / 'run3'}"]) == 2
     assert "action not emulated here: a/b" in capsys.readouterr().err
+
+
+# ---- delivery: a called workflow with GitHub's environments, secrets and reviewers ----------
+
+CALLER = """
+jobs:
+  ok:
+    steps:
+      - run: "true"
+  cd:
+    needs: ok
+    if: github.event_name == 'push'
+    uses: $/.github/workflows/cd.yml
+"""
+CALLED = """
+on:
+  workflow_call:
+jobs:
+  plan:
+    if: github.ref == 'refs/heads/main'
+    environment: staging
+    outputs:
+      digest: ${{ steps.plan.outputs.digest }}
+    steps:
+      - id: plan
+        env:
+          KEY: ${{ secrets.DEPLOY_KEY }}
+        run: |
+          echo "the key is $KEY"
+          echo "digest=sha256:ab" >> "$GITHUB_OUTPUT"
+  staging:
+    needs: plan
+    if: ${{ !cancelled() && !failure() }}
+    environment: staging
+    steps:
+      - env:
+          TOKEN: ${{ secrets.GITHUB_TOKEN }}
+        run: test "$TOKEN" = token-value
+  production:
+    needs: [plan, staging]
+    if: ${{ !cancelled() && !failure() && github.ref == 'refs/heads/main' }}
+    environment: production
+    steps:
+      - env:
+          DIGEST: ${{ needs.plan.outputs.digest }}
+          KEY: ${{ secrets.DEPLOY_KEY }}
+        run: echo "promote $DIGEST with $KEY"
+"""
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> Path:
+    root = tmp_path / "secrets"
+    for folder, name, value in (
+        ("repository", "GITHUB_TOKEN", "token-value"),
+        ("environments/staging", "DEPLOY_KEY", "staging-key\nsecond-line"),
+        ("environments/production", "DEPLOY_KEY", "production-key"),
+    ):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / name).write_text(value)
+        (root / folder / name).chmod(0o600)
+    return root
+
+
+def deliver(
+    repo: Path, tmp_path: Path, delivery: Delivery, ref: str
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    (repo / ".github" / "workflows" / "cd.yml").write_text(CALLED)
+    lines: list[str] = []
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, echo=lines.append)
+    github = {"workflow": "ci", "ref": ref, "event_name": "push"}
+    results = run_workflow(runner, yaml.safe_load(CALLER), github=github, delivery=delivery)
+    return results, lines
+
+
+def test_a_delivering_run_calls_the_workflow_with_each_environments_secrets(
+    repo: Path, tmp_path: Path, secrets: Path
+) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def approve(job: str, environment: str) -> bool:
+        asked.append((job, environment))
+        return True
+
+    delivery = Delivery(secrets, frozenset({"production"}), approve)
+    results, lines = deliver(repo, tmp_path, delivery, "refs/heads/main")
+    called = results["cd"]["jobs"]
+    assert {name: r["result"] for name, r in called.items()} == {
+        "plan": "success", "staging": "success", "production": "success",
+    }  # fmt: skip
+    assert asked == [("cd / production", "production")]
+    assert "job cd / production: approved for environment production" in lines
+    # Secrets are masked in what steps print, each line of a multi-line one too.
+    assert "the key is ***" in lines
+    assert "***" in lines  # `second-line`, printed on a line of its own
+    assert "promote sha256:ab with ***" in lines
+    assert not any("staging-key" in line or "production-key" in line for line in lines)
+
+
+def test_a_rejected_approval_fails_that_job_and_develop_skips_main_only_jobs(
+    repo: Path, tmp_path: Path, secrets: Path
+) -> None:
+    delivery = Delivery(secrets, frozenset({"production"}))  # nobody approves
+    results, lines = deliver(repo, tmp_path, delivery, "refs/heads/main")
+    assert results["cd"]["jobs"]["production"]["result"] == "failure"
+    assert results["cd"]["result"] == "failure"
+    assert "job cd / production: rejected (environment production needs approval)" in lines
+
+    results, _ = deliver(repo, tmp_path, delivery, "refs/heads/develop")
+    called = results["cd"]["jobs"]
+    assert (called["plan"]["result"], called["staging"]["result"]) == ("skipped", "success")
+    assert called["production"]["result"] == "skipped"
+
+
+def test_a_secret_others_may_read_is_refused(repo: Path, tmp_path: Path, secrets: Path) -> None:
+    (secrets / "environments" / "staging" / "DEPLOY_KEY").chmod(0o644)
+    with pytest.raises(WorkflowError, match="readable by others"):
+        deliver(repo, tmp_path, Delivery(secrets), "refs/heads/main")
+
+
+def test_an_environment_outside_delivery_and_a_foreign_call_are_refused(
+    repo: Path, tmp_path: Path, secrets: Path
+) -> None:
+    runner = SameUserRunner(repo, "me", tmp_path / "run", {}, echo=lambda line: None)
+    deploying = {"jobs": {"deploy": {"environment": "staging", "steps": [{"run": "true"}]}}}
+    with pytest.raises(WorkflowError, match="deploys to staging: not CI's to run"):
+        run_workflow(runner, deploying)
+    foreign = {"jobs": {"cd": {"uses": "other/repo/.github/workflows/cd.yml@v1"}}}
+    with pytest.raises(WorkflowError, match="only this repository's workflows"):
+        run_workflow(runner, foreign, delivery=Delivery(secrets))

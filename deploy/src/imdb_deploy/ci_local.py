@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from imdb_deploy import github_expressions as expressions
+from imdb_deploy.bluegreen.config import Redactor
 
 WORKFLOW = Path(".github/workflows/ci.yml")
 TOOL_CACHE = Path("/opt/hostedtoolcache/Python")
@@ -58,6 +59,43 @@ class WorkflowError(RuntimeError):
     """The workflow uses something this runner does not emulate, or a job cannot start."""
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What a delivering run has that CI's does not (the CD rehearsal gives it): GitHub's
+    environments, their secrets and required reviewers, and the repository's variables.
+
+    Secrets live in files, one per secret, as GitHub keeps them per environment:
+    `SECRETS/environments/<environment>/<NAME>` and `SECRETS/repository/<NAME>` (GITHUB_TOKEN's
+    stand-in); a file others may read is refused, as a leaked secret would be. `approve(job,
+    environment)` answers for the reviewers of an environment that requires them.
+    """
+
+    secrets: Path
+    reviewed: frozenset[str] = frozenset()
+    approve: Callable[[str, str], bool] = lambda job, environment: False
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    def secrets_of(self, environment: str | None) -> dict[str, str]:
+        """The repository's secrets, and the environment's over them."""
+        found: dict[str, str] = {}
+        folders = [self.secrets / "repository"]
+        if environment:
+            folders.append(self.secrets / "environments" / environment)
+        for folder in folders:
+            for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+                if path.stat().st_mode & 0o077:
+                    raise WorkflowError(f"secret {path} is readable by others: chmod 600 it")
+                found[path.name] = path.read_text().rstrip("\n")
+        return found
+
+
+def environment_of(job: Mapping[str, Any], context: Context) -> str | None:
+    """A job's `environment:`, a name or a table with one, rendered."""
+    given = job.get("environment")
+    name = given.get("name") if isinstance(given, Mapping) else given
+    return None if name is None else str(context.render(name))
+
+
 @dataclass
 class Context:
     """What expressions can see: env, matrix, the finished jobs' outputs and results, and the
@@ -69,6 +107,8 @@ class Context:
     github: dict[str, str] = field(
         default_factory=lambda: {"workflow": "ci", "ref": "refs/heads/main", "event_name": "push"}
     )
+    secrets: dict[str, str] = field(default_factory=dict)
+    vars: dict[str, str] = field(default_factory=dict)
 
     def contexts(self) -> dict[str, Any]:
         return {
@@ -76,6 +116,8 @@ class Context:
             "matrix": self.matrix,
             "needs": self.needs,
             "github": expressions.Known(self.github),
+            "secrets": self.secrets,
+            "vars": self.vars,
         }
 
     def value(self, expression: str) -> Any:
@@ -85,12 +127,10 @@ class Context:
         except expressions.ExpressionError as error:
             raise WorkflowError(str(error)) from error
 
-    def condition(self, expression: str, failed: bool) -> bool:
-        """An `if:` after an earlier job or step failed or not (GitHub's implied success())."""
+    def condition(self, expression: str, status: expressions.Status) -> bool:
+        """An `if:` (with GitHub's implied success() when it names no status function)."""
         try:
-            return expressions.condition(
-                expression, self.contexts(), expressions.Status(failed=failed)
-            )
+            return expressions.condition(expression, self.contexts(), status)
         except expressions.ExpressionError as error:
             raise WorkflowError(str(error)) from error
 
@@ -144,11 +184,30 @@ class Runner:
             subprocess.run([*clone, str(self.source)], check=True)  # noqa: S603
             self.give(self.source)
 
-    def as_user(self, command: Sequence[str], env: Mapping[str, str], cwd: Path) -> int:
-        """Run `command` as the runner's user with exactly `env`; its exit status."""
+    def user_argv(self, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        """`command` as the runner's user with exactly `env`."""
         sudo = ["sudo", "--user", self.user, "--set-home", "--", "env", "-i"]
-        pairs = [f"{name}={value}" for name, value in env.items()]
-        return subprocess.call([*sudo, *pairs, *command], cwd=cwd)  # noqa: S603
+        return [*sudo, *(f"{name}={value}" for name, value in env.items()), *command]
+
+    def as_user(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        redact: Callable[[str], str] | None = None,
+    ) -> int:
+        """Run `command` as the runner's user with exactly `env`; its exit status. With
+        `redact`, its output passes through it line by line (secrets masked, as GitHub does)."""
+        argv = self.user_argv(command, env)
+        if redact is None:
+            return subprocess.call(argv, cwd=cwd)  # noqa: S603
+        with subprocess.Popen(  # noqa: S603
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace",
+        ) as process:  # fmt: skip
+            for line in process.stdout or ():
+                self.echo(redact(line.rstrip("\n")))
+            return process.wait()
 
     def give(self, path: Path) -> bool:
         """Make `path` (and what is below it) the runner's user's."""
@@ -166,7 +225,8 @@ class Runner:
         self.end_leftovers(workspace)
         shutil.rmtree(workspace, ignore_errors=True)
         workspace.mkdir(parents=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        safe = re.sub(r"[^\w.-]+", "-", name)  # "cd / plan": a called workflow's job
+        scratch = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=self.root))
         output, summary = scratch / "output", scratch / "summary"
         for path in (workspace, scratch, output, summary):
             path.touch()
@@ -191,7 +251,8 @@ class Runner:
                 step.get("name") or step.get("uses") or step.get("run", "").splitlines()[0]
             )
             condition = step.get("if")
-            runs = context.condition(condition, failed) if condition else not failed
+            status = expressions.Status(failed=failed)
+            runs = context.condition(condition, status) if condition else not failed
             if not runs:
                 self.echo(f"  [{name}] skipped: {label}")
                 continue
@@ -206,7 +267,8 @@ class Runner:
             else:
                 script = str(context.render(step["run"]))
                 command = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
-                ok = self.as_user(command, env, workspace) == 0
+                redact = masker(context.secrets) if context.secrets else None
+                ok = self.as_user(command, env, workspace, redact) == 0
             seconds = time.monotonic() - started
             self.echo(f"  [{name}] {'ok' if ok else 'FAILED'} ({seconds:.0f} s) {index}: {label}")
             failed = failed or not ok
@@ -303,6 +365,12 @@ class Runner:
         return self.give(destination)
 
 
+def masker(secrets: Mapping[str, str]) -> Callable[[str], str]:
+    """Masks each secret's value, and each line of a multi-line one, as GitHub's logs do."""
+    pieces = {piece for value in secrets.values() for piece in [value, *value.splitlines()]}
+    return Redactor(piece.strip() for piece in pieces)
+
+
 def processes_in(directory: Path, proc: Path = Path("/proc")) -> list[int]:
     """PIDs of the processes whose working directory or command line is inside `directory`."""
     found = []
@@ -335,29 +403,55 @@ def _step_output(value: str, output: Path) -> str:
 
 
 def run_workflow(
-    runner: Runner, workflow: Mapping[str, Any], sessions: set[str] | None = None
+    runner: Runner,
+    workflow: Mapping[str, Any],
+    sessions: set[str] | None = None,
+    *,
+    github: Mapping[str, str] | None = None,
+    delivery: Delivery | None = None,
+    prefix: str = "",
 ) -> dict[str, dict[str, Any]]:
-    """Every job in `needs` order, each matrix entry on its own; the jobs' results."""
+    """Every job in `needs` order, each matrix entry on its own; the jobs' results.
+
+    A job that calls a workflow of this repository (`uses: $/...`) is delivery: skipped
+    unless `delivery` is given, which then runs the called workflow's jobs too, with GitHub's
+    environments (their secrets, and their reviewers' approval before the job starts)."""
     jobs = workflow["jobs"]
     results: dict[str, dict[str, Any]] = {}
+    github_context = dict(github or Context().github)
     for name in job_order(jobs):
-        job = jobs[name]
-        if "uses" in job:
-            # A called workflow (CD after green CI) deploys with GitHub's environments and
-            # secrets: it is not a CI job, and is not run here.
-            results[name] = {"result": "skipped", "outputs": {}}
-            runner.echo(f"job {name}: skipped (calls {job['uses']}: delivery, not CI)")
-            continue
+        job, shown = jobs[name], f"{prefix}{name}"
         context = Context(
             env={k: str(v) for k, v in {**workflow.get("env", {}), **job.get("env", {})}.items()},
             needs={need: results[need] for need in _needs(job)},
+            github=github_context,
+            vars=dict(delivery.variables) if delivery else {},
         )
-        needs_passed = all(r["result"] == "success" for r in context.needs.values())
-        runs = context.condition(job["if"], not needs_passed) if "if" in job else needs_passed
+        results_of_needs = {r["result"] for r in context.needs.values()}
+        status = expressions.Status(
+            failed="failure" in results_of_needs, skipped="skipped" in results_of_needs
+        )
+        needs_passed = status.succeeded
+        runs = context.condition(job["if"], status) if "if" in job else needs_passed
         if not runs:
             results[name] = {"result": "skipped", "outputs": {}}
-            runner.echo(f"job {name}: skipped (a job it needs did not pass)")
+            why = "its condition is false" if needs_passed else "a job it needs did not pass"
+            runner.echo(f"job {shown}: skipped ({why})")
             continue
+        if "uses" in job:
+            results[name] = call_workflow(runner, shown, job, github_context, delivery)
+            continue
+        environment = environment_of(job, context)
+        if environment is not None:
+            if delivery is None:
+                raise WorkflowError(f"job {shown} deploys to {environment}: not CI's to run")
+            if environment in delivery.reviewed and not delivery.approve(shown, environment):
+                results[name] = {"result": "failure", "outputs": {}}
+                runner.echo(f"job {shown}: rejected (environment {environment} needs approval)")
+                continue
+            if environment in delivery.reviewed:
+                runner.echo(f"job {shown}: approved for environment {environment}")
+        context.secrets = delivery.secrets_of(environment) if delivery else {}
         matrix = (job.get("strategy") or {}).get("matrix") or {}
         entries: list[dict[str, str]] = [{}]
         for key, values in matrix.items():
@@ -366,18 +460,40 @@ def run_workflow(
         ran = []
         for entry in entries:
             if sessions is not None and entry.get("session") not in (sessions | {None}):
-                runner.echo(f"{name} {entry}: not asked for, skipped")
+                runner.echo(f"{shown} {entry}: not asked for, skipped")
                 continue
             context.matrix = entry
-            runner.echo(f"job {name} {json.dumps(entry) if entry else ''}".rstrip())
-            ran.append(runner.run_job(name, job, context))
+            runner.echo(f"job {shown} {json.dumps(entry) if entry else ''}".rstrip())
+            ran.append(runner.run_job(shown, job, context))
         failed = [r for r in ran if r["result"] != "success"]
         results[name] = {
             "result": "failure" if failed else "success",
             "outputs": ran[0]["outputs"] if ran else {},
         }
-        runner.echo(f"job {name}: {results[name]['result']}")
+        runner.echo(f"job {shown}: {results[name]['result']}")
     return results
+
+
+def call_workflow(
+    runner: Runner,
+    shown: str,
+    job: Mapping[str, Any],
+    github: Mapping[str, str],
+    delivery: Delivery | None,
+) -> dict[str, Any]:
+    """A job that calls a workflow of this repository: its jobs, when delivering."""
+    uses = str(job["uses"])
+    if delivery is None:
+        # CD after green CI deploys with GitHub's environments and secrets: not a CI job.
+        runner.echo(f"job {shown}: skipped (calls {uses}: delivery, not CI)")
+        return {"result": "skipped", "outputs": {}}
+    if not re.fullmatch(r"[$.]/\.github/workflows/[\w.-]+\.ya?ml", uses):
+        raise WorkflowError(f"job {shown} calls {uses}: only this repository's workflows")
+    called = yaml.safe_load((runner.repo / uses[2:]).read_text())
+    runner.echo(f"job {shown}: calls {uses}")
+    inner = run_workflow(runner, called, github=github, delivery=delivery, prefix=f"{shown} / ")
+    failed = any(result["result"] == "failure" for result in inner.values())
+    return {"result": "failure" if failed else "success", "outputs": {}, "jobs": inner}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,11 +45,17 @@ class Known(dict[str, Any]):
 
 @dataclass(frozen=True)
 class Status:
-    """What the status functions see: whether an earlier job or step failed, and whether the
+    """What the status functions see: whether an earlier job (a job's `needs`) or step failed,
+    whether one was skipped (then success() is false, failure() is not true), and whether the
     run was cancelled."""
 
     failed: bool = False
     cancelled: bool = False
+    skipped: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return not (self.failed or self.cancelled or self.skipped)
 
 
 def truthy(value: Any) -> bool:
@@ -228,7 +234,7 @@ class _Parser:
         lowered = name.lower()
         if lowered in STATUS_FUNCTIONS:
             return {
-                "success": not self.status.failed and not self.status.cancelled,
+                "success": self.status.succeeded,
                 "always": True,
                 "cancelled": self.status.cancelled,
                 "failure": self.status.failed,
@@ -307,8 +313,7 @@ def condition(source: str, contexts: Mapping[str, Any], status: Status | None = 
         inner = whole.strip()
     result = truthy(evaluate(inner, contexts, status))
     if not re.search(rf"\b({'|'.join(STATUS_FUNCTIONS)})\s*\(", inner):
-        status = status or Status()
-        result = result and not status.failed and not status.cancelled
+        result = result and (status or Status()).succeeded
     return result
 
 
