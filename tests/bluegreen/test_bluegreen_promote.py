@@ -12,6 +12,7 @@ from imdb_deploy.bluegreen import cli, commands
 from imdb_deploy.bluegreen.config import REPO_ROOT, ConfigError, load_environment
 from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.orchestrator import (
+    Outcome,
     passed_release,
     promotable_release,
     served_release,
@@ -136,5 +137,31 @@ def test_cd_plans_to_promote_only_a_release_of_its_own_tree(
         answer = (f"m1-t{tree[:12]}", D1)
     assert cli._plan_promotion(_Planner(answer), "staging") == 0  # type: ignore[arg-type]
     out, err = capsys.readouterr()
-    assert out == f"build={build}\n"
+    # What the production job then promotes, and nothing else.
+    planned = f"release=m1-t{tree[:12]}\ndigest={D1}\n" if build == "false" else ""
+    assert out == f"build={build}\n{planned}"
     assert reason in err
+
+
+def test_the_planned_digest_is_promoted_or_the_promotion_refuses() -> None:
+    staging = load_environment("sandbox-staging")
+    states = {"s1": live("r1", D1), "s2": live("r1", D1)}
+    assert promotable_release(staging, states, planned=D1) == ("r1", D1)
+    # A develop release reached staging between main's plan and its approval.
+    newer = {"s1": live("r2", D2), "s2": live("r2", D2)}
+    with pytest.raises(DeployError, match=r"not the planned sha256:111111111111.*Nothing promoted"):
+        promotable_release(staging, newer, planned=D1)
+
+
+@pytest.mark.parametrize("value", ["sha256:" + "a" * 63, "sha256:" + "A" * 64, "a" * 71, ""])
+def test_a_digest_on_the_command_line_is_a_digest(value: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["promote", "production", "--digest", value])
+
+
+def test_a_deploy_in_github_actions_names_its_release_and_digest(tmp_path: Path) -> None:
+    output = tmp_path / "github_output"
+    outcome = Outcome("d", "deploy", "staging", "u", "t", {}, "r1", D1, result="ok")
+    cli.job_outputs(outcome, {"GITHUB_OUTPUT": str(output)})
+    assert output.read_text() == f"release=r1\ndigest={D1}\n"
+    cli.job_outputs(outcome, {})  # outside GitHub Actions: nothing written anywhere

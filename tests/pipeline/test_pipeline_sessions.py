@@ -150,7 +150,10 @@ def test_delivery_starts_only_after_green_ci_and_only_calls_nox(repo_root: Path)
                 assert "$NOX -s " in command or "system-packages.sh" in command, (name, command)
     # Production is only ever promoted to, never built for or deployed to directly.
     production = [s.get("run", "") for s in cd["jobs"]["production"]["steps"]]
-    assert "$NOX -s promote -- production --approve" in production
+    # Exactly the digest the run planned (or deployed to staging itself), nothing newer.
+    assert '$NOX -s promote -- production --approve --digest "$PLANNED"' in production
+    planned = cd["jobs"]["production"]["steps"][2]["env"]["PLANNED"]
+    assert planned == "${{ needs.staging.outputs.digest || needs.plan.outputs.digest }}"
     assert not any("-s deploy" in command for command in production)
     assert cd["jobs"]["production"]["environment"] == "production"
 

@@ -3,10 +3,12 @@
 deploy ENV [--version V] [--digest D] [--approve] [--hosts H1,H2 --partial]
                                           release V by digest (default: the release the last
                                           `nox -s images` built, reports/release.json)
-promote ENV [--approve]                   the release live and benchmark-passed on the
-                                          environment ENV promotes from, by its digest
-promote ENV --plan                        `build=false` when that release is of this checkout's
-                                          tree (promote it), else `build=true` (CD's choice)
+promote ENV [--approve] [--digest D]      the release live and benchmark-passed on the
+                                          environment ENV promotes from, by its digest (and
+                                          only if it is D, the digest CD's plan chose)
+promote ENV --plan                        `build=false` (and its release= and digest=) when
+                                          that release is of this checkout's tree (promote
+                                          it), else `build=true` (CD's choice)
 rollback ENV [--version V] [--approve] [--hosts H1,H2 --partial]
                                           back to the kept release, or to V
 --hosts H1,H2 --partial                   act on the named hosts only (the others are gone):
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -181,7 +184,9 @@ def _release(
                 )
             if options.get("plan"):
                 return _plan_promotion(orchestrator, source)
-            outcome = orchestrator.promote(orchestrator.environment.sibling(source), approve)
+            outcome = orchestrator.promote(
+                orchestrator.environment.sibling(source), approve, planned=options.get("digest")
+            )
         else:
             outcome = orchestrator.rollback(version, approve)
     finally:
@@ -189,7 +194,18 @@ def _release(
             report = save_outcome(orchestrator.outcome)
             print(f"timeline: {report}")
             announce(orchestrator.outcome, report, orchestrator.environ)
+    if outcome.result == "ok":
+        job_outputs(outcome, orchestrator.environ)
     return 0 if outcome.result == "ok" else 1
+
+
+def job_outputs(outcome: Outcome, environ: Mapping[str, str]) -> None:
+    """In GitHub Actions: the release and digest now live, as the step's outputs (CD's
+    production job promotes exactly the digest its staging job deployed)."""
+    output = environ.get("GITHUB_OUTPUT")
+    if output and outcome.to_version and outcome.to_digest:
+        with Path(output).open("a", encoding="utf-8") as file:
+            file.write(f"release={outcome.to_version}\ndigest={outcome.to_digest}\n")
 
 
 def _plan_promotion(orchestrator: Orchestrator, source: str) -> int:
@@ -209,6 +225,8 @@ def _plan_promotion(orchestrator: Orchestrator, source: str) -> int:
         )
     print(f"plan: {reason}", file=sys.stderr)
     print(f"build={str(build).lower()}")
+    if not build:  # the release the production job then promotes, and no other
+        print(f"release={version}\ndigest={digest}")
     return 0
 
 
@@ -337,6 +355,13 @@ def run(action: str, environment: Environment, **options: Any) -> int:
         orchestrator.close()
 
 
+def image_digest(value: str) -> str:
+    """A digest as the registries and engines write it, nothing else (it reaches commands)."""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise argparse.ArgumentTypeError(f"not an image digest (sha256:<64 hex>): {value!r}")
+    return value
+
+
 def option_args(options: dict[str, object]) -> list[str]:
     """`{"version": "v1", "approve": True}` -> `["--version", "v1", "--approve"]`; unset: none."""
     args: list[str] = []
@@ -367,11 +392,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     promoting.add_argument(
         "--plan", action="store_true", help="say whether CD must build first (build=true|false)"
     )
+    promoting.add_argument("--digest", type=image_digest, help="the digest planned: refuse another")
     actions.choices["deploy"].add_argument(
         "--force", action="store_true", help="redeploy even where the release is live already"
     )
     actions.choices["deploy"].add_argument(
-        "--digest", help="the image digest to run (default: the one its build recorded)"
+        "--digest",
+        type=image_digest,
+        help="the image digest to run (default: the one its build recorded)",
     )
     actions.add_parser("status").add_argument("--json", action="store_true")
     actions.add_parser("audit").add_argument("--limit", type=int, default=20)

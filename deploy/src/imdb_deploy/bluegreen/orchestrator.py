@@ -912,10 +912,12 @@ class Orchestrator:
         source: Environment,
         approve: bool = False,
         confirm: Callable[[str], str] | None = None,
+        planned: str | None = None,
     ) -> Outcome:
         """Deploy exactly the release live on `source` (this environment's `promote_from`), by
         its digest, once it passed `source`'s benchmark gate there on every host; refused (and
-        audited here) otherwise. The rest is a deploy like any other."""
+        audited here) otherwise, and when it is not the `planned` digest. The rest is a deploy
+        like any other."""
         allowed = self.environment.promote_from
         if allowed != source.name:
             raise DeployError(
@@ -924,7 +926,8 @@ class Orchestrator:
             )
 
         def target(states: dict[str, HostState]) -> tuple[str, bool]:
-            version, digest = promotable_release(source, self._source_states(source.name))
+            states = self._source_states(source.name)
+            version, digest = promotable_release(source, states, planned)
             self.digests[version] = digest
             self.step("*", "promotable", f"{version} ({digest[:19]}) passed {source.name}")
             return version, False
@@ -1179,12 +1182,21 @@ def running_release(name: str, states: Mapping[str, HostState]) -> tuple[str, st
     return version, digest
 
 
-def promotable_release(source: Environment, states: Mapping[str, HostState]) -> tuple[str, str]:
+def promotable_release(
+    source: Environment, states: Mapping[str, HostState], planned: str | None = None
+) -> tuple[str, str]:
     """(release, digest) live on every host of `source` and benchmark-passed on each; else
-    DeployError saying what is missing."""
+    DeployError saying what is missing. With `planned` (the digest CD's plan chose, before the
+    reviewers' wait), a different release now on `source` is refused, not promoted instead."""
     running = running_release(source.name, states)
     if running is None:
         raise DeployError(f"{source.name} runs no release to promote")
+    if planned is not None and running[1] != planned:
+        raise DeployError(
+            f"{source.name} now runs {running[0]} ({running[1][:19]}), not the planned "
+            f"{planned[:19]}: a newer release reached {source.name} after the plan. Nothing "
+            "promoted; the next run of main's CD plans again"
+        )
     passed_release(source.name, states, *running)
     return running
 
