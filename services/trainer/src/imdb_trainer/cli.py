@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,9 @@ from rich.table import Table
 from imdb_model.artifact import ArtifactVerificationError, verify_artifact
 from imdb_model.schema import KNOWN_TITLE_TYPES
 from imdb_trainer.download import DEFAULT_BASE_URL, DEFAULT_MAX_BYTES, download_imdb
+
+# Where the IMDb files are downloaded from, when not from IMDb itself (`download --base-url`).
+BASE_URL_VAR = "MLOPS_IMDB_BASE_URL"
 from imdb_trainer.formats import DataError
 from imdb_trainer.publish import OutputExistsError
 from imdb_trainer.tracking import (
@@ -235,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument(
         "--base-url",
-        default=DEFAULT_BASE_URL,
+        # A team's mirror of the datasets (and the CD rehearsal's local stand-in) is named by
+        # the variable; an empty one, as GitHub gives an unset `vars.X`, means the default.
+        default=os.environ.get(BASE_URL_VAR) or DEFAULT_BASE_URL,
         metavar="URL",
-        help=f"http(s) URL the files are under (default {DEFAULT_BASE_URL})",
+        help=f"http(s) URL the files are under (default: ${BASE_URL_VAR}, else {DEFAULT_BASE_URL})",
     )
     dl.add_argument(
         "--max-bytes",
