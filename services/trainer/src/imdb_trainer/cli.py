@@ -19,9 +19,6 @@ from rich.table import Table
 from imdb_model.artifact import ArtifactVerificationError, verify_artifact
 from imdb_model.schema import KNOWN_TITLE_TYPES
 from imdb_trainer.download import DEFAULT_BASE_URL, DEFAULT_MAX_BYTES, download_imdb
-
-# Where the IMDb files are downloaded from, when not from IMDb itself (`download --base-url`).
-BASE_URL_VAR = "MLOPS_IMDB_BASE_URL"
 from imdb_trainer.formats import DataError
 from imdb_trainer.publish import OutputExistsError
 from imdb_trainer.tracking import (
@@ -33,6 +30,8 @@ from imdb_trainer.tracking import (
     tag_release,
 )
 
+# Where the IMDb files are downloaded from, when not from IMDb itself (`download --base-url`).
+BASE_URL_VAR: Final[str] = "MLOPS_IMDB_BASE_URL"
 EXIT_OK: Final[int] = 0
 EXIT_ERROR: Final[int] = 1
 EXIT_USAGE: Final[int] = 2
