@@ -165,3 +165,14 @@ def test_a_deploy_in_github_actions_names_its_release_and_digest(tmp_path: Path)
     cli.job_outputs(outcome, {"GITHUB_OUTPUT": str(output)})
     assert output.read_text() == f"release=r1\ndigest={D1}\n"
     cli.job_outputs(outcome, {})  # outside GitHub Actions: nothing written anywhere
+
+
+def test_every_environment_a_release_reaches_trusts_the_key_cd_signs_with() -> None:
+    """CD signs each release once (SIGNING_KEY); staging and production must both trust that
+    key, or production refuses at pull what staging verified (stop 22's files named two)."""
+    staging, production = load_environment("staging"), load_environment("production")
+    assert production.promote_from == "staging"
+    assert staging.signing is not None
+    assert production.signing is not None
+    assert staging.signing.public_key == production.signing.public_key
+    assert staging.signing.public_key.name == "release-signing.asc"

@@ -286,7 +286,7 @@ def test_the_fingerprint_command(
 
 
 def test_dearmor_gives_the_binary_key_gpg_would() -> None:
-    armoured = (Path(__file__).parents[2] / "deploy/environments/staging-signing.asc").read_text()
+    armoured = (Path(__file__).parents[2] / "deploy/environments/release-signing.asc").read_text()
     binary = signing.dearmor(armoured)
     # An OpenPGP public key packet starts the keyring (new or old packet format, tag 6).
     assert binary[0] in (0x99, 0xC6)
