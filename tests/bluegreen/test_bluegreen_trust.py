@@ -212,12 +212,3 @@ def test_every_shipped_environment_requires_signed_images(name: str) -> None:
         assert key.read_text().startswith(ARMOURED + "\n")
         # Their deploy user is not root: its rootless engine reads its own configuration.
         assert environment.signing.containers_config == "~/.config/containers"
-
-
-def test_production_and_staging_are_signed_with_different_keys() -> None:
-    keys = {}
-    for name in ("production", "staging"):
-        signing_settings = load_environment(name).signing
-        assert signing_settings is not None
-        keys[name] = signing_settings.public_key.read_text()
-    assert keys["production"] != keys["staging"]
