@@ -544,6 +544,16 @@ def fresh(session: nox.Session) -> None:
     session.run("python", "-m", "imdb_deploy.fresh", *session.posargs)
 
 
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def rehearse(session: nox.Session) -> None:
+    """The CD rehearsal: `-- --dry [SCENARIO ...]` walks ci.yml's and cd.yml's job graph as
+    GitHub does for each scenario (a push to develop or main, a fix on main, a rejected
+    approval, a pull request) and prints which jobs run, which are skipped and why, and what a
+    later push does to the run. The run against production-shaped machines is still to come."""
+    sync_locked(session)
+    session.run("python", "-m", "imdb_deploy.rehearsal", *session.posargs)
+
+
 @nox.session(python=DEFAULT_PYTHON, tags=["pipeline", "deploy"], default=False)
 def deliver(session: nox.Session) -> None:
     """The pipeline's deploy stage on the built-in default: the sandbox fleet up, the release

@@ -57,7 +57,7 @@ DEPLOY_SESSIONS = {"sandbox", "deploy", "promote", "rollback", "prune", "deliver
 
 
 def test_every_session_has_a_docstring(repo_root: Path) -> None:
-    extra = {"fmt", "fresh", *DEPLOY_SESSIONS}
+    extra = {"fmt", "fresh", "rehearse", *DEPLOY_SESSIONS}
     sessions = nox_list(repo_root, "-s", *sorted(extra), *sorted(CI_SESSIONS))
     assert {session["session"] for session in sessions} == CI_SESSIONS | extra
     for session in sessions:

@@ -435,7 +435,7 @@ def run_workflow(
         runs = context.condition(job["if"], status) if "if" in job else needs_passed
         if not runs:
             results[name] = {"result": "skipped", "outputs": {}}
-            why = "its condition is false" if needs_passed else "a job it needs did not pass"
+            why = "its condition is false" if "if" in job else "a job it needs did not pass"
             runner.echo(f"job {shown}: skipped ({why})")
             continue
         if "uses" in job:
