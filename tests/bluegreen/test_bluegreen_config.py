@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imdb_deploy.bluegreen import config
+from imdb_deploy.bluegreen import commands, config
 from imdb_deploy.bluegreen.config import ConfigError, Environment, Redactor, load_environment
 from imdb_deploy.bluegreen.layout import COLOURS, HostLayout, other_colour
 
@@ -229,6 +229,25 @@ def test_sandbox_paths_resolve_under_the_repo_root(load: Loader, checkout: Path)
     paths = ("state_file", "lock_record", "audit_log", "journal", "nginx_conf", "upstream_conf")
     for path in paths:
         assert getattr(one, path) != getattr(two, path)
+
+
+@pytest.mark.parametrize("user", ["john.doe", "Deploy", "deploy user", "1deploy", "-x"])
+def test_a_user_name_sudo_or_useradd_would_not_take_is_refused(load: Loader, user: str) -> None:
+    """A `.` in the sudoers file's name makes sudo skip it without a word."""
+    data = base_data()
+    data["ssh"]["user"] = user
+    with pytest.raises(ConfigError, match=r"ssh\.user"):
+        load("target", data)
+
+
+def test_the_sudoers_file_refuses_a_login_name_sudo_would_skip(
+    load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = base_data()
+    del data["ssh"]["user"]  # the login's own name, then
+    monkeypatch.setattr("getpass.getuser", lambda: "john.doe")
+    with pytest.raises(ValueError, match=r"'john\.doe' is no user name sudo reads"):
+        commands.sudoers(load("target", data))
 
 
 def test_relative_deploy_root_is_refused_on_real_hosts(load: Loader) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from imdb_deploy.bluegreen.config import Environment, Host
+from imdb_deploy.bluegreen.config import USER_PATTERN, Environment, Host
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.programs import ShellCommand
 from imdb_deploy.supply_chain import signing
@@ -233,6 +234,8 @@ def sudoers(environment: Environment) -> str:
     """The deploy user's sudoers file: the system nginx's check, reload and start, without a
     password, and nothing else (its containers are rootless; its files are its own)."""
     user = environment.deploy_user
+    if not re.fullmatch(USER_PATTERN, user):  # the login's name, when ssh.user is not set
+        raise ValueError(f"{user!r} is no user name sudo reads ({USER_PATTERN}): set ssh.user")
     allowed = ", ".join([f"{NGINX} -t -q", f"{NGINX} -s reload", f"{SYSTEMCTL} start nginx"])
     return (
         f"# Written by `fab setup`: what {user} may run as root, and nothing else.\n"

@@ -90,8 +90,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A user name as Debian's useradd takes it, and as sudo reads it in a sudoers file (a `.` in a
+# file's name makes sudo skip the file without a word).
+USER_PATTERN = r"^[a-z_][a-z0-9_-]*$"
+
+
 class SshSettings(_Strict):
-    user: str | None = Field(default=None, description="login user; default: the current user")
+    user: str | None = Field(
+        default=None, pattern=USER_PATTERN, description="login user; default: the current user"
+    )
     port: int = Field(default=22, ge=1, le=65535)
     known_hosts: Path = Field(description="the pinned host keys; unknown or changed keys refuse")
     identity_file: Path | None = Field(
@@ -113,7 +120,7 @@ class NginxSettings(_Strict):
     port: int = Field(default=80, ge=1, le=65535, description="the public HTTP port")
     user: str = Field(
         default="www-data",
-        pattern=r"^[a-z_][a-z0-9_-]*$",
+        pattern=USER_PATTERN,
         description="worker user of an own nginx",
     )
     metrics_allow: tuple[IPvAnyNetwork, ...] = Field(
@@ -225,7 +232,7 @@ class SetupSettings(_Strict):
 
     user: str | None = Field(
         default=None,
-        pattern=r"^[a-z_][a-z0-9_-]*$",
+        pattern=USER_PATTERN,
         description="root, or a user with passwordless sudo (a cloud image's `admin` or "
         "`ubuntu`), that installs packages and makes the deploy user, its sudoers file and the "
         "nginx site; none: setup runs as the deploy user, who must then be root",
