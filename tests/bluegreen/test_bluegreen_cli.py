@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from imdb_deploy.bluegreen import cli, commands, hostsetup
+from imdb_deploy.bluegreen import cli, commands, hostsetup, loadcheck
 from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
 from imdb_deploy.bluegreen.errors import ApprovalError, DeployError, LockHeldError
 from imdb_deploy.bluegreen.layout import HostLayout
@@ -720,6 +720,31 @@ def test_setup_writes_a_file_only_when_its_content_or_mode_differs(tmp_path: Pat
     assert hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)  # other mode: written
     assert Path(str(path)).stat().st_mode & 0o777 == 0o600
     assert not hostsetup.put(runner, path, "server { listen 1; }\n", mode=0o600)
+
+
+def test_benchmark_history_keeps_the_kept_releases_and_travels_as_a_file(tmp_path: Path) -> None:
+    """A host 1,000 releases old: its record stays `keep_releases` long, newest last, and is
+    uploaded (an argument that long passed Linux's limit after about 700 releases)."""
+    orch, _ = local_orchestrator(sandbox(tmp_path, hosts=1))
+    host = orch.environment.hosts[0]
+    path = Path(str(orch.environment.layout(host).benchmarks))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = loadcheck.Measurement(100, 0, 2.0, 1.0, 2.0, 3.0)
+    path.write_text(json.dumps({f"r{n}": figures.as_dict() for n in range(1000)}))
+    commands_run: list[str] = []
+    runner = orch.runners[host.name]
+    original = runner.run
+
+    def spy(command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        commands_run.append(command)
+        return original(command, timeout_s=timeout_s, check=check)
+
+    runner.run = spy  # type: ignore[method-assign]
+    orch._save_benchmark(host, "r500", figures)  # a release measured again moves to the end
+    kept = json.loads(path.read_text())
+    assert list(kept) == [*(f"r{n}" for n in range(996, 1000)), "r500"]
+    assert len(kept) == orch.environment.keep_releases
+    assert all(len(command) < 4096 for command in commands_run)
 
 
 def test_a_light_sandbox_host_leaves_no_unit_in_this_machines_boot(tmp_path: Path) -> None:

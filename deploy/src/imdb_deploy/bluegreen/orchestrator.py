@@ -657,9 +657,14 @@ class Orchestrator:
         return history if isinstance(history, dict) else {}
 
     def _save_benchmark(self, host: Host, version: str, figures: loadcheck.Measurement) -> None:
-        history = {**self._benchmark_history(host), version: figures.as_dict()}
-        layout = self._layout(host)
-        self.runners[host.name].run(commands.write_file(layout.benchmarks, json.dumps(history)))
+        """The release's figures, newest last, beside those of the releases the host keeps
+        (no more: the record stays the size of a few releases, whatever the host's age), by
+        SFTP (never as a command's argument, whose length Linux bounds)."""
+        history = self._benchmark_history(host)
+        history.pop(version, None)
+        history[version] = figures.as_dict()
+        kept = dict(list(history.items())[-self.environment.keep_releases :])
+        self.runners[host.name].put_text(self._layout(host).benchmarks, json.dumps(kept))
 
     def _measure(self, host: Host) -> loadcheck.Measurement:
         settings = self.environment.benchmark
