@@ -79,11 +79,13 @@ def test_a_deploy_fetches_the_releases_carrier_into_the_lookaside_directory(
 ) -> None:
     command = commands.fetch_signatures(environment, DIGEST, layout)
     carrier = f"registry.example/mlops-imdb-api-signatures:sha256-{'5a' * 32}"
-    target = shlex.quote(str(layout.signatures_dir))
+    entry = f"mlops-imdb-api@sha256={'5a' * 32}"  # the repository path, without the registry
+    target = shlex.quote(str(layout.signatures_dir / entry))
     assert command.startswith(f"mkdir -p {target} && ")
     assert f"podman pull --quiet {carrier} " in command
     assert f"podman create {carrier} none" in command
-    assert f'podman cp "$c":/signatures/. {target}/' in command
+    # Only this digest's directory: a carrier holding another release's overwrites nothing.
+    assert f'podman cp "$c":/signatures/{entry}/. {target}/' in command
     assert f"podman rmi {carrier}" in command
     assert "echo signatures fetched" in command
     shlex.split(command)  # balanced quotes
@@ -212,3 +214,40 @@ def test_every_shipped_environment_requires_signed_images(name: str) -> None:
         assert key.read_text().startswith(ARMOURED + "\n")
         # Their deploy user is not root: its rootless engine reads its own configuration.
         assert environment.signing.containers_config == "~/.config/containers"
+
+
+def test_a_carrier_that_holds_other_releases_signatures_overwrites_none_of_them(
+    environment: Environment, tmp_path: Path
+) -> None:
+    """The command run by a shell with a stand-in `podman` whose carrier holds this digest's
+    signature and a forged one for another digest: only this digest's directory arrives, and
+    the other release's signature on the host stays as it was."""
+    image_fs = tmp_path / "carrier"
+    mine = signing.lookaside_entry(environment.image, DIGEST)
+    other = signing.lookaside_entry(environment.image, "sha256:" + "77" * 32)
+    for entry, content in ((mine, "this release"), (other, "forged")):
+        (image_fs / "signatures" / entry).mkdir(parents=True)
+        (image_fs / "signatures" / entry / "signature-1").write_text(content)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  create) echo carrier-container ;;\n"
+        f'  cp) cp -r "{image_fs}${{2#*:}}" "$3" ;;\n'
+        "esac\n"
+    )
+    (bin_dir / "podman").chmod(0o755)
+    layout = environment.layout(environment.hosts[0])
+    kept = Path(str(layout.signatures_dir / other))
+    kept.mkdir(parents=True)
+    (kept / "signature-1").write_text("the other release's own")
+    done = subprocess.run(
+        ["sh", "-c", commands.fetch_signatures(environment, DIGEST, layout)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "signatures fetched\n"), done.stderr
+    arrived = Path(str(layout.signatures_dir / mine)) / "signature-1"
+    assert arrived.read_text() == "this release"
+    assert (kept / "signature-1").read_text() == "the other release's own"

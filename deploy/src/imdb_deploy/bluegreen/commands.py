@@ -468,21 +468,26 @@ def fetch_signatures(
     authfile: PurePosixPath | None = None,
 ) -> ShellCommand:
     """Copy the release's published signatures (its carrier image) into the host's lookaside
-    directory. Prints `signatures fetched`, or `no signatures published` when the registry has
-    no carrier for the digest (then the pull that follows is what refuses: the engine's policy;
-    this step never decides trust). Any other failure (the registry unreachable) exits non-zero
-    with the engine's message, so the caller can retry it."""
+    directory: only the carrier's directory for this digest (a carrier that holds others'
+    overwrites nothing of theirs). Prints `signatures fetched`, or `no signatures published`
+    when the registry has no carrier for the digest, or the carrier none for it (then the pull
+    that follows is what refuses: the engine's policy; this step never decides trust). Any other
+    failure (the registry unreachable) exits non-zero with the engine's message, so the caller
+    can retry it."""
     carrier = q(signing.carrier_reference(environment.image, digest))
-    target = q(layout.signatures_dir)
+    entry = signing.lookaside_entry(environment.image, digest)
+    inside = q(f"/{signing.CARRIER_ROOT}/{entry}/.")
+    target = q(layout.signatures_dir / entry)
     engine = environment.engine
     pull = f"{_engine(engine, authfile)} pull --quiet{_authfile(authfile, engine)}"
     return (
         f"mkdir -p {target} && "
         f"if out=$({pull} {carrier} 2>&1 >/dev/null); then "
         f"c=$({engine} create {carrier} none) && "
-        f'{engine} cp "$c":/{signing.CARRIER_ROOT}/. {target}/ ; status=$?; '
+        f'{engine} cp "$c":{inside} {target}/ >/dev/null 2>&1; status=$?; '
         f'{engine} rm "$c" >/dev/null; {engine} rmi {carrier} >/dev/null; '
-        '[ "$status" -eq 0 ] && echo signatures fetched; '
+        'if [ "$status" -eq 0 ]; then echo signatures fetched; '
+        "else echo no signatures published; fi; "
         'else case "$out" in *"manifest unknown"*|*"name unknown"*) '
         "echo no signatures published ;; "
         "*) printf '%s\\n' \"$out\" >&2; exit 1 ;; esac; fi"
