@@ -2,10 +2,10 @@
 
     fab setup    --env E                      prepare the hosts (safe to repeat)
     fab deploy   --env E [--version V] [--digest D] [--approve]
-    fab promote  --env E [--approve]           the release that passed E's promote_from
+    fab promote  --env E [--approve] [--digest D]  the release that passed E's promote_from
     fab rollback --env E [--version V] [--approve]
     fab status   --env E [--json]
-    fab audit    --env E [--limit N]
+    fab audit    --env E [--limit N] [--verify]
     fab unlock   --env E [--reason TEXT]
 
 The tasks are thin: the same code runs behind `nox -s deploy`, `nox -s rollback` and these
@@ -43,10 +43,14 @@ def deploy(
 
 
 @task(help={"env": "environment name (it names the one it promotes from)",
-            "approve": cli.APPROVE_HELP})  # fmt: skip
-def promote(c: Context, env: str = "sandbox-production", approve: bool = False) -> None:
-    """Deploy exactly the release live and benchmark-passed on the environment E promotes from."""
-    _run("promote", env, approve=approve)
+            "approve": cli.APPROVE_HELP,
+            "digest": "the digest planned: refuse any other"})  # fmt: skip
+def promote(
+    c: Context, env: str = "sandbox-production", approve: bool = False, digest: str = ""
+) -> None:
+    """Deploy exactly the release live and benchmark-passed on the environment E promotes from
+    (with --digest: only if it is that digest, the one CD's plan chose)."""
+    _run("promote", env, approve=approve, digest=digest)
 
 
 @task(help={"env": "environment name", "version": "release to return to (default: previous)",
@@ -66,10 +70,16 @@ def status(c: Context, env: str = DEFAULT_ENV, json: bool = False) -> None:
     _run("status", env, json=json)
 
 
-@task(help={"env": "environment name", "limit": "how many entries"})
-def audit(c: Context, env: str = DEFAULT_ENV, limit: int = 20) -> None:
-    """The newest entries of the environment's audit log."""
-    _run("audit", env, limit=limit)
+@task(
+    help={
+        "env": "environment name",
+        "limit": "how many entries",
+        "verify": "check each host's chain of entries instead (exit 1 where it breaks)",
+    }
+)
+def audit(c: Context, env: str = DEFAULT_ENV, limit: int = 20, verify: bool = False) -> None:
+    """The newest entries of the environment's audit log, or with --verify its chain."""
+    _run("audit", env, limit=limit, verify=verify)
 
 
 @task(help={"env": "environment name", "reason": "why (goes into the audit log)"})

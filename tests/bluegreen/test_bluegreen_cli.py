@@ -791,3 +791,34 @@ def test_the_deploy_users_key_comes_from_the_file_named_or_the_deployers_secret(
     )
     with pytest.raises(DeployError, match="the deploy user's public key"):
         hostsetup.HostSetup(missing).deploy_public_key()
+
+
+def test_the_audit_records_the_login_and_key_beside_the_claimed_actor(tmp_path: Path) -> None:
+    orch, _ = local_orchestrator(sandbox(tmp_path))
+    orch._audit({"id": "a1", "user": "claimed-by-github-actor"})
+    (entry,) = orch.audit_log()
+    assert entry["user"] == "claimed-by-github-actor"
+    assert entry["login"] == orch.environment.deploy_user
+    assert entry["key"] == "agent"  # this environment names no key: the SSH agent's
+
+
+def test_audit_verify_finds_the_line_edited_on_one_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orch, _ = local_orchestrator(sandbox(tmp_path))
+    for n in range(4):
+        orch._audit({"id": f"a{n}", "action": "deploy", "result": "ok"})
+    assert orch.verify_audit() == {"h1": "4 entries chain", "h2": "4 entries chain"}
+    assert cli._audit(orch, 20, verify=True) == 0
+    log = Path(str(orch.environment.layout(orch.environment.hosts[1]).audit_log))
+    lines = log.read_text().splitlines()
+    lines[1] = lines[1].replace('"result":"ok"', '"result":"failed"')
+    log.write_text("\n".join(lines) + "\n")
+    found = orch.verify_audit()
+    assert found["h1"] == "4 entries chain"
+    assert found["h2"].startswith("BROKEN at line 3: its prev")
+    assert cli._audit(orch, 20, verify=True) == 1
+    assert "h2: BROKEN at line 3" in capsys.readouterr().out
+    log.write_text("\n".join(lines[:2]) + "\n")  # cut short: chains, but ends elsewhere
+    log.write_text(log.read_text().replace('"result":"failed"', '"result":"ok"'))
+    assert "end in different entries" in orch.verify_audit()["*"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from imdb_deploy.bluegreen import commands
+from imdb_deploy.bluegreen import auditlog, commands
 from imdb_deploy.bluegreen.config import Environment, load_environment
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.runner import AsRoot, RemoteError, Result
@@ -224,13 +224,18 @@ AWKWARD_ENTRIES: list[dict[str, object]] = [
 ]
 
 
+def unchained(line: str) -> dict[str, object]:
+    entry = json.loads(line)
+    del entry["prev"]
+    return dict(entry)
+
+
 def test_audit_append_round_trips_awkward_values(tmp_path: Path, layout: HostLayout) -> None:
     for entry in AWKWARD_ENTRIES:
         result = sh(commands.audit_append(layout, entry), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     lines = local(layout.audit_log).read_text().splitlines()
-    assert [json.loads(line) for line in lines] == AWKWARD_ENTRIES
-    assert lines == [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in AWKWARD_ENTRIES]
+    assert [unchained(line) for line in lines] == AWKWARD_ENTRIES
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "pwned2").exists()
 
@@ -240,7 +245,53 @@ def test_audit_read_gives_the_newest_lines(layout: HostLayout) -> None:
     for entry in AWKWARD_ENTRIES:
         sh(commands.audit_append(layout, entry))
     newest = sh(commands.audit_read(layout, 2)).stdout.splitlines()
-    assert [json.loads(line) for line in newest] == AWKWARD_ENTRIES[-2:]
+    assert [unchained(line) for line in newest] == AWKWARD_ENTRIES[-2:]
+
+
+def test_each_audit_entry_carries_the_hash_of_the_line_before(layout: HostLayout) -> None:
+    for entry in AWKWARD_ENTRIES:
+        sh(commands.audit_append(layout, entry))
+    lines = local(layout.audit_log).read_text().splitlines()
+    prevs = [json.loads(line)["prev"] for line in lines]
+    assert prevs == [auditlog.line_hash(None), *map(auditlog.line_hash, lines[:-1])]
+    assert auditlog.chain_break(lines) is None
+    assert sh(commands.audit_whole(layout)).stdout.splitlines() == lines
+
+
+@pytest.mark.parametrize(
+    ("tamper", "line"),
+    [
+        (lambda lines: [*lines[:1], lines[1].replace("a2", "a9"), *lines[2:]], 3),  # edited
+        (lambda lines: [lines[0], *lines[2:]], 2),  # removed
+        (lambda lines: [*lines[:2], '{"id":"x","prev":"0"}', *lines[2:]], 3),  # inserted
+        (lambda lines: [*lines[:3], '{"id":"x"}'], 4),  # appended without the chain
+        (lambda lines: [*lines[:2], "not json"], 3),
+    ],
+)
+def test_a_changed_audit_log_shows_where(
+    layout: HostLayout, tamper: Callable[[list[str]], list[str]], line: int
+) -> None:
+    for entry in AWKWARD_ENTRIES:
+        sh(commands.audit_append(layout, entry))
+    lines = local(layout.audit_log).read_text().splitlines()
+    found = auditlog.chain_break(tamper(lines))
+    assert found is not None
+    assert found.line == line
+
+
+def test_entries_from_before_the_chain_began_are_accepted(layout: HostLayout) -> None:
+    local(layout.audit_log).parent.mkdir(parents=True, exist_ok=True)
+    local(layout.audit_log).write_text('{"id":"old1"}\n{"id":"old2"}\n')
+    sh(commands.audit_append(layout, {"id": "new"}))
+    assert auditlog.chain_break(local(layout.audit_log).read_text().splitlines()) is None
+
+
+def test_concurrent_writers_chain_one_after_the_other(layout: HostLayout) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: sh(commands.audit_append(layout, {"id": f"w{n}"})), range(24)))
+    lines = local(layout.audit_log).read_text().splitlines()
+    assert len(lines) == 24
+    assert auditlog.chain_break(lines) is None
 
 
 # ---- files and directories ---------------------------------------------------------------------
@@ -856,6 +907,7 @@ def test_the_restore_script_starts_only_the_live_colour_and_audits_it(
     assert scopes.read_text() == f"--scope --quiet --collect podman start {name}\n"
     (entry,) = [json.loads(line) for line in audit.read_text().splitlines()]
     assert (entry["action"], entry["user"], entry["host"]) == ("restore", "boot", host.name)
+    assert entry["prev"] == auditlog.line_hash(None)  # chained, as a deploy's entries are
     assert re.fullmatch(r"[0-9a-f]{12}", entry["id"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", entry["logged_at"])
     if fails:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from imdb_deploy.bluegreen.config import SSH_KEY_VAR, load_environment
 from imdb_deploy.bluegreen.hostkeys import (
     HostKey,
     HostKeyError,
@@ -17,6 +18,7 @@ from imdb_deploy.bluegreen.hostkeys import (
     pin,
     pinned_keys,
 )
+from imdb_deploy.bluegreen.runner import key_fingerprint
 
 
 def new_key(tmp_path: Path, name: str) -> HostKey:
@@ -115,3 +117,22 @@ def test_without_a_fingerprint_the_operator_confirms_what_was_shown(tmp_path: Pa
         decision([a], [], confirm=lambda prompt: False)
     with pytest.raises(HostKeyError, match="pass --fingerprint"):
         decision([a], [])  # no terminal: no confirmation
+
+
+def test_the_audits_key_fingerprint_is_ssh_keygens(
+    tmp_path: Path, require_tool: Callable[[str], str]
+) -> None:
+    keygen = require_tool("ssh-keygen")
+    key = tmp_path / "id_ed25519"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    listed = subprocess.run(
+        [keygen, "-l", "-f", str(key)], capture_output=True, text=True, check=True
+    )
+    expected = listed.stdout.split()[1]
+    base = load_environment("sandbox-staging")
+    with_file = base.model_copy(update={"ssh": base.ssh.model_copy(update={"identity_file": key})})
+    assert key_fingerprint(with_file, {}) == expected
+    no_file = base.model_copy(update={"ssh": base.ssh.model_copy(update={"identity_file": None})})
+    assert key_fingerprint(no_file, {SSH_KEY_VAR: key.read_text()}) == expected
+    assert key_fingerprint(no_file, {}) == "agent"
+    assert key_fingerprint(no_file, {SSH_KEY_VAR: "not a key"}) == "unreadable"

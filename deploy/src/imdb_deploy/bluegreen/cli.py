@@ -15,7 +15,8 @@ rollback ENV [--version V] [--approve] [--hosts H1,H2 --partial]
                                           audited as partial; the next full deploy brings the
                                           skipped hosts in line
 status ENV [--json]                       per host: colour, release, digest, health
-audit ENV [--limit N]                     the newest audit entries
+audit ENV [--limit N] [--verify]          the newest audit entries; --verify: where each
+                                          host's chain of entries breaks, if it does
 lock ENV                                  who holds the deploy lock, until when
 unlock ENV [--reason TEXT]                force-release the lock (audited)
 setup ENV                                 prepare the hosts (safe to repeat)
@@ -279,7 +280,12 @@ def _setup(orchestrator: Orchestrator) -> int:
     return 0
 
 
-def _audit(orchestrator: Orchestrator, limit: int) -> int:
+def _audit(orchestrator: Orchestrator, limit: int, verify: bool = False) -> int:
+    if verify:
+        found = orchestrator.verify_audit()
+        for host, verdict in found.items():
+            print(f"{host}: {verdict}")
+        return 0 if all(v.endswith(" entries chain") for v in found.values()) else 1
     for entry in orchestrator.audit_log(limit):
         print(json.dumps(entry, sort_keys=True))
     return 0
@@ -339,7 +345,9 @@ def run(action: str, environment: Environment, **options: Any) -> int:
         "promote": lambda: _release(orchestrator, "promote", options),
         "rollback": lambda: _release(orchestrator, "rollback", options),
         "status": lambda: _status(orchestrator, bool(options.get("json"))),
-        "audit": lambda: _audit(orchestrator, int(options.get("limit") or 20)),
+        "audit": lambda: _audit(
+            orchestrator, int(options.get("limit") or 20), bool(options.get("verify"))
+        ),
         "lock": lambda: _lock(orchestrator),
         "unlock": lambda: _unlock(orchestrator, str(options.get("reason") or "")),
         "setup": lambda: _setup(orchestrator),
@@ -402,7 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the image digest to run (default: the one its build recorded)",
     )
     actions.add_parser("status").add_argument("--json", action="store_true")
-    actions.add_parser("audit").add_argument("--limit", type=int, default=20)
+    auditing = actions.add_parser("audit")
+    auditing.add_argument("--limit", type=int, default=20)
+    auditing.add_argument(
+        "--verify", action="store_true", help="check each host's chain of entries (exit 1: broken)"
+    )
     actions.add_parser("lock")
     actions.add_parser("unlock").add_argument("--reason", default="")
     actions.add_parser("setup")

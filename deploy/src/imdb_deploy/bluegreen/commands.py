@@ -314,9 +314,10 @@ def restore_script(environment: Environment, layout: HostLayout, host: Host) -> 
     )
     entry = (
         '{"action":"restore","environment":"%s","host":"%s","id":"%s","logged_at":"%s",'
-        '"result":"%s","detail":"%s","user":"boot"}'
+        f'"prev":"{PREV_PLACEHOLDER}","result":"%s","detail":"%s","user":"boot"}}'
     )
-    line = q(entry + "\\n")  # printf's format: one JSON line
+    line = q(entry)  # printf's format: one JSON line
+    append = chained_append(layout, '"$line"')
     # The deploy user's own manager (its containers are rootless), or the system's for root.
     scope = f"systemd-run{' --user' if environment.sudo else ''} --scope --quiet --collect"
     return (
@@ -333,8 +334,9 @@ def restore_script(environment: Environment, layout: HostLayout, host: Host) -> 
         "tr -d '\"\\\\' | tr '\\n' ' ')\"; fi\n"
         "id=$(tr -d - < /proc/sys/kernel/random/uuid | cut -c1-12)\n"
         "now=$(date -u +%Y-%m-%dT%H:%M:%S.%6N+00:00)\n"
-        f"printf {line} {q(environment.name)} {q(host.name)} "
-        f'"$id" "$now" "$result" "$detail" >> {q(layout.audit_log)}\n'
+        f"line=$(printf {line} {q(environment.name)} {q(host.name)} "
+        '"$id" "$now" "$result" "$detail")\n'
+        f"{append}\n"
         'echo "$detail"\n'
         '[ "$result" = ok ]\n'
     )
@@ -871,10 +873,33 @@ def lock_show(layout: HostLayout) -> ShellCommand:
     )
 
 
+# An audit entry's field that the host fills in with the sha256 of the line before it.
+PREV_PLACEHOLDER = "@PREV@"
+_FILL = f's/\\"prev\\":\\"{PREV_PLACEHOLDER}\\"/\\"prev\\":\\"$p\\"/'
+_CHAIN = (
+    'p=$(tail -n 1 "$1" 2>/dev/null | sha256sum | cut -c1-64); '
+    f'printf "%s\\n" "$2" | sed "{_FILL}" >> "$1"'
+)
+
+
+def chained_append(layout: HostLayout, line: str) -> ShellCommand:
+    """Append `line` (a shell word: one JSON line whose "prev" is PREV_PLACEHOLDER) with "prev"
+    set to the sha256 of the log's last line (with its newline; of nothing for the first
+    entry), under the log's lock: each entry names the one before it, so an edited or removed
+    line breaks the chain where it was (`fab audit --verify`)."""
+    script = q(_CHAIN)
+    return f"flock -w 10 {q(layout.audit_mutex)} sh -c {script} sh {q(layout.audit_log)} {line}"
+
+
 def audit_append(layout: HostLayout, entry: Mapping[str, object]) -> ShellCommand:
-    """Append one JSON line (O_APPEND: lines from several writers do not interleave)."""
-    line = json.dumps(dict(entry), sort_keys=True, separators=(",", ":"))
-    return f"mkdir -p {q(layout.root)} && printf '%s\\n' {q(line)} >> {q(layout.audit_log)}"
+    """Append one JSON line, chained to the one before it (see chained_append)."""
+    line = json.dumps({**entry, "prev": PREV_PLACEHOLDER}, sort_keys=True, separators=(",", ":"))
+    return f"mkdir -p {q(layout.root)} && {chained_append(layout, q(line))}"
+
+
+def audit_whole(layout: HostLayout) -> ShellCommand:
+    """The whole audit log (nothing when there is none yet), to check its chain."""
+    return f"cat {q(layout.audit_log)} 2>/dev/null || true"
 
 
 def audit_read(layout: HostLayout, lines: int) -> ShellCommand:

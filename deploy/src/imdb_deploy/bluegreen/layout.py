@@ -64,6 +64,11 @@ class HostLayout:
         return self.root / "audit.jsonl"
 
     @property
+    def audit_mutex(self) -> PurePosixPath:
+        """flock(1) target: one writer at a time chains its entry to the line before."""
+        return self.root / ".audit.mutex"
+
+    @property
     def journal(self) -> PurePosixPath:
         return self.root / "journal.json"
 

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import tenacity
 
-from imdb_deploy.bluegreen import commands, hostsetup, loadcheck
+from imdb_deploy.bluegreen import auditlog, commands, hostsetup, loadcheck
 from imdb_deploy.bluegreen.config import (
     ConfigError,
     Environment,
@@ -46,7 +46,13 @@ from imdb_deploy.bluegreen.errors import (
 )
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
-from imdb_deploy.bluegreen.runner import HostRunner, RemoteError, Result, on_each
+from imdb_deploy.bluegreen.runner import (
+    HostRunner,
+    RemoteError,
+    Result,
+    key_fingerprint,
+    on_each,
+)
 from imdb_deploy.bluegreen.state import HostState, Journal, StateError, new_id, now_iso
 from imdb_deploy.images.retention import RegistryClient, RetentionError
 from imdb_deploy.supply_chain import signing
@@ -189,8 +195,14 @@ class Orchestrator:
         self.runners[host.name].run(" && ".join([command, *then]))
 
     def _audit(self, entry: Mapping[str, object]) -> None:
-        """Append to the audit log of every reachable host (a broken host cannot lose it)."""
-        line = self.redact.values({**entry, "logged_at": now_iso(precise=True)})
+        """Append to the audit log of every reachable host (a broken host cannot lose it).
+        Beside the actor the entry claims (`user`: GITHUB_ACTOR, which anyone can set, else
+        the local login), it records the SSH login and the key that made the change."""
+        identity = {
+            "login": self.environment.deploy_user,
+            "key": key_fingerprint(self.environment, self.environ),
+        }
+        line = self.redact.values({**entry, **identity, "logged_at": now_iso(precise=True)})
 
         def append(host: Host) -> None:
             self.runners[host.name].run(commands.audit_append(self._layout(host), line))
@@ -1129,6 +1141,31 @@ class Orchestrator:
                 entries[f"{entry.get('id')}-{entry.get('result')}"] = entry
         ordered = sorted(entries.values(), key=lambda e: str(e.get("logged_at", "")))
         return ordered[-limit:]
+
+    def verify_audit(self) -> dict[str, str]:
+        """Per host: how many entries chain, or the first that does not (auditlog.chain_break),
+        or why the log cannot be read; and whether the hosts' chains end alike."""
+        found: dict[str, str] = {}
+        ends: dict[str, str] = {}
+        for host in self.environment.hosts:
+            try:
+                out = self.runners[host.name].run(commands.audit_whole(self._layout(host))).stdout
+            except RemoteError as exc:
+                found[host.name] = f"unreadable: {exc}"
+                continue
+            lines = out.splitlines()
+            broken = auditlog.chain_break(lines)
+            if broken is None:
+                found[host.name] = f"{len(lines)} entries chain"
+                ends[host.name] = lines[-1] if lines else ""
+            else:
+                found[host.name] = f"BROKEN at line {broken.line}: {broken.reason}"
+        last_ids = {
+            name: str(json.loads(line).get("id")) if line else "" for name, line in ends.items()
+        }
+        if len(set(last_ids.values())) > 1:
+            found["*"] = f"the hosts' logs end in different entries: {last_ids}"
+        return found
 
     def unlock(self, reason: str = "") -> list[str]:
         """Force-release the lock on every host, with an audit entry naming who did it."""

@@ -8,8 +8,10 @@ Every message that leaves this layer goes through the environment's Redactor.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
+import hashlib
 import io
 import os
 import threading
@@ -84,6 +86,22 @@ def private_key(text: str) -> paramiko.PKey:
         except paramiko.SSHException:
             continue
     raise ValueError(f"${SSH_KEY_VAR} holds no usable private key")
+
+
+def key_fingerprint(environment: Environment, environ: Mapping[str, str]) -> str:
+    """The key deploys log in with, as `ssh-keygen -l` names it (SHA256:...): what the audit
+    records beside the claimed actor. `agent` when the SSH agent chooses it."""
+    try:
+        if environment.ssh.identity_file is not None:
+            key = paramiko.PKey.from_path(environment.ssh.identity_file)
+        elif environ.get(SSH_KEY_VAR):
+            key = private_key(environ[SSH_KEY_VAR])
+        else:
+            return "agent"
+    except (OSError, ValueError, paramiko.SSHException):
+        return "unreadable"
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class HostRunner:
