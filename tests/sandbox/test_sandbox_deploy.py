@@ -19,6 +19,7 @@ import pytest
 
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import Orchestrator
 from imdb_deploy.sandbox import __main__ as sandbox_cli
 from tests.sandbox.conftest import SECRET_VARIABLE, Sandbox
 
@@ -124,12 +125,20 @@ def test_prune_keeps_the_live_release_and_the_rollback_target(sandbox: Sandbox) 
 def test_a_broken_release_leaves_the_previous_one_serving(
     sandbox: Sandbox, role: str, reason: str
 ) -> None:
-    sandbox.ensure_live(sandbox.releases.v1)
+    """And a failed deploy costs nothing: status (live, kept, releases, passed) and every
+    container are as before, the kept release, the rollback target, included."""
+    releases = sandbox.releases
+    sandbox.ensure_live(releases.v1)
     deployer = sandbox.orchestrator()
     try:
-        broken = getattr(sandbox.releases, role)
+        if any(row["kept"] is None for row in deployer.status()):  # a rollback target to lose
+            deployer.deploy(releases.v2)
+            deployer.deploy(releases.v1)
+        before = (deployer.status(), _containers(sandbox, deployer))
+        broken = getattr(releases, role)
         with pytest.raises(DeployError, match=reason):
             deployer.deploy(broken)
+        assert (deployer.status(), _containers(sandbox, deployer)) == before
         # Nothing of the broken release is left running, nor its image on the disk.
         image = sandbox.environment.image_ref(broken, deployer.digests.get(broken))
         for host in sandbox.environment.hosts:
@@ -141,6 +150,17 @@ def test_a_broken_release_leaves_the_previous_one_serving(
     finally:
         deployer.close()
     sandbox.assert_settled(sandbox.releases.v1, "failed")
+
+
+def _containers(sandbox: Sandbox, deployer: Orchestrator) -> dict[str, list[tuple[str, str]]]:
+    """Per host, every container of the environment (running or not) and its image."""
+    found = {}
+    for host in sandbox.environment.hosts:
+        listing = deployer.runners[host.name].run(commands.list_containers(sandbox.environment))
+        found[host.name] = sorted(
+            (str(c["Names"]), str(c["ImageID"])) for c in json.loads(listing.stdout or "[]")
+        )
+    return found
 
 
 def test_the_hosts_engine_itself_requires_the_signature(sandbox: Sandbox) -> None:

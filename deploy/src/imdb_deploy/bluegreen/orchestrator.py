@@ -365,12 +365,13 @@ class Orchestrator:
         state: HostState,
     ) -> tuple[str, HostState]:
         """Bring up `version` on the idle colour; returns (colour, state before). What it
-        starts is noted in `started` first, so a failure half-way can still be undone."""
+        changes is noted in `started` right before it changes it, so a failure half-way is
+        undone, and a failure before (signatures refused, a pull refused) undoes nothing: the
+        idle colour's container is the kept release, the rollback target, and stays."""
         env = self.environment
         runner = self.runners[host.name]
         layout = self._layout(host)
         colour = state.idle
-        started[host.name] = (colour, state)
         name = env.container_name(colour)
         # Each step is recorded when it is done (the report draws it from the step before).
         if reuse and not runner.run(commands.container_exists(name, env.engine), check=False).ok:
@@ -378,6 +379,7 @@ class Orchestrator:
             self.step(host.name, "kept container missing", f"{name}: starting {version} anew")
             reuse = False
         if reuse:
+            started[host.name] = (colour, state)
             runner.run(commands.start_container(name, env.engine))
             self.step(host.name, "started", f"kept {colour} container ({version})")
         else:
@@ -422,6 +424,7 @@ class Orchestrator:
                 raise DeployError(f"{host.name}: pull of {image} refused: {_cause(pulled.stderr)}")
             self.step(host.name, "image", f"{image} {pulled.stdout.strip()}")
             values = env.app_environment(self.environ)
+            started[host.name] = (colour, state)  # from here on the idle colour is this deploy's
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
             run = commands.run_container(env, host, colour, version, layout, digest=digest)
             runner.run(f"{commands.remove_container(name, env.engine)} && {run}")
