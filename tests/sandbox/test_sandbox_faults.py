@@ -74,6 +74,38 @@ def test_a_lock_lost_mid_deploy_stops_before_the_switch_and_undoes(sandbox: Sand
     sandbox.assert_settled(live, "failed")
 
 
+def test_a_deploy_that_lost_its_lock_after_the_switch_leaves_the_new_holders_colours(
+    sandbox: Sandbox,
+) -> None:
+    """Paused past its lock's lifetime between the switch and the drain while a second deploy
+    took the environment over (and put the first one's old release back live): the first one
+    must not then stop "its" old colour, which is the second one's live colour now."""
+    live, other = sandbox.live_and_other()
+    took_over: list[str] = []
+
+    def take_over(host: str, step: str) -> None:
+        if host == "*" and step == "switched" and not took_over:
+            for each in sandbox.environment.hosts:  # as if its renewals had failed for a TTL
+                Path(str(sandbox.environment.layout(each).lock_expires)).write_text("1\n")
+            second = sandbox.orchestrator()
+            try:
+                took_over.append(second.deploy(live).result)
+            finally:
+                second.close()
+
+    first = sandbox.orchestrator(on_step=take_over)
+    try:
+        with pytest.raises(DeployError, match="lost the deploy lock before stopping") as error:
+            first.deploy(other)
+        assert f"{other} is live on every host; the old colour left running" in str(error.value)
+        assert "undid" not in str(error.value)
+    finally:
+        first.close()
+    assert took_over == ["ok"]
+    # The second deploy's release serves on every host, its colour untouched by the first.
+    assert sandbox.served_versions() == [live] * len(sandbox.environment.hosts)
+
+
 # ---- the registry ------------------------------------------------------------------------------
 
 

@@ -217,3 +217,22 @@ def test_setup_a_second_time_changes_nothing_and_says_so(sandbox: Sandbox) -> No
     assert [(e["action"], e["result"]) for e in entries] == [("setup", "ok"), ("setup", "ok")]
     hosts = [host.name for host in sandbox.environment.hosts]
     assert entries[-1]["detail"] == "; ".join(f"{name}: nothing changed" for name in hosts)
+
+
+def test_setup_waits_for_no_deploy_it_is_refused_while_one_holds_the_lock(
+    sandbox: Sandbox,
+) -> None:
+    """Setup changes what deploys rely on (nginx's site, the deploy side): under the lock."""
+    holder = sandbox.orchestrator()
+    deployer = sandbox.orchestrator()
+    outcome = holder._begin("deploy", "v-held")
+    held = holder.new_lock(outcome)
+    try:
+        held.acquire(holder.holder(outcome))
+        with pytest.raises(DeployError, match="lock"):
+            deployer.setup()
+    finally:
+        held.release()
+        held.close()
+        holder.close()
+        deployer.close()

@@ -14,7 +14,12 @@ class LockHeldError(DeployError):
 
 class LockLostError(DeployError):
     """The deploy's lock expired, was taken over or could not be renewed in time: the deploy
-    stops before its next change and undoes what it did."""
+    stops before its next change, and undoes what it did unless it was already committed
+    (`undone` False: the release is live; what was left belongs to the lock's new holder)."""
+
+    def __init__(self, message: str, undone: bool = True) -> None:
+        super().__init__(message)
+        self.undone = undone
 
 
 class ApprovalError(DeployError):

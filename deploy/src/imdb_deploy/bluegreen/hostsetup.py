@@ -70,26 +70,55 @@ class HostSetup:
         )
 
     def run(self) -> dict[str, list[str]]:
-        """What changed per host ([]: nothing); DeployError naming the hosts that failed."""
+        """What changed per host ([]: nothing); DeployError naming the hosts that failed.
+
+        First what a bare host needs before anyone can deploy to it (packages, the deploy user
+        and its root: nothing to lock yet); then, under the environment's deploy lock, like a
+        release, what deploys rely on (the deploy side, nginx, the restore unit)."""
+        orchestrator = self.orchestrator
         try:
-            results, failures = on_each(self.environment.hosts, self.one)
+            provisioned, failures = on_each(self.environment.hosts, self.provision)
+            if not failures:
+                outcome = orchestrator.outcome
+                if outcome is None:
+                    raise DeployError("setup runs as an action (Orchestrator.setup)")
+                lock = orchestrator.new_lock(outcome)
+                try:
+                    lock.acquire(orchestrator.holder(outcome))
+                except DeployError:
+                    lock.close()
+                    raise
+                with orchestrator.holding(lock):
+                    orchestrator._confirm_lock("setting up the hosts")
+                    configured, failures = on_each(
+                        self.environment.hosts, lambda h: self.configure(h, provisioned[h.name])
+                    )
         finally:
             for runner in self.admins.values():
                 runner.close()
         if failures:
-            raise DeployError(f"setup failed: {self.orchestrator._failures_text(failures)}")
-        return results
+            raise DeployError(f"setup failed: {orchestrator._failures_text(failures)}")
+        return {name: provisioned[name] + configured[name] for name in provisioned}
 
-    def one(self, host: Host) -> list[str]:
+    def provision(self, host: Host) -> list[str]:
+        """As root (or, without a setup user, as the deploy user): the packages, the deploy
+        user and its root."""
+        deploy = self.orchestrator.runners[host.name]
+        admin = self.admins.get(host.name)
+        return self.system(host, admin) if admin is not None else self.tools(host, deploy)
+
+    def configure(self, host: Host, provisioned: list[str]) -> list[str]:
+        """What deploys rely on: the deploy side, nginx, the restore unit (the step that ends
+        it names what `provision` changed too)."""
         env, orchestrator = self.environment, self.orchestrator
         deploy = orchestrator.runners[host.name]
         admin = self.admins.get(host.name)
-        changed = self.system(host, admin) if admin is not None else self.tools(host, deploy)
         home = deploy.run(commands.home_directory()).stdout  # the deploy user's, asked once
-        changed += self.deploy_side(host, deploy, home)
+        changed = self.deploy_side(host, deploy, home)
         changed += self.nginx(host, admin or deploy)
         changed += self.restore(host, deploy, home)
-        summary = f"changed: {', '.join(changed)}" if changed else "nothing changed"
+        everything = [*provisioned, *changed]
+        summary = f"changed: {', '.join(everything)}" if everything else "nothing changed"
         orchestrator.step(
             host.name, "ready for deploys", f"nginx on {env.http_address(host)}; {summary}"
         )

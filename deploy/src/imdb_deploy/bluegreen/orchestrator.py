@@ -18,12 +18,13 @@ the same batch by batch, and a failing batch switches the earlier ones back too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import TypeVar
@@ -271,6 +272,19 @@ class Orchestrator:
             "holder": outcome.user, "action": outcome.action, "version": outcome.to_version,
             "since": outcome.started, "deploy_id": outcome.id, "pid": os.getpid(),
         }  # fmt: skip
+
+    @contextlib.contextmanager
+    def holding(self, lock: EnvironmentLock) -> Iterator[None]:
+        """With `lock` taken: renewed by its heartbeat, confirmed before each change made
+        meanwhile (`_confirm_lock`), released and closed at the end, whatever happened."""
+        self._lock = lock
+        try:
+            with lock.heartbeat():
+                yield
+        finally:
+            self._lock = None
+            lock.release()
+            lock.close()
 
     def _confirm_lock(self, before: str) -> None:
         """Right before a change: the lock is still ours on every host (LockLostError)."""
@@ -660,8 +674,22 @@ class Orchestrator:
         self.step("*", "switched", f"{version} live on {len(hosts)} host(s); draining the old "
                   f"colour for {env.drain.seconds:g} s")  # fmt: skip
         time.sleep(env.drain.seconds)
+        self._confirm_committed(version, "stopping the old colour")
         on_each(hosts, lambda h: self._drain_and_stop(h, done[h.name][1].live))
+        self._confirm_committed(version, "pruning old releases")
         on_each(hosts, self._prune)
+
+    def _confirm_committed(self, version: str, before: str) -> None:
+        """The lock, before a change after the commit: lost, the deploy stops there and undoes
+        nothing (its release is live; the old colour and the prune are the new holder's)."""
+        try:
+            self._confirm_lock(before)
+        except LockLostError as lost:
+            raise LockLostError(
+                f"{lost}: {version} is live on every host; the old colour left running and "
+                "nothing pruned",
+                undone=False,
+            ) from None
 
     def _benchmark_history(self, host: Host) -> dict[str, dict[str, object]]:
         stored = self.runners[host.name].run(commands.read_file(self._layout(host).benchmarks))
@@ -747,6 +775,7 @@ class Orchestrator:
         }
         if not regressions:
             passed_at = now_iso()
+            self._confirm_committed(version, "recording that it passed the benchmark gate")
             on_each(
                 env.hosts,
                 lambda h: self.write_state(h, self.read_state(h).gate_passed(version, passed_at)),
@@ -843,14 +872,8 @@ class Orchestrator:
             outcome.result, outcome.detail = "refused", self.redact(str(exc))
             self._finish(outcome)
             raise DeployError(outcome.detail) from None
-        self._lock = lock
-        try:
-            with lock.heartbeat():
-                self._under_lock(action, version, reuse, version_for, outcome)
-        finally:
-            self._lock = None
-            lock.release()
-            lock.close()
+        with self.holding(lock):
+            self._under_lock(action, version, reuse, version_for, outcome)
         self._finish(outcome)
         if outcome.result != "ok":
             raise DeployError(outcome.detail)
@@ -881,7 +904,8 @@ class Orchestrator:
             outcome.result, outcome.detail = exc.result, self.redact(str(exc))
         except LockLostError as exc:
             outcome.result = "failed"
-            outcome.detail = self.redact(f"{exc}: stopped there, and undid what it had changed")
+            undone = ": stopped there, and undid what it had changed" if exc.undone else ""
+            outcome.detail = self.redact(f"{exc}{undone}")
         except (DeployError, RemoteError, StateError, ValueError) as exc:
             outcome.result, outcome.detail = "failed", self.redact(str(exc))
 
@@ -1049,13 +1073,12 @@ class Orchestrator:
         lock = self.new_lock(outcome)
         try:
             lock.acquire(self.holder(outcome))
-            try:
-                _, failures = on_each(self.environment.hosts, self._prune)
-                states, more = on_each(self.environment.hosts, self.read_state)
-            finally:
-                lock.release()
-        finally:
+        except DeployError:
             lock.close()
+            raise
+        with self.holding(lock):
+            _, failures = on_each(self.environment.hosts, self._prune)
+            states, more = on_each(self.environment.hosts, self.read_state)
         failures.update(more)
         outcome.result = "failed" if failures else "ok"
         outcome.detail = self._failures_text(failures)
