@@ -495,16 +495,6 @@ def test_nginx_ensure_running_starts_a_stopped_own_nginx_and_reloads_a_running_o
     assert log.read_text().splitlines() == [own, own, f"-s reload {own}"]
 
 
-def test_nginx_ensure_running_reloads_the_system_nginx(
-    tmp_path: Path, fake_nginx: tuple[dict[str, str], Path]
-) -> None:
-    path_env, log = fake_nginx
-    env = make_env(tmp_path, mode="system")
-    result = sh(commands.nginx_ensure_running(env, env.layout(env.hosts[0])), env=path_env)
-    assert (result.returncode, result.stdout) == (0, "running\n"), result.stderr
-    assert log.read_text().splitlines() == ["-s reload"]
-
-
 @pytest.mark.parametrize(("colour", "port"), [("blue", 9101), ("green", 9102)])
 def test_upstream_conf_names_the_colours_port(tmp_path: Path, colour: str, port: int) -> None:
     env = make_env(tmp_path, host={"app_bind": "127.0.0.21"})
@@ -774,26 +764,91 @@ def rootless(env: Environment) -> Environment:
     return env.model_copy(update={"ssh": ssh})
 
 
-def test_a_non_root_deploy_user_runs_the_system_nginx_through_sudo(tmp_path: Path) -> None:
+def test_a_non_root_deploy_user_changes_the_system_nginx_only_through_roots_helper(
+    tmp_path: Path,
+) -> None:
     env = rootless(make_env(tmp_path, mode="system"))
     layout = env.layout(env.hosts[0])
-    assert commands.nginx_test(env, layout) == "sudo -n /usr/sbin/nginx -t -q"
-    assert commands.nginx_reload(env, layout) == "sudo -n /usr/sbin/nginx -s reload"
-    assert "sudo -n /usr/bin/systemctl start nginx" in commands.nginx_ensure_running(env, layout)
-    # Every command it runs through sudo is one its sudoers file allows, word for word.
-    rule = commands.sudoers(env).splitlines()[-1]
-    assert rule.startswith("deploy ALL=(root) NOPASSWD: ")
-    allowed = {part.strip() for part in rule.split("NOPASSWD:", 1)[1].split(",")}
-    assert allowed == {
-        "/usr/sbin/nginx -t -q",
-        "/usr/sbin/nginx -s reload",
-        "/usr/bin/systemctl start nginx",
-    }
-    for command in (commands.nginx_test(env, layout), commands.nginx_reload(env, layout)):
-        assert command.removeprefix("sudo -n ") in allowed
-    # An own nginx (the light sandbox) and root never go through sudo.
-    assert commands.nginx_test(make_env(tmp_path, mode="system"), layout) == "nginx -t -q"
-    assert "sudo" not in commands.nginx_test(rootless(make_env(tmp_path)), layout)
+    helper = "/usr/local/sbin/mlops-imdb-nginx-test-env"
+    assert commands.switch_upstream(env, env.hosts[0], layout, "green") == f"sudo -n {helper} green"
+    assert commands.nginx_ensure_running(env, layout) == f"sudo -n {helper} running"
+    # The helper, and nothing else: not nginx itself, which reads what its files include.
+    assert commands.sudoers(env).splitlines()[-1] == f"deploy ALL=(root) NOPASSWD: {helper}"
+    # Root's upstream, beside nginx's configuration: the deploy root holds none nginx reads.
+    upstream = commands.upstream_path(env, layout)
+    assert upstream == PurePosixPath("/etc/nginx/mlops-imdb/test-env/upstream.conf")
+    assert f"include {upstream};" in commands.site_conf(env, env.hosts[0], layout)
+    # Root deploys through the same helper, without sudo; an own nginx never uses one.
+    assert commands.switch_upstream(make_env(tmp_path, mode="system"), env.hosts[0], layout,
+                                    "blue") == f"{helper} blue"  # fmt: skip
+    own = make_env(tmp_path)
+    assert "mlops-imdb-nginx" not in commands.switch_upstream(own, own.hosts[0], layout, "blue")
+    assert commands.upstream_path(own, layout) == layout.upstream_conf
+
+
+def run_helper(
+    tmp_path: Path, *args: str, nginx_t: int = 0
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """The helper as setup writes it, its nginx, systemctl and target moved under tmp_path."""
+    env = make_env(tmp_path / "root", mode="system")
+    calls, target = tmp_path / "calls", tmp_path / "etc" / "upstream.conf"
+    stand_in = tmp_path / "nginx"
+    stand_in.write_text(
+        f'#!/bin/sh\necho "nginx $*" >> {calls}\n'
+        f'[ "$1" = -t ] && {{ echo "nginx: [emerg] refused" >&2; exit {nginx_t}; }}\nexit 0\n'
+    )
+    stand_in.chmod(0o755)
+    script = (
+        commands.nginx_helper(env, env.hosts[0])
+        .replace(commands.NGINX, str(stand_in))
+        .replace(commands.SYSTEMCTL, f"echo systemctl >> {calls}; true")
+        .replace(str(commands.SYSTEM_NGINX_DIR / env.name / "upstream.conf"), str(target))
+    )
+    helper = tmp_path / "helper"
+    helper.write_text(script)
+    helper.chmod(0o755)
+    done = subprocess.run(
+        [str(helper), *args], capture_output=True, text=True, check=False, timeout=10
+    )
+    return done, target, calls
+
+
+def test_roots_helper_writes_its_own_template_checks_and_reloads(tmp_path: Path) -> None:
+    done, target, calls = run_helper(tmp_path, "green")
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == "# live colour: green\nserver 127.0.0.1:9102;\n"
+    assert calls.read_text().splitlines() == ["nginx -t -q", "nginx -s reload"]
+
+
+def test_roots_helper_puts_the_upstream_back_when_nginx_refuses(tmp_path: Path) -> None:
+    run_helper(tmp_path, "blue")
+    done, target, _ = run_helper(tmp_path, "green", nginx_t=1)
+    assert done.returncode == 1
+    assert "refused" in done.stderr
+    assert target.read_text() == "# live colour: blue\nserver 127.0.0.1:9101;\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["red"], ["blue; include /etc/shadow"], ["../../etc/shadow"], ["blue", "extra"]],
+)
+def test_roots_helper_refuses_anything_but_a_colour_or_running(
+    tmp_path: Path, args: list[str]
+) -> None:
+    done, target, calls = run_helper(tmp_path, *args)
+    if args == ["blue", "extra"]:  # a colour first: the extra word is never read
+        assert done.returncode == 0
+        return
+    assert done.returncode == 2
+    assert "usage:" in done.stderr
+    assert not target.exists()
+    assert not calls.exists()
+
+
+def test_roots_helper_reloads_a_running_nginx_or_starts_it(tmp_path: Path) -> None:
+    done, _, calls = run_helper(tmp_path, "running")
+    assert (done.returncode, done.stdout) == (0, "running\n")
+    assert calls.read_text() == "nginx -s reload\n"
 
 
 def test_the_sudoers_file_is_checked_before_it_is_installed(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ non-root user, back by themselves after a reboot.
 Two systemd-booting machines (sandbox.machines) start as bare Debian 12 with sshd and sudo, and
 the `admin` user with passwordless sudo that a cloud image's first boot makes. `setup` logs in as
 that admin and makes them ready through sudo; every deploy after it logs in as `deploy`, whose
-sudoers file allows nginx's check, reload and start and nothing else, and whose containers are
-rootless. Everything here runs against the real machines over SSH.
+sudoers file allows one root-owned helper (switch colours, reload or start nginx) and nothing
+else, and whose containers are rootless. Everything here runs against the real machines over
+SSH.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def test_a_bare_machine_is_set_up_through_sudo_and_again_as_root_changes_nothing
     for host in environment.hosts:
         changed = first_setup[host.name]
         assert any(change.startswith("installed podman") for change in changed), changed
-        expected = ("user deploy", "deploy key", "linger", "sudoers", "storage overlay")
+        expected = (
+            "user deploy", "deploy key", "linger", "sudoers", "storage overlay", "nginx helper",
+        )  # fmt: skip
         for change in (*expected, "restore unit"):
             assert change in changed, (host.name, changed)
         assert "nginx default site removed" in changed
@@ -114,10 +117,12 @@ def test_a_setup_user_that_cannot_log_in_fails_setup_audited_and_changes_nothing
     assert machines.served_versions() == before
 
 
-def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
+def test_the_deploy_user_may_run_as_root_exactly_the_nginx_helper(
     machines: Sandbox, first_setup: dict[str, list[str]]
 ) -> None:
-    host = machines.environment.hosts[0].name
+    environment = machines.environment
+    host = environment.hosts[0].name
+    helper = str(commands.nginx_helper_path(environment))
     ok, who = _deploy_run(machines, host, "id -un; id -u")
     assert ok, who
     assert who.split()[0] == "deploy", who
@@ -125,11 +130,7 @@ def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
     ok, listing = _deploy_run(machines, host, "sudo -n -l")
     assert ok, listing
     allowed = listing[listing.index("NOPASSWD:") :].split("NOPASSWD:", 1)[1]
-    assert [part.strip() for part in allowed.split(",")] == [
-        "/usr/sbin/nginx -t -q",
-        "/usr/sbin/nginx -s reload",
-        "/usr/bin/systemctl start nginx",
-    ]
+    assert [part.strip() for part in allowed.split(",")] == [helper]
     refused, why = _deploy_run(machines, host, "sudo -n cat /etc/shadow")
     assert not refused
     assert "password is required" in why
@@ -140,7 +141,7 @@ def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
             AsRoot(deployer.runners[host]).run("apt-get install -y nginx")
     finally:
         deployer.close()
-    assert _deploy_run(machines, host, "sudo -n /usr/sbin/nginx -t -q")[0]
+    assert _deploy_run(machines, host, f"sudo -n {helper} running")[0]
     # What setup installed passes visudo, and a broken file never reaches sudoers.d.
     console = machines.fleet.machines
     assert "parsed OK" in console.run_in(host, "visudo -c")
@@ -155,7 +156,37 @@ def test_the_deploy_user_may_run_as_root_exactly_the_nginx_commands(
     assert "exit=1" in result
     assert "syntax error" in result
     assert "neither-left" in result, result
-    assert _deploy_run(machines, host, "sudo -n /usr/sbin/nginx -t -q")[0]
+    assert _deploy_run(machines, host, f"sudo -n {helper} running")[0]
+
+
+def test_the_deploy_user_cannot_make_roots_nginx_read_or_write_a_path_of_its_choosing(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    """Stop 22's attack: as `deploy`, append `include /etc/shadow;` (or an `error_log` line) to
+    the upstream file the system nginx reads, then run nginx's check as root. Now the file is
+    root's, nginx is not the deploy user's to run as root, and the helper takes a colour only."""
+    environment = machines.environment
+    host = environment.hosts[0]
+    upstream = commands.upstream_path(environment, environment.layout(host))
+    helper = commands.nginx_helper_path(environment)
+    before = _upstream(machines, host.name)
+    for line in ("include /etc/shadow;", "error_log /etc/cron.d/pwned;"):
+        wrote, why = _deploy_run(machines, host.name, f"echo '{line}' >> {upstream}")
+        assert not wrote
+        assert "Permission denied" in why, why
+    checked, why = _deploy_run(machines, host.name, "sudo -n /usr/sbin/nginx -t -q")
+    assert not checked
+    assert "password is required" in why, why
+    for argument in ("'blue; include /etc/shadow'", "../../etc/shadow", "-c/tmp/x.conf"):
+        ran, why = _deploy_run(machines, host.name, f"sudo -n {helper} {argument}")
+        assert not ran
+        assert "usage:" in why, why
+    # Everything the system nginx reads is root's, and unchanged.
+    site = commands.site_path(environment, environment.layout(host))
+    owners = machines.fleet.machines.run_in(host.name, f"stat -c %U:%a {upstream} {helper} {site}")
+    assert owners.split() == ["root:644", "root:755", "root:644"]
+    assert _upstream(machines, host.name) == before
+    assert "pwned" not in machines.fleet.machines.run_in(host.name, "ls /etc/cron.d")
 
 
 def test_releases_run_rootless_as_the_deploy_user(
@@ -183,7 +214,8 @@ def test_releases_run_rootless_as_the_deploy_user(
 
 def _upstream(box: Sandbox, name: str) -> str:
     layout = box.environment.layout(next(h for h in box.environment.hosts if h.name == name))
-    return box.fleet.machines.run_in(name, f"cat {shlex.quote(str(layout.upstream_conf))}")
+    path = commands.upstream_path(box.environment, layout)
+    return box.fleet.machines.run_in(name, f"cat {shlex.quote(str(path))}")
 
 
 def test_a_rebooted_machine_serves_its_live_release_again_while_the_other_serves_on(

@@ -108,6 +108,58 @@ def make_directories(layout: HostLayout) -> ShellCommand:
     )
 
 
+# The system nginx reads only root's files: its upstream, and the one helper that changes it.
+SYSTEM_NGINX_DIR = PurePosixPath("/etc/nginx/mlops-imdb")
+HELPER_DIR = PurePosixPath("/usr/local/sbin")
+
+
+def upstream_path(environment: Environment, layout: HostLayout) -> PurePosixPath:
+    """Where nginx reads which colour is live: under the deploy root for an own nginx (the
+    light sandbox); root's, beside nginx's own configuration, for the system nginx, so that the
+    deploy user cannot make root's nginx read or write a path of its choosing."""
+    if environment.nginx.mode == "own":
+        return layout.upstream_conf
+    return SYSTEM_NGINX_DIR / environment.name / "upstream.conf"
+
+
+def nginx_helper_path(environment: Environment) -> PurePosixPath:
+    return HELPER_DIR / f"mlops-imdb-nginx-{environment.name}"
+
+
+def nginx_helper(environment: Environment, host: Host) -> str:
+    """The root-owned helper, the one thing the deploy user may run as root (its sudoers file):
+    `blue` or `green` make that colour live (a fixed template, `nginx -t`, reload; the previous
+    file back when nginx refuses), `running` reloads a running nginx or starts it. Any other
+    argument is refused: nothing the deploy user writes reaches root's nginx."""
+    target = SYSTEM_NGINX_DIR / environment.name / "upstream.conf"
+    cases = "".join(
+        f"    {colour}) server={q(f'{environment.app_bind(host)}:{port}')} ;;\n"
+        for colour, port in environment.app.ports.items()
+    )
+    usage = "|".join(["running", *environment.app.ports])
+    return (
+        "#!/bin/sh\n"
+        f"# Written by `fab setup` for environment {environment.name}: what its deploy user may\n"
+        "# run as root. Arguments: a colour (make it live) or `running` (reload, or start).\n"
+        "set -eu\n"
+        f"target={q(target)}\n"
+        'case "${1:-}" in\n'
+        "    running)\n"
+        f"        if {NGINX} -s reload 2>/dev/null; then echo running; "
+        f"else {SYSTEMCTL} start nginx && echo started; fi\n"
+        "        exit 0 ;;\n"
+        f"{cases}"
+        f'    *) echo "usage: $0 {usage}" >&2; exit 2 ;;\n'
+        "esac\n"
+        'mkdir -p "$(dirname "$target")"\n'
+        'cp -p "$target" "$target.previous" 2>/dev/null || : > "$target.previous"\n'
+        'printf \'# live colour: %s\\nserver %s;\\n\' "$1" "$server" > "$target.new"\n'
+        'mv -f "$target.new" "$target"\n'
+        f"if refusal=$({NGINX} -t -q 2>&1); then {NGINX} -s reload; "
+        'else mv -f "$target.previous" "$target"; echo "$refusal" >&2; exit 1; fi\n'
+    )
+
+
 def site_path(environment: Environment, layout: HostLayout) -> PurePosixPath:
     """Where the site config goes: under the root (own nginx) or in the system's conf.d."""
     if environment.nginx.mode == "own":
@@ -157,9 +209,9 @@ def site_conf(environment: Environment, host: Host, layout: HostLayout) -> str:
     docs = proxy if environment.nginx.public_docs else "        return 404;"
     return f"""\
 # Written by `fab setup` for environment {environment.name}; the deploy switches colours by
-# rewriting {layout.upstream_conf} and reloading nginx.
+# rewriting {upstream_path(environment, layout)} and reloading nginx.
 upstream {upstream} {{
-    include {layout.upstream_conf};
+    include {upstream_path(environment, layout)};
     keepalive 32;
 }}
 server {{
@@ -198,7 +250,10 @@ def switch_upstream(
     environment: Environment, host: Host, layout: HostLayout, colour: str
 ) -> ShellCommand:
     """Make `colour` live in one step: new upstream, `nginx -t`, reload; when nginx refuses the
-    config, the previous upstream file is put back and the command fails with nginx's reason."""
+    config, the previous upstream file is put back and the command fails with nginx's reason.
+    The system nginx's: what its root-owned helper does (through sudo for the deploy user)."""
+    if environment.nginx.mode == "system":
+        return f"{environment.sudo}{nginx_helper_path(environment)} {q(colour)}"
     target = layout.upstream_conf
     backup = target.with_name(f"{target.name}.previous")
     test = nginx_test(environment, layout)
@@ -214,11 +269,7 @@ def nginx_ensure_running(environment: Environment, layout: HostLayout) -> ShellC
     """Reload a running nginx (prints `running`), start a stopped one (prints `started`); safe
     to repeat."""
     if environment.nginx.mode == "system":
-        start: ShellCommand = f"{environment.sudo}{SYSTEMCTL}" if environment.sudo else "systemctl"
-        return (
-            f"if {nginx_reload(environment, layout)} 2>/dev/null; then echo running; "
-            f"else {start} start nginx && echo started; fi"
-        )
+        return f"{environment.sudo}{nginx_helper_path(environment)} running"
     pid = q(layout.nginx_pid)
     return (
         f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; '
@@ -231,15 +282,16 @@ def nginx_ensure_running(environment: Environment, layout: HostLayout) -> ShellC
 
 
 def sudoers(environment: Environment) -> str:
-    """The deploy user's sudoers file: the system nginx's check, reload and start, without a
-    password, and nothing else (its containers are rootless; its files are its own)."""
+    """The deploy user's sudoers file: the environment's root-owned nginx helper, without a
+    password, and nothing else (its containers are rootless; its files are its own). Not nginx
+    itself: `nginx -t` as root reads whatever the configuration includes, and a file the deploy
+    user could write would make it include /etc/shadow or log into any path."""
     user = environment.deploy_user
     if not re.fullmatch(USER_PATTERN, user):  # the login's name, when ssh.user is not set
         raise ValueError(f"{user!r} is no user name sudo reads ({USER_PATTERN}): set ssh.user")
-    allowed = ", ".join([f"{NGINX} -t -q", f"{NGINX} -s reload", f"{SYSTEMCTL} start nginx"])
     return (
         f"# Written by `fab setup`: what {user} may run as root, and nothing else.\n"
-        f"{user} ALL=(root) NOPASSWD: {allowed}\n"
+        f"{user} ALL=(root) NOPASSWD: {nginx_helper_path(environment)}\n"
     )
 
 
@@ -323,7 +375,7 @@ def restore_script(environment: Environment, layout: HostLayout, host: Host) -> 
     return (
         "#!/bin/sh\n"
         f"# Written by `fab setup`: at boot, start the live colour of {environment.name}.\n"
-        f"colour=$(sed -n 's/^# live colour: //p' {q(layout.upstream_conf)})\n"
+        f"colour=$(sed -n 's/^# live colour: //p' {q(upstream_path(environment, layout))})\n"
         'case "$colour" in\n'
         f"{cases}"
         '    *) echo "nothing live yet"; exit 0 ;;\n'

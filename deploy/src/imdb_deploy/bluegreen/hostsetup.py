@@ -221,12 +221,23 @@ class HostSetup:
             changed.append("registry login")
         if env.signing is not None:
             changed += self.trust(host, home)
-        if not runner.run(f"test -s {commands.q(layout.upstream_conf)}", check=False).ok:
-            state = orchestrator.read_state(host)
-            colour = state.live or state.idle
-            runner.put_text(layout.upstream_conf, commands.upstream_conf(env, host, colour))
-            changed.append(f"upstream ({colour})")
+        if env.nginx.mode == "own":
+            changed += self.first_upstream(host, runner)
         return changed
+
+    def first_upstream(self, host: Host, runner: Shell) -> list[str]:
+        """nginx's upstream, when there is none yet: the live colour (a host set up again keeps
+        serving), else the idle one. An own nginx's is the deploy user's; the system nginx's is
+        root's (`runner` then logs in as root, or through the admin's sudo)."""
+        env = self.environment
+        path = commands.upstream_path(env, env.layout(host))
+        if runner.run(f"test -s {commands.q(path)}", check=False).ok:
+            return []
+        state = self.orchestrator.read_state(host)
+        colour = state.live or state.idle
+        runner.run(f"mkdir -p {commands.q(path.parent)}")
+        runner.put_text(path, commands.upstream_conf(env, host, colour))
+        return [f"upstream ({colour})"]
 
     def rootless_storage(self, host: Host, runner: HostRunner, home: str) -> list[str]:
         """The deploy user's engine on native overlay, set before its first pull; a storage.conf
@@ -259,6 +270,13 @@ class HostSetup:
         system = env.nginx.mode == "system"
         if system and runner.run(commands.disable_default_site()).stdout.strip() == "removed":
             changed.append("nginx default site removed")
+        if system:
+            # Root's: the helper the deploy user switches colours with, and the upstream it
+            # writes (the deploy user writes nothing the system nginx reads).
+            helper = commands.nginx_helper_path(env)
+            if put(runner, helper, commands.nginx_helper(env, host), mode=0o755):
+                changed.append("nginx helper")
+            changed += self.first_upstream(host, runner)
         site = commands.site_path(env, layout)
         if put(runner, site, commands.site_conf(env, host, layout)):
             changed.append("nginx site")
