@@ -9,6 +9,7 @@ deploys exactly the digest staging runs, benchmark-gated like any deploy, and dr
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,8 +228,18 @@ def test_the_promote_command_line(pair: Pair, capsys: pytest.CaptureFixture[str]
     same_tree = release_identity.is_of_tree(v2, metadata.git_revision(REPO_ROOT).tree)
     assert cli.main(["promote", "--plan", toml]) == 0
     planned = capsys.readouterr()
-    assert planned.out == f"build={'false' if same_tree else 'true'}\n"
+    lines = planned.out.splitlines()
+    assert lines[0] == f"build={'false' if same_tree else 'true'}"
     assert (f"promote {v2}" if same_tree else "not of tree") in planned.err
+    if same_tree:  # and what the production job then promotes, and nothing else
+        assert lines[1] == f"release={v2}"
+        assert re.fullmatch(r"digest=sha256:[0-9a-f]{64}", lines[2])
+        digest = lines[2].removeprefix("digest=")
+        assert cli.main(["promote", "--approve", "--digest", digest, toml]) == 0
+        other = "sha256:" + "0" * 64
+        assert cli.main(["promote", "--approve", "--digest", other, toml]) == 1
+        refused = capsys.readouterr()
+        assert "not the planned sha256:000000000000" in refused.out + refused.err
     assert cli.main(["status", "--json", toml]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["served_release"] for row in rows] == [v2, v2]
