@@ -1224,3 +1224,47 @@ def test_setup_sets_the_rootless_driver_only_before_the_first_image_and_never_ov
     assert state() == ""  # setup's own file: rewritten when it differs, else left
     conf.write_text('[storage]\ndriver = "overlay"\ngraphroot = "/data/containers"\n')
     assert state() == "own"  # the operator's: kept
+
+
+@pytest.fixture
+def file_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A stand-in `podman` whose containers are files in a directory (exists, rm, rename)."""
+    containers = tmp_path / "containers"
+    containers.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "podman").write_text(
+        "#!/bin/sh\n"
+        f"d={containers}\n"
+        'case "$1 $2" in\n'
+        '  "container exists") test -e "$d/$3" ;;\n'
+        '  "rm --force") for n; do :; done; rm -f "$d/$n" ;;\n'
+        '  rename*) mv "$d/$2" "$d/$3" ;;\n'
+        "esac\n"
+    )
+    (bin_dir / "podman").chmod(0o755)
+    return {**LOCAL_ENV, "PATH": f"{bin_dir}:{LOCAL_ENV['PATH']}"}, containers
+
+
+def test_the_kept_container_is_set_aside_and_put_back_when_the_deploy_fails(
+    file_engine: tuple[dict[str, str], Path],
+) -> None:
+    env, containers = file_engine
+    (containers / "app-green").write_text("the kept release\n")
+    assert sh(commands.set_aside("app-green"), env=env).stdout == "set aside\n"
+    assert sorted(p.name for p in containers.iterdir()) == ["app-green-previous"]
+    (containers / "app-green").write_text("the new release, which failed\n")
+    assert sh(commands.put_back("app-green"), env=env).stdout == "put back\n"
+    assert (containers / "app-green").read_text() == "the kept release\n"
+    assert sorted(p.name for p in containers.iterdir()) == ["app-green"]
+
+
+def test_an_empty_colour_has_nothing_to_set_aside_or_put_back(
+    file_engine: tuple[dict[str, str], Path],
+) -> None:
+    env, containers = file_engine
+    assert sh(commands.set_aside("app-blue"), env=env).stdout == ""
+    (containers / "app-blue").write_text("new\n")
+    done = sh(commands.put_back("app-blue"), env=env)
+    assert (done.returncode, done.stdout) == (0, "")
+    assert not any(containers.iterdir())

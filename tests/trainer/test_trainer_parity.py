@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from imdb_model import load_predictor, transform_columns, transform_records
+from imdb_model import Predictor, load_predictor, transform_columns, transform_records
 from imdb_trainer.ingest import ingest
 from imdb_trainer.train import TrainOptions, frame_columns, frame_records, train
 
@@ -51,3 +52,24 @@ def test_several_title_types(generated: Path, tmp_path: Path) -> None:
         predictor.predict_columns(frame_columns(frame)),
         predictor.predict_records(frame_records(frame)),
     )
+
+
+def test_an_onnx_export_that_drifts_from_the_booster_fails_training(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parity guard, made to fail: an export whose answers differ from the booster's by
+    more than the tolerance publishes nothing."""
+    honest = Predictor.predict_matrix
+
+    def drifted(self: Predictor, matrix: np.ndarray) -> np.ndarray:
+        answers: np.ndarray = honest(self, matrix)
+        shifted: np.ndarray = answers + np.float32(0.05)
+        return shifted
+
+    monkeypatch.setattr(Predictor, "predict_matrix", drifted)
+    options = TrainOptions(
+        data_dir=generated, out=tmp_path / "drift", report=False, num_rounds=20, threads=1
+    )
+    with pytest.raises(RuntimeError, match=r"the ONNX export differs from the booster by 0\.05"):
+        train(options)
+    assert not options.out.exists()

@@ -739,6 +739,28 @@ def remove_container(name: str, engine: str = "podman") -> ShellCommand:
     return f"podman rm --force --ignore --time 5 {q(name)}"
 
 
+def set_aside(name: str, engine: str = "podman") -> ShellCommand:
+    """Before a new release takes a colour: its container (the kept release, the rollback
+    target) renamed `<name>-previous`, not removed, so a deploy that fails can put it back.
+    Prints `set aside` when there was one."""
+    previous = f"{name}-previous"
+    return (
+        f"{remove_container(previous, engine)} && "
+        f"if {container_exists(name, engine)}; then "
+        f"{engine} rename {q(name)} {q(previous)} && echo set aside; fi"
+    )
+
+
+def put_back(name: str, engine: str = "podman") -> ShellCommand:
+    """Undo `set_aside`: the new release's container removed, the kept one's name back."""
+    previous = f"{name}-previous"
+    return (
+        f"{remove_container(name, engine)} && "
+        f"if {container_exists(previous, engine)}; then "
+        f"{engine} rename {q(previous)} {q(name)} && echo put back; fi"
+    )
+
+
 def run_container(
     environment: Environment,
     host: Host,

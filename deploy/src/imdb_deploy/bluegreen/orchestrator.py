@@ -401,28 +401,7 @@ class Orchestrator:
             image = env.image_ref(version, digest)
             authfile = self._install_registry_login(host)
             if env.signing is not None:
-                if not digest:
-                    raise DeployError(
-                        f"{env.name} requires signed images, verified by digest; no digest is "
-                        f"known for {version} (pass --digest, or deploy a release `images` built)"
-                    )
-                fetch = commands.fetch_signatures(env, digest, layout, authfile)
-                fetched = self._pull_step(host, "signatures", fetch)
-                if not fetched.ok:
-                    raise DeployError(
-                        f"{host.name}: signatures of {digest} not fetched: "
-                        f"{_cause(fetched.stderr)}"
-                    )
-                self.step(host.name, "signatures", fetched.stdout.strip())
-                if env.engine == "docker":
-                    checked = runner.run(
-                        commands.verify_signature(env, digest, layout), check=False
-                    )
-                    if not checked.ok:
-                        raise DeployError(
-                            f"{host.name}: not pulling {image}: {_cause(checked.stderr)}"
-                        )
-                    self.step(host.name, "signature", checked.stdout.strip())
+                self._signatures(host, version, digest, authfile)
             pulled = self._pull_step(
                 host,
                 "pull",
@@ -439,6 +418,9 @@ class Orchestrator:
             self.step(host.name, "image", f"{image} {pulled.stdout.strip()}")
             values = env.app_environment(self.environ)
             started[host.name] = (colour, state)  # from here on the idle colour is this deploy's
+            aside = runner.run(commands.set_aside(name, env.engine)).stdout.strip()
+            if aside:
+                self.step(host.name, "set aside", f"{colour}'s kept container, until the commit")
             runner.put_text(layout.env_file(colour), commands.env_file(values), mode=0o600)
             run = commands.run_container(env, host, colour, version, layout, digest=digest)
             runner.run(f"{commands.remove_container(name, env.engine)} && {run}")
@@ -459,6 +441,31 @@ class Orchestrator:
         self.step(host.name, "ready", f"{readiness.passes} consecutive passes")
         self._smoke(host, colour, version)
         return colour, state
+
+    def _signatures(
+        self, host: Host, version: str, digest: str | None, authfile: PurePosixPath | None
+    ) -> None:
+        """The release's signatures on the host before its pull (Docker hosts: checked with
+        gpgv too, Docker having no policy of its own); DeployError when they are not there."""
+        env, runner, layout = self.environment, self.runners[host.name], self._layout(host)
+        if not digest:
+            raise DeployError(
+                f"{env.name} requires signed images, verified by digest; no digest is "
+                f"known for {version} (pass --digest, or deploy a release `images` built)"
+            )
+        fetch = commands.fetch_signatures(env, digest, layout, authfile)
+        fetched = self._pull_step(host, "signatures", fetch)
+        if not fetched.ok:
+            raise DeployError(
+                f"{host.name}: signatures of {digest} not fetched: {_cause(fetched.stderr)}"
+            )
+        self.step(host.name, "signatures", fetched.stdout.strip())
+        if env.engine == "docker":
+            checked = runner.run(commands.verify_signature(env, digest, layout), check=False)
+            if not checked.ok:
+                image = env.image_ref(version, digest)
+                raise DeployError(f"{host.name}: not pulling {image}: {_cause(checked.stderr)}")
+            self.step(host.name, "signature", checked.stdout.strip())
 
     def registry_auth(self) -> str | None:
         """The hosts' auth file for the registry login `[pull]` names (the deployer's current
@@ -523,9 +530,10 @@ class Orchestrator:
             runner.run(commands.stop_container(name, self.environment.app.stop_timeout_s, engine))
             self.step(host.name, "undone", f"{colour} stopped")
             return
-        runner.run(commands.remove_container(name, engine))
-        self.write_state(host, state.without(colour))
-        removed = f"{colour} removed"
+        put_back = runner.run(commands.put_back(name, engine)).stdout.strip() == "put back"
+        if not put_back:  # the colour held nothing before: the state forgets it
+            self.write_state(host, state.without(colour))
+        removed = f"{colour} removed" + (", its kept container put back" if put_back else "")
         if version not in state.releases:
             image = self.environment.image_ref(version, self.digests.get(version))
             remove = (
@@ -563,6 +571,12 @@ class Orchestrator:
         self.step(host.name, "switched back", f"nginx -> {state.live} ({state.live_version})")
 
     def _drain_and_stop(self, host: Host, old_colour: str | None) -> None:
+        """Stop the old colour (kept: the rollback target now); the container a deploy set
+        aside for its new colour goes (its release is no longer the rollback target)."""
+        env = self.environment
+        for colour in env.app.ports:
+            previous = f"{env.container_name(colour)}-previous"
+            self.runners[host.name].run(commands.remove_container(previous, env.engine))
         if old_colour is None:
             return
         name = self.environment.container_name(old_colour)

@@ -131,7 +131,8 @@ def run_worker(settings: Settings, reuse_port: bool = False) -> int:
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-def _worker_entry(settings: Settings) -> None:  # pragma: no cover (runs in spawned children)
+def _worker_entry(settings: Settings) -> None:
+    """What a spawned worker runs (measured: coverage's multiprocessing support)."""
     raise SystemExit(run_worker(settings, reuse_port=True))
 
 
