@@ -137,8 +137,9 @@ class _Parser:
 
     def parse(self) -> Any:
         value = self.or_()
-        if self.peek() is not None:
-            raise ExpressionError(f"unexpected {self.peek()[1]!r} in {self.source!r}")  # type: ignore[index]
+        extra = self.peek()
+        if extra is not None:
+            raise ExpressionError(f"unexpected {extra[1]!r} in {self.source!r}")
         return value
 
     def or_(self) -> Any:

@@ -82,13 +82,7 @@ class HostSetup:
                 outcome = orchestrator.outcome
                 if outcome is None:
                     raise DeployError("setup runs as an action (Orchestrator.setup)")
-                lock = orchestrator.new_lock(outcome)
-                try:
-                    lock.acquire(orchestrator.holder(outcome))
-                except DeployError:
-                    lock.close()
-                    raise
-                with orchestrator.holding(lock):
+                with orchestrator.locked(outcome):
                     orchestrator._confirm_lock("setting up the hosts")
                     configured, failures = on_each(
                         self.environment.hosts, lambda h: self.configure(h, provisioned[h.name])

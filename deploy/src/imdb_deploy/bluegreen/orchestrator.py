@@ -274,6 +274,19 @@ class Orchestrator:
         }  # fmt: skip
 
     @contextlib.contextmanager
+    def locked(self, outcome: Outcome) -> Iterator[None]:
+        """The environment's lock taken for `outcome` (LockHeldError when someone holds it),
+        and held (`holding`) while the block runs."""
+        lock = self.new_lock(outcome)
+        try:
+            lock.acquire(self.holder(outcome))
+        except DeployError:
+            lock.close()
+            raise
+        with self.holding(lock):
+            yield
+
+    @contextlib.contextmanager
     def holding(self, lock: EnvironmentLock) -> Iterator[None]:
         """With `lock` taken: renewed by its heartbeat, confirmed before each change made
         meanwhile (`_confirm_lock`), released and closed at the end, whatever happened."""
@@ -1084,13 +1097,7 @@ class Orchestrator:
         prunes too, when it is done); returns the versions that must stay anywhere: what each
         host runs and would roll back to."""
         outcome = self._begin("prune")
-        lock = self.new_lock(outcome)
-        try:
-            lock.acquire(self.holder(outcome))
-        except DeployError:
-            lock.close()
-            raise
-        with self.holding(lock):
+        with self.locked(outcome):
             _, failures = on_each(self.environment.hosts, self._prune)
             states, more = on_each(self.environment.hosts, self.read_state)
         failures.update(more)
