@@ -1228,7 +1228,8 @@ def test_setup_sets_the_rootless_driver_only_before_the_first_image_and_never_ov
 
 @pytest.fixture
 def file_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A stand-in `podman` whose containers are files in a directory (exists, rm, rename)."""
+    """A stand-in `podman` whose containers are files in a directory (exists, rm, rename);
+    its rm prints the name, as Podman's does."""
     containers = tmp_path / "containers"
     containers.mkdir()
     bin_dir = tmp_path / "bin"
@@ -1238,7 +1239,7 @@ def file_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
         f"d={containers}\n"
         'case "$1 $2" in\n'
         '  "container exists") test -e "$d/$3" ;;\n'
-        '  "rm --force") for n; do :; done; rm -f "$d/$n" ;;\n'
+        '  "rm --force") for n; do :; done; rm -f "$d/$n"; echo "$n" ;;\n'
         '  rename*) mv "$d/$2" "$d/$3" ;;\n'
         "esac\n"
     )

@@ -745,9 +745,9 @@ def set_aside(name: str, engine: str = "podman") -> ShellCommand:
     Prints `set aside` when there was one."""
     previous = f"{name}-previous"
     return (
-        f"{remove_container(previous, engine)} && "
+        f"{remove_container(previous, engine)} >/dev/null && "
         f"if {container_exists(name, engine)}; then "
-        f"{engine} rename {q(name)} {q(previous)} && echo set aside; fi"
+        f"{engine} rename {q(name)} {q(previous)} >/dev/null && echo set aside; fi"
     )
 
 
@@ -755,9 +755,9 @@ def put_back(name: str, engine: str = "podman") -> ShellCommand:
     """Undo `set_aside`: the new release's container removed, the kept one's name back."""
     previous = f"{name}-previous"
     return (
-        f"{remove_container(name, engine)} && "
+        f"{remove_container(name, engine)} >/dev/null && "
         f"if {container_exists(previous, engine)}; then "
-        f"{engine} rename {q(previous)} {q(name)} && echo put back; fi"
+        f"{engine} rename {q(previous)} {q(name)} >/dev/null && echo put back; fi"
     )
 
 
