@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -301,3 +303,18 @@ def test_dearmor_gives_the_binary_key_gpg_would() -> None:
     broken = armoured.replace("\n\n", "\n\n!!!", 1)
     with pytest.raises(SigningError, match="not base64"):
         signing.dearmor(broken)
+
+
+def test_no_gpg_agent_outlives_its_key(tmp_path: Path, require_tool: Callable[[str], str]) -> None:
+    """gpg starts an agent per home that stays after it: stop_agent ends it (by its home)."""
+    require_tool("gpgconf")
+    signer = signing.new_key(tmp_path / "gnupg", "agent test")
+    socket = subprocess.run(
+        ["gpgconf", "--homedir", str(signer.gnupghome), "--list-dirs", "agent-socket"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    signing.stop_agent(signer.gnupghome)
+    deadline = time.monotonic() + 5
+    while Path(socket).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(socket).exists()

@@ -93,7 +93,10 @@ def test_a_release_of_two_platforms_is_one_signed_list(
     ]
     signer = signing.new_key(tmp_path / "gnupg", "tiny releases")
     evidence = {"sbom-image-tiny.cdx.json": b"{}"}
-    done = publish.publish_service(image_engine.client, images, signer, evidence, os.environ)
+    try:
+        done = publish.publish_service(image_engine.client, images, signer, evidence, os.environ)
+    finally:
+        signing.stop_agent(signer.gnupghome)  # no agent outlives the test
 
     digest = done["digest"]
     assert done["reference"] == f"{repository}:r1"

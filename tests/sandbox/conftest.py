@@ -228,6 +228,8 @@ def sign_releases(
     carrier = signing.carrier_reference(image, moved)
     release_identity.scratch_image(client, carrier, signing.carrier_files(directory), {})
     build.push(client, [carrier])
+    for home in (signer.gnupghome, other.gnupghome):  # no agent outlives the signing
+        signing.stop_agent(home)
     return public_key
 
 

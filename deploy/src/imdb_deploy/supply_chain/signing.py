@@ -224,6 +224,16 @@ def import_key(gnupghome: Path, armoured_private: str) -> Signer:
     return load_key(gnupghome)
 
 
+def stop_agent(gnupghome: Path) -> None:
+    """End the gpg-agent that gpg (and Podman's signing through it) started for `gnupghome`:
+    it outlives them, a daemon per home, until told to stop."""
+    run_tool(
+        ["gpgconf", "--homedir", str(gnupghome), "--kill", "gpg-agent"],
+        error=SigningError,
+        timeout=30,
+    )
+
+
 def sandbox_signer(state: Path = SANDBOX_STATE) -> Signer:
     """The sandbox's key pair, made on first use; its public half at `<state>/sandbox.asc`."""
     gnupghome = state / "gnupg"
@@ -242,14 +252,22 @@ def release_signer(environ: Mapping[str, str], registry: str) -> Iterator[Signer
     armoured = environ.get(SIGNING_KEY_VAR, "")
     if armoured.strip():
         with tempfile.TemporaryDirectory(prefix="mlops-signing-") as home:
-            yield import_key(Path(home) / "gnupg", armoured)
+            signer = import_key(Path(home) / "gnupg", armoured)
+            try:
+                yield signer
+            finally:
+                stop_agent(signer.gnupghome)
         return
     if not is_loopback(registry):
         raise SigningError(
             f"no signing key for {registry}: set {SIGNING_KEY_VAR} to the ASCII-armoured "
             "private key (CD: the SIGNING_KEY secret); releases are never pushed unsigned"
         )
-    yield sandbox_signer()
+    signer = sandbox_signer()
+    try:
+        yield signer
+    finally:
+        stop_agent(signer.gnupghome)
 
 
 # ---- signing and publishing --------------------------------------------------------------------
