@@ -374,3 +374,28 @@ def test_an_environment_outside_delivery_and_a_foreign_call_are_refused(
     foreign = {"jobs": {"cd": {"uses": "other/repo/.github/workflows/cd.yml@v1"}}}
     with pytest.raises(WorkflowError, match="only this repository's workflows"):
         run_workflow(runner, foreign, delivery=Delivery(secrets))
+
+
+def test_another_repository_is_checked_out_from_its_local_mirror(
+    repo: Path, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "advisories"
+    (mirror / "vulns").mkdir(parents=True)
+    (mirror / "vulns" / "PYSEC-1.yaml").write_text("id: PYSEC-1\n")
+    step = {
+        "uses": "actions/checkout@0000000000000000000000000000000000000000",
+        "with": {"repository": "pypa/advisory-database", "path": "advisory-database"},
+    }
+    workflow = {
+        "jobs": {"a": {"steps": [step, {"run": "test -f advisory-database/vulns/PYSEC-1.yaml"}]}}
+    }
+    lines: list[str] = []
+    runner = SameUserRunner(
+        repo, "me", tmp_path / "run", {}, echo=lines.append,
+        mirrors={"pypa/advisory-database": mirror},
+    )  # fmt: skip
+    assert run_workflow(runner, workflow)["a"]["result"] == "success"
+    assert any("copied from" in line for line in lines)
+    bare = SameUserRunner(repo, "me", tmp_path / "run2", {}, echo=lines.append)
+    with pytest.raises(WorkflowError, match="pass --mirror pypa/advisory-database=DIR"):
+        run_workflow(bare, workflow)

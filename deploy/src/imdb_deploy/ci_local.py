@@ -171,6 +171,8 @@ class Runner:
     overrides: dict[str, str]
     tool_cache: Path = TOOL_CACHE
     echo: Callable[[str], None] = print
+    # Other repositories a job checks out (`repository:`), by `owner/name`: a local copy each.
+    mirrors: Mapping[str, Path] = field(default_factory=dict)
     artifacts: Path = field(init=False)
     source: Path = field(init=False)
 
@@ -309,6 +311,17 @@ class Runner:
     def checkout(
         self, given: Mapping[str, Any], workspace: Path, paths: list[str], env: Mapping[str, str]
     ) -> bool:
+        """This repository at the commit into the workspace; another one (`repository:`, into
+        `path:`) from its local mirror, which must be given (GitHub's network is not ours)."""
+        other = given.get("repository")
+        if other:
+            mirror = self.mirrors.get(str(other))
+            if mirror is None:
+                raise WorkflowError(f"checkout of {other} not emulated: pass --mirror {other}=DIR")
+            target = workspace / str(given.get("path") or other)
+            shutil.copytree(mirror, target, symlinks=True)
+            self.echo(f"    {other}: copied from {mirror} (its local mirror)")
+            return self.give(target)
         clone = ["git", "clone", "--quiet", "--no-local", str(self.source), str(workspace)]
         return self.as_user(clone, env, self.root) == 0
 
@@ -503,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--user", required=True, help="the non-root user with passwordless sudo")
     parser.add_argument("--session", action="append", help="only these matrix sessions")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--mirror", action="append", default=[], metavar="OWNER/NAME=DIR",
+        help="a local copy of another repository a job checks out",
+    )  # fmt: skip
     parser.add_argument("--tool-cache", type=Path, default=TOOL_CACHE)
     parser.add_argument("--workdir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--repo", type=Path, default=Path.cwd())
@@ -515,7 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="ci-local-"))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
-    runner = Runner(args.repo.resolve(), args.user, root, overrides, args.tool_cache)
+    mirrors = {name: Path(path) for name, path in (item.split("=", 1) for item in args.mirror)}
+    runner = Runner(
+        args.repo.resolve(), args.user, root, overrides, args.tool_cache, mirrors=mirrors
+    )
     workflow = yaml.safe_load((args.repo / WORKFLOW).read_text())
     started = time.monotonic()
     try:
