@@ -1228,8 +1228,8 @@ def test_setup_sets_the_rootless_driver_only_before_the_first_image_and_never_ov
 
 @pytest.fixture
 def file_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A stand-in `podman` whose containers are files in a directory (exists, rm, rename);
-    its rm prints the name, as Podman's does."""
+    """A stand-in `podman` whose containers are files in a directory (exists, stop, rm,
+    rename); its stop and rm print the name, as Podman's do."""
     containers = tmp_path / "containers"
     containers.mkdir()
     bin_dir = tmp_path / "bin"
@@ -1240,6 +1240,7 @@ def file_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
         'case "$1 $2" in\n'
         '  "container exists") test -e "$d/$3" ;;\n'
         '  "rm --force") for n; do :; done; rm -f "$d/$n"; echo "$n" ;;\n'
+        '  "stop --time") for n; do :; done; echo stopped >> "$d/$n"; echo "$n" ;;\n'
         '  rename*) mv "$d/$2" "$d/$3" ;;\n'
         "esac\n"
     )
@@ -1254,9 +1255,11 @@ def test_the_kept_container_is_set_aside_and_put_back_when_the_deploy_fails(
     (containers / "app-green").write_text("the kept release\n")
     assert sh(commands.set_aside("app-green"), env=env).stdout == "set aside\n"
     assert sorted(p.name for p in containers.iterdir()) == ["app-green-previous"]
+    # Stopped before its rename: one left running would keep the colour's port.
+    assert (containers / "app-green-previous").read_text() == "the kept release\nstopped\n"
     (containers / "app-green").write_text("the new release, which failed\n")
     assert sh(commands.put_back("app-green"), env=env).stdout == "put back\n"
-    assert (containers / "app-green").read_text() == "the kept release\n"
+    assert (containers / "app-green").read_text() == "the kept release\nstopped\n"
     assert sorted(p.name for p in containers.iterdir()) == ["app-green"]
 
 

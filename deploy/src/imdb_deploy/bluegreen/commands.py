@@ -742,11 +742,14 @@ def remove_container(name: str, engine: str = "podman") -> ShellCommand:
 def set_aside(name: str, engine: str = "podman") -> ShellCommand:
     """Before a new release takes a colour: its container (the kept release, the rollback
     target) renamed `<name>-previous`, not removed, so a deploy that fails can put it back.
-    Prints `set aside` when there was one."""
+    Stopped first: a colour left running (a takeover, a half-done switch) would otherwise keep
+    its port under the new name, and the new release could not bind it. Prints `set aside`
+    when there was one."""
     previous = f"{name}-previous"
     return (
         f"{remove_container(previous, engine)} >/dev/null && "
         f"if {container_exists(name, engine)}; then "
+        f"{engine} stop --time 5 {q(name)} >/dev/null && "
         f"{engine} rename {q(name)} {q(previous)} >/dev/null && echo set aside; fi"
     )
 
