@@ -18,7 +18,7 @@ import paramiko
 import pytest
 
 from imdb_deploy.bluegreen import cli, commands, hostsetup, loadcheck
-from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment
+from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Environment, ReaderSettings
 from imdb_deploy.bluegreen.errors import ApprovalError, DeployError, LockHeldError
 from imdb_deploy.bluegreen.layout import HostLayout
 from imdb_deploy.bluegreen.lock import EnvironmentLock
@@ -791,6 +791,60 @@ def test_the_deploy_users_key_comes_from_the_file_named_or_the_deployers_secret(
     )
     with pytest.raises(DeployError, match="the deploy user's public key"):
         hostsetup.HostSetup(missing).deploy_public_key()
+
+
+class RecordingRoot:
+    """A stand-in root login for one function's unit test: answers useradd and getent as a
+    host would, records the commands and the files."""
+
+    name = "h1"
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.files: dict[PurePosixPath, tuple[str, int]] = {}
+
+    def run(self, command: str, timeout_s: float | None = None, check: bool = True) -> Result:
+        self.commands.append(command)
+        answers = {"id -u": "created\n", "getent passwd": "/home/mlops-read\n"}
+        out = next((text for start, text in answers.items() if command.startswith(start)), "")
+        return Result(out, "", 0)
+
+    def put_text(self, path: PurePosixPath, text: str, mode: int = 0o644) -> None:
+        self.files[path] = (text, mode)
+
+
+def with_reader(environment: Environment, **reader: Any) -> Environment:
+    return environment.model_copy(update={"reader": ReaderSettings(user="mlops-read", **reader)})
+
+
+def test_setup_makes_the_reader_with_its_one_key_restricted_in_a_file_root_owns(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "read.pub"
+    key_file.write_text("ssh-ed25519 AAAAC3Nza reader@laptop\n")
+    environment = with_reader(with_setup(sandbox(tmp_path), user="root"), authorized_key=key_file)
+    orch, _ = local_orchestrator(environment)
+    root, host = RecordingRoot(), environment.hosts[0]
+    assert hostsetup.HostSetup(orch).reader(host, root) == ["user mlops-read", "reader key"]
+    home = PurePosixPath("/home/mlops-read")
+    text, mode = root.files[home / ".ssh" / "authorized_keys"]
+    layout = environment.layout(host)
+    assert (text, mode) == (commands.reader_authorized_keys(layout, key_file.read_text()), 0o644)
+    # Root's before the key goes in and after: the reader cannot change its restriction.
+    assert root.commands.count(commands.root_owned_ssh_dir(home)) == 2
+    # No key file and no private key in $MLOPS_READ_SSH_KEY: refused, saying what to set.
+    keyless, _ = local_orchestrator(with_reader(with_setup(sandbox(tmp_path), user="root")))
+    with pytest.raises(DeployError, match=r"reader user: set reader\.authorized_key or"):
+        hostsetup.HostSetup(keyless).reader(host, RecordingRoot())
+
+
+def test_a_reader_without_root_to_make_it_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    deploy_only = with_setup(sandbox(tmp_path), user=None)  # a non-root deploy user, no admin
+    orch, _ = local_orchestrator(with_reader(deploy_only, identity_file=tmp_path / "read"))
+    with pytest.raises(DeployError, match="only root makes the reader 'mlops-read'"):
+        hostsetup.HostSetup(orch).provision(orch.environment.hosts[0])
 
 
 def test_the_audit_records_the_login_and_key_beside_the_claimed_actor(tmp_path: Path) -> None:

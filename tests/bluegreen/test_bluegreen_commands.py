@@ -1272,3 +1272,20 @@ def test_an_empty_colour_has_nothing_to_set_aside_or_put_back(
     done = sh(commands.put_back("app-blue"), env=env)
     assert (done.returncode, done.stdout) == (0, "")
     assert not any(containers.iterdir())
+
+
+def test_the_readers_key_may_run_only_the_command_that_prints_the_release_state(
+    tmp_path: Path,
+) -> None:
+    layout = HostLayout(PurePosixPath(tmp_path))
+    line = commands.reader_authorized_keys(layout, "ssh-ed25519 AAAAC3Nza any comment at all\n")
+    options, kind, key, *comment = shlex.split(line, posix=True)
+    assert (kind, key, comment) == ("ssh-ed25519", "AAAAC3Nza", ["mlops-imdb", "reader"])
+    # `restrict` first: no shell, no forwarding of any kind, no terminal, no agent.
+    assert options.split(",", 1)[0] == "restrict"
+    forced = options.split(",", 1)[1].removeprefix("command=")
+    assert sh(forced).stdout == ""  # no state yet: nothing, and no error
+    Path(str(layout.state_file)).write_text('{"live": "blue"}\n')
+    assert sh(forced).stdout == '{"live": "blue"}\n'
+    with pytest.raises(ValueError, match="authorized_keys command"):
+        commands.reader_authorized_keys(HostLayout(PurePosixPath('/srv/a"b')), "ssh-ed25519 AAAA")

@@ -188,6 +188,57 @@ def test_approval_policy_of_the_real_environments() -> None:
     assert not load_environment("sandbox-staging").approval.required
 
 
+def test_production_is_read_by_a_reader_with_a_key_of_its_own() -> None:
+    """CD's train job gates against production's champion from an environment without
+    reviewers: it logs in as a reader whose key the committed file names, never as `deploy`."""
+    production = load_environment("production")
+    assert production.reader is not None
+    assert production.reader.user not in {"root", production.ssh.user, production.setup.user}
+    key_file = production.reader.key_file()
+    assert key_file is not None
+    kind, body, *_ = key_file.read_text().split()
+    assert kind == "ssh-ed25519"
+    assert body.startswith("AAAA")
+    sandbox = load_environment("sandbox-production")
+    assert sandbox.reader is not None
+    assert sandbox.reader.identity_file is not None
+
+
+def test_the_reader_view_logs_in_as_the_reader_with_its_key_and_never_the_deploy_key(
+    load: Loader, checkout: Path
+) -> None:
+    data = base_data()
+    data["reader"] = {"user": "mlops-read", "identity_file": "keys/read"}
+    environment = load("target", data)
+    assert environment.reader is not None
+    assert environment.reader.identity_file == (checkout / "keys" / "read").resolve()
+    assert environment.reader.key_file() == (checkout / "keys" / "read.pub").resolve()
+    environ = {config.SSH_KEY_VAR: "deploy key", config.READ_KEY_VAR: "read key", "HOME": "/h"}
+    view, variables = environment.as_reader(environ)
+    assert view.ssh.user == "mlops-read"
+    assert view.ssh.identity_file == environment.reader.identity_file
+    assert view.hosts == environment.hosts
+    assert view.ssh.known_hosts == environment.ssh.known_hosts
+    assert variables == {
+        config.SSH_KEY_VAR: "read key", config.READ_KEY_VAR: "read key", "HOME": "/h",
+    }  # fmt: skip
+    # No reader key given: the agent or the identity file, still never the deploy key.
+    assert config.SSH_KEY_VAR not in environment.as_reader({config.SSH_KEY_VAR: "deploy key"})[1]
+    assert "read key" in environment.secret_values(environ)
+    # Without a reader, reading is the deploy user's as before.
+    plain = load("plain", base_data())
+    assert plain.as_reader(environ) == (plain, environ)
+
+
+@pytest.mark.parametrize("user", ["deploy", "root", "admin"])
+def test_the_reader_is_a_user_of_its_own(load: Loader, user: str) -> None:
+    data = base_data()
+    data["setup"] = {"user": "admin"}
+    data["reader"] = {"user": user}
+    with pytest.raises(ConfigError, match="must be a user of its own"):
+        load("target", data)
+
+
 # ---- loading and path resolution ---------------------------------------------------------------
 
 

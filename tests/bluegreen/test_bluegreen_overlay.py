@@ -15,6 +15,7 @@ PRODUCTION = """\
 image = "127.0.0.1:5443/mlops-imdb/mlops-imdb-api"
 ssh = { port = 2222, known_hosts = "/tmp/rehearsal/known_hosts" }
 signing = { public_key = "/tmp/rehearsal/release.asc" }
+reader = { identity_file = "/tmp/rehearsal/read_key" }
 [[environments.production.hosts]]
 name = "production-1"
 address = "127.0.0.41"
@@ -42,6 +43,10 @@ def test_the_committed_file_is_pointed_here_and_keeps_everything_else(overlaid: 
     assert (ssh.port, str(ssh.known_hosts)) == (2222, "/tmp/rehearsal/known_hosts")
     assert production.signing is not None
     assert str(production.signing.public_key) == "/tmp/rehearsal/release.asc"
+    assert production.reader is not None
+    assert committed.reader is not None
+    assert str(production.reader.identity_file) == "/tmp/rehearsal/read_key"
+    assert production.reader.user == committed.reader.user
     # What the file says about users, setup, approval, nginx and the app is what runs.
     for same in ("deploy_root", "nginx", "app", "readiness", "drain", "setup", "approval"):
         assert getattr(production, same) == getattr(committed, same), same
@@ -56,6 +61,7 @@ def test_the_committed_file_is_pointed_here_and_keeps_everything_else(overlaid: 
     ("text", "message"),
     [
         ('[environments.staging]\nssh = { user = "root" }\n', "ssh.user may not be overlaid"),
+        ('[environments.staging]\nreader = { user = "x" }\n', "reader.user may not be"),
         ("[environments.staging]\napproval = { required = false }\n", "approval may not be"),
         ('[environments.staging]\npromote_from = "x"\n', "promote_from may not be overlaid"),
         ('[environments.staging]\nimage = "127.0.0.1:5443/other/api"\n', "not the file's"),

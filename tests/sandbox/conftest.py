@@ -749,10 +749,13 @@ def kind_toml(
         f'user = "deploy"\nport = {SSH_PORT}\nknown_hosts = "{state / "known_hosts"}"\n'
         f'identity_file = "{state / "id_ed25519"}"\nconnect_timeout_s = 5\ncommand_timeout_s = 120'
     )
+    # The reader's key: the fleet makes it beside the deploy key (Fleet.reader_identity_file).
+    reader = f'user = "imdb-read"\nidentity_file = "{state / "read_ed25519"}"'
     return environment_toml(
         state, releases.image, Path("/srv/mlops-imdb"), signing_key=releases.signing_key,
         fleet_hosts=hosts, top='sandbox_hosts = "machine"\n', ssh=ssh, setup='user = "admin"',
         nginx=f'mode = "system"\nport = {HTTP_PORT}\nmetrics_allow = ["127.0.0.1/32"]',
+        reader=reader,
     )  # fmt: skip
 
 

@@ -15,10 +15,13 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+import paramiko
 import pytest
 
+from imdb_deploy import champion
 from imdb_deploy.bluegreen import commands
 from imdb_deploy.bluegreen.errors import DeployError
+from imdb_deploy.bluegreen.orchestrator import running_release
 from imdb_deploy.bluegreen.runner import AsRoot, RemoteError
 from tests.sandbox.conftest import (
     Releases,
@@ -74,6 +77,7 @@ def test_a_bare_machine_is_set_up_through_sudo_and_again_as_root_changes_nothing
         assert any(change.startswith("installed podman") for change in changed), changed
         expected = (
             "user deploy", "deploy key", "linger", "sudoers", "storage overlay", "nginx helper",
+            "user imdb-read", "reader key",
         )  # fmt: skip
         for change in (*expected, "restore unit"):
             assert change in changed, (host.name, changed)
@@ -210,6 +214,52 @@ def test_releases_run_rootless_as_the_deploy_user(
         owner = machines.fleet.machines.run_in(host.name, f"stat -c %U {layout.state_file}")
         assert owner.strip() == "deploy"
     assert machines.served_versions() == [live, live]
+
+
+def test_the_reader_reads_which_release_runs_and_can_do_nothing_else(
+    machines: Sandbox, first_setup: dict[str, list[str]]
+) -> None:
+    """The champion's login (CD's train job holds its key, outside the protected environment):
+    whatever it asks, it gets the release state; no shell, no forwarding, no sudo."""
+    live, _ = machines.live_and_other()
+    environment = machines.environment
+    reader = environment.reader
+    assert reader is not None
+    assert reader.identity_file is not None
+    deployer = machines.orchestrator()
+    try:
+        as_deploy = running_release(environment.name, deployer.states())
+    finally:
+        deployer.close()
+    assert as_deploy is not None
+    assert as_deploy[0] == live
+    assert champion.live_release(environment, {}) == as_deploy  # read as the reader
+    for host in environment.hosts:
+        state = machines.fleet.machines.run_in(
+            host.name, f"cat {environment.layout(host).state_file}"
+        )
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(environment.ssh.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(
+            host.address, environment.ssh_port(host), username=reader.user,
+            key_filename=str(reader.identity_file), look_for_keys=False, allow_agent=False,
+        )  # fmt: skip
+        try:
+            for asked in ("id -un", "sudo -n cat /etc/shadow", "sh -c 'echo pwned > /tmp/x'"):
+                _, out, err = client.exec_command(asked, timeout=30)
+                assert (out.read().decode(), err.read().decode()) == (state, ""), asked
+            with pytest.raises(paramiko.ChannelException, match="prohibited"):
+                client.get_transport().open_channel(  # type: ignore[union-attr]
+                    "direct-tcpip", (host.address, environment.app.ports["blue"]), ("", 0)
+                )
+        finally:
+            client.close()
+        keys = machines.fleet.machines.run_in(
+            host.name, f"stat -c %U:%a ~{reader.user}/.ssh ~{reader.user}/.ssh/authorized_keys"
+        )
+        assert keys.split() == ["root:755", "root:644"]
+        assert machines.fleet.machines.run_in(host.name, "ls /tmp").split().count("x") == 0
 
 
 def _upstream(box: Sandbox, name: str) -> str:

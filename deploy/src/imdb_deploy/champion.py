@@ -3,7 +3,8 @@
     python -m imdb_deploy.champion fetch ENVIRONMENT --out DIR
     python -m imdb_deploy.champion train ENVIRONMENT --out DIR [--fallback DIR] -- TRAIN ARGS
 
-Reads what the environment's hosts run (their state: release and image digest), pulls that
+Reads what the environment's hosts run (their state: release and image digest; as the
+environment's reader, a host user that may read that and nothing else), pulls that
 image by digest into the local engine, copies its model artifact (/opt/model) and release record
 (/opt/release.json) out, and verifies both: the artifact with the serving code's verification,
 the record naming exactly that artifact. The challenger `nox -s train` makes must then not be
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import docker
@@ -54,9 +55,14 @@ class HostsUnreachableError(ChampionError):
     """The environment's hosts cannot be reached (a sandbox that is not up)."""
 
 
-def live_release(environment: Environment) -> tuple[str, str] | None:
-    """(release, digest) every host of `environment` runs, None when none runs one."""
-    reader = Orchestrator(environment, echo=lambda line: None)
+def live_release(
+    environment: Environment, environ: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
+    """(release, digest) every host of `environment` runs, None when none runs one. Read as
+    the environment's reader where it has one (its key: $MLOPS_READ_SSH_KEY), which may read
+    exactly that and nothing else."""
+    view, variables = environment.as_reader(os.environ if environ is None else environ)
+    reader = Orchestrator(view, environ=variables, echo=lambda line: None)
     try:
         states = reader.states()
     except DeployError as exc:

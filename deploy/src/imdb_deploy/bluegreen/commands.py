@@ -328,6 +328,27 @@ def own_ssh_dir(user: str, home: PurePosixPath) -> ShellCommand:
     return f"install -d -m 700 -o {q(user)} -g {q(user)} {ssh_dir} && chown -R {q(user)}: {ssh_dir}"
 
 
+def reader_authorized_keys(layout: HostLayout, public_key: str) -> str:
+    """The reader's authorized_keys: its one key, allowed one command, the one that prints the
+    release state, whatever the client asks (`restrict`: no shell, no forwarding, no terminal,
+    no agent; `command=`: that command only)."""
+    command = read_file(layout.state_file)
+    if '"' in command or "\\" in command:  # safe paths only (config.SAFE_PATH_PATTERN)
+        raise ValueError(f"{layout.state_file}: not a path an authorized_keys command can hold")
+    key = " ".join(public_key.split()[:2])  # type and key; the comment may say anything
+    return f'restrict,command="{command}" {key} mlops-imdb reader\n'
+
+
+def root_owned_ssh_dir(home: PurePosixPath) -> ShellCommand:
+    """A ~/.ssh the user cannot change (root's, mode 755; its authorized_keys root's too): the
+    reader's key and its restriction are setup's to set, not the reader's."""
+    ssh_dir, keys = q(home / ".ssh"), q(home / ".ssh" / "authorized_keys")
+    return (
+        f"install -d -m 755 -o root -g root {ssh_dir} && "
+        f"if [ -e {keys} ]; then chown root:root {keys}; fi"
+    )
+
+
 def enable_linger(user: str) -> ShellCommand:
     """Let `user`'s systemd instance run without a login, from boot (its restore unit and its
     rootless containers need it); prints `enabled` when it changed. Nothing without systemd."""

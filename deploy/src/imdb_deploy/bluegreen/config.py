@@ -47,6 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 ENVIRONMENTS_DIR = REPO_ROOT / "deploy" / "environments"
 # Name of the deployer's variable holding a private key for SSH (a GitHub secret in CI).
 SSH_KEY_VAR = "MLOPS_DEPLOY_SSH_KEY"
+# The reader's (see ReaderSettings): a job that only reads holds this one, never the deploy key.
+READ_KEY_VAR = "MLOPS_READ_SSH_KEY"
 APP_ENV_PREFIX = "IMDB_API_"
 
 
@@ -243,6 +245,29 @@ class SetupSettings(_Strict):
     )
 
 
+class ReaderSettings(_Strict):
+    """A host user that may read the release state (which release, by which digest, each host
+    runs) and nothing else: what the champion's gate logs in as, so that a job outside the
+    protected environment (CD's train job) never holds a key that can deploy. `fab setup` makes
+    it, with its one key restricted to the one command that prints the state."""
+
+    user: str = Field(pattern=USER_PATTERN, description="its login, made by `fab setup`")
+    authorized_key: Path | None = Field(
+        default=None, description="its public key; default: identity_file + .pub"
+    )
+    identity_file: Path | None = Field(
+        default=None, description=f"its private key here; else ${READ_KEY_VAR}, else the agent"
+    )
+
+    def key_file(self) -> Path | None:
+        """The file holding the public key setup authorizes for the reader, if any."""
+        if self.authorized_key is not None:
+            return self.authorized_key
+        if self.identity_file is not None:
+            return self.identity_file.with_name(self.identity_file.name + ".pub")
+        return None
+
+
 class BenchmarkSettings(_Strict):
     """The post-deploy benchmark gate (imdb_deploy.bluegreen.loadcheck)."""
 
@@ -343,6 +368,9 @@ class Environment(_Strict):
     signing: SigningSettings | None = Field(
         default=None, description="none: the hosts pull any image the registry hands them"
     )
+    reader: ReaderSettings | None = Field(
+        default=None, description="none: reading the release state takes the deploy key"
+    )
     hosts: tuple[Host, ...] = Field(min_length=1)
     # The directory its file was read from: where the environment it promotes from is found.
     _directory: Path = PrivateAttr(default=ENVIRONMENTS_DIR)
@@ -378,6 +406,15 @@ class Environment(_Strict):
             raise ValueError(
                 f"the deploy user {user} runs a rootless engine, which reads its own "
                 'configuration first: set signing.containers_config = "~/.config/containers"'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reader_of_its_own(self) -> Environment:
+        if self.reader is not None and self.reader.user in {"root", self.ssh.user, self.setup.user}:
+            raise ValueError(
+                f"reader.user {self.reader.user!r} must be a user of its own, not root, the "
+                "deploy user or the setup user: it may read the release state and nothing else"
             )
         return self
 
@@ -433,6 +470,22 @@ class Environment(_Strict):
         admin._directory = self._directory
         return admin
 
+    def as_reader(self, environ: Mapping[str, str]) -> tuple[Environment, dict[str, str]]:
+        """This environment as its reader logs in, and the variables that session sees: the
+        reader's key (${READ_KEY_VAR}) as the one to log in with, never the deploy key.
+        Without a reader: the environment and variables as they are."""
+        if self.reader is None:
+            return self, dict(environ)
+        ssh = self.ssh.model_copy(
+            update={"user": self.reader.user, "identity_file": self.reader.identity_file}
+        )
+        view = self.model_copy(update={"ssh": ssh})
+        view._directory = self._directory
+        variables = {name: value for name, value in environ.items() if name != SSH_KEY_VAR}
+        if environ.get(READ_KEY_VAR):
+            variables[SSH_KEY_VAR] = environ[READ_KEY_VAR]
+        return view, variables
+
     def deploy_key_file(self) -> Path | None:
         """The file holding the public key setup authorizes for the deploy user, if any."""
         if self.setup.authorized_key is not None:
@@ -466,7 +519,7 @@ class Environment(_Strict):
 
     def secret_values(self, environ: Mapping[str, str]) -> list[str]:
         """Every secret value this environment's deploy may touch, for redaction."""
-        sources = [*self.app.secrets.values(), SSH_KEY_VAR]
+        sources = [*self.app.secrets.values(), SSH_KEY_VAR, READ_KEY_VAR]
         if self.pull.password_var:
             sources.append(self.pull.password_var)
         return [environ[source] for source in sources if environ.get(source)]
@@ -537,6 +590,13 @@ def _resolve_paths(environment: Environment, repo_root: Path) -> Environment:
     if environment.setup.authorized_key is not None:
         key_file = local(environment.setup.authorized_key)
         update["setup"] = environment.setup.model_copy(update={"authorized_key": key_file})
+    if environment.reader is not None:
+        update["reader"] = environment.reader.model_copy(
+            update={
+                "authorized_key": local(environment.reader.authorized_key),
+                "identity_file": local(environment.reader.identity_file),
+            }
+        )
     if environment.signing is not None:
         key = local(environment.signing.public_key)
         update["signing"] = environment.signing.model_copy(update={"public_key": key})

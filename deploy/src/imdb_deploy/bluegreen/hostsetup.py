@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from imdb_deploy.bluegreen import commands
-from imdb_deploy.bluegreen.config import SSH_KEY_VAR, Host
+from imdb_deploy.bluegreen.config import READ_KEY_VAR, SSH_KEY_VAR, Host
 from imdb_deploy.bluegreen.errors import DeployError
 from imdb_deploy.bluegreen.runner import AsRoot, HostRunner, Shell, on_each, private_key
 from imdb_deploy.supply_chain import signing
@@ -96,10 +96,17 @@ class HostSetup:
 
     def provision(self, host: Host) -> list[str]:
         """As root (or, without a setup user, as the deploy user): the packages, the deploy
-        user and its root."""
+        user and its root, the reader."""
+        env = self.environment
         deploy = self.orchestrator.runners[host.name]
         admin = self.admins.get(host.name)
-        return self.system(host, admin) if admin is not None else self.tools(host, deploy)
+        if env.reader is not None and admin is None and env.sudo:  # before changing anything
+            raise DeployError(
+                f"{host.name}: only root makes the reader {env.reader.user!r}: name setup.user "
+                "(root, or a user with passwordless sudo)"
+            )
+        changed = self.system(host, admin) if admin is not None else self.tools(host, deploy)
+        return changed + self.reader(host, admin or deploy)
 
     def configure(self, host: Host, provisioned: list[str]) -> list[str]:
         """What deploys rely on: the deploy side, nginx, the restore unit (the step that ends
@@ -158,19 +165,43 @@ class HostSetup:
     def deploy_public_key(self) -> str:
         """The deploy user's public key: setup.authorized_key, the identity file's .pub, or the
         public half of the private key in the deployer's environment (CD's secret)."""
-        path = self.environment.deploy_key_file()
+        return self.public_key(
+            "deploy", self.environment.deploy_key_file(), SSH_KEY_VAR, "setup.authorized_key"
+        )
+
+    def public_key(self, role: str, path: Path | None, variable: str, setting: str) -> str:
+        """The public key of the `role` login: the file named, else the public half of the
+        private key in the deployer's `variable`."""
         if path is not None:
             try:
                 return path.read_text().strip() + "\n"
             except OSError as error:
-                raise DeployError(f"the deploy user's public key: {error}") from None
-        private = self.orchestrator.environ.get(SSH_KEY_VAR)
+                raise DeployError(f"the {role} user's public key: {error}") from None
+        private = self.orchestrator.environ.get(variable)
         if not private:
-            raise DeployError(
-                f"no public key for the deploy user: set setup.authorized_key or ${SSH_KEY_VAR}"
-            )
+            raise DeployError(f"no public key for the {role} user: set {setting} or ${variable}")
         key = private_key(private)
-        return f"{key.get_name()} {key.get_base64()} mlops-imdb deploy\n"
+        return f"{key.get_name()} {key.get_base64()} mlops-imdb {role}\n"
+
+    def reader(self, host: Host, root: Shell) -> list[str]:
+        """As root: the reader, a login of its own whose one key may run one command, the one
+        that prints the release state; its authorized_keys root's, so the restriction is
+        setup's to change, not the reader's."""
+        env = self.environment
+        reader = env.reader
+        if reader is None:
+            return []
+        changed = []
+        if root.run(commands.ensure_user(reader.user)).stdout.strip() == "created":
+            changed.append(f"user {reader.user}")
+        home = PurePosixPath(root.run(commands.user_home(reader.user)).stdout.strip())
+        root.run(commands.root_owned_ssh_dir(home))
+        public = self.public_key("reader", reader.key_file(), READ_KEY_VAR, "reader.authorized_key")
+        keys = commands.reader_authorized_keys(env.layout(host), public)
+        if put(root, home / ".ssh" / "authorized_keys", keys, mode=0o644):
+            changed.append("reader key")
+        root.run(commands.root_owned_ssh_dir(home))
+        return changed
 
     def docker_trust(self, host: Host, public_key: Path) -> list[str]:
         """Docker hosts: the release key as gpgv's keyring; the deploy checks each release's

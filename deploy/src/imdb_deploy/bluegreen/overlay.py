@@ -10,6 +10,7 @@ TOML file with one table per environment:
     ssh = { port = 2222, known_hosts = "/path/known_hosts", identity_file = "/path/key" }
     signing = { public_key = "/path/release.asc" }
     setup = { authorized_key = "/path/key.pub" }
+    reader = { identity_file = "/path/read_key" }       # its public half: read_key.pub
     [[environments.staging.hosts]]
     name = "staging-1"                                 # a host the file names, at another address
     address = "127.0.0.41"
@@ -38,6 +39,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "ssh": frozenset({"port", "known_hosts", "identity_file"}),
     "signing": frozenset({"public_key"}),
     "setup": frozenset({"authorized_key"}),
+    "reader": frozenset({"authorized_key", "identity_file"}),
 }
 HOST_KEYS = frozenset({"name", "address", "ssh_port", "http_address", "app_bind"})
 

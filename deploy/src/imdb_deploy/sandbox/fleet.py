@@ -9,7 +9,8 @@ Per host, under `<state_dir>/hosts/<name>/`:
     storage/                                   the host's image and container storage (graphroot)
 
 Shared by the fleet: `<state_dir>/id_ed25519` (the key the deploy logs in with),
-`authorized_keys` (its public half) and `known_hosts` (every host's key: clients verify hosts).
+`authorized_keys` (its public half), `read_ed25519` (an environment's reader's key, which setup
+authorizes on machines) and `known_hosts` (every host's key: clients verify hosts).
 Only the runroots live elsewhere, under /run with a short hashed name (see `runroot_for`).
 
 Host keys are made once and kept across `down()`/`up()`, so a `known_hosts` handed to a deploy
@@ -407,6 +408,12 @@ class Fleet:
         return self.root / "id_ed25519"
 
     @property
+    def reader_identity_file(self) -> Path:
+        """The private key an environment's reader logs in with (its `[reader]`), which setup
+        authorizes on the machines for the one command that prints the release state."""
+        return self.root / "read_ed25519"
+
+    @property
     def authorized_keys(self) -> Path:
         """The public half of `identity_file`, accepted by every host."""
         return self.root / "authorized_keys"
@@ -526,6 +533,7 @@ class Fleet:
         SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         _ensure_key(self.identity_file, "mlops-sandbox deploy")
+        _ensure_key(self.reader_identity_file, "mlops-sandbox reader")
         client_public = self.identity_file.with_name(self.identity_file.name + ".pub")
         _write_if_changed(self.authorized_keys, client_public.read_text())
         changed = {host.name: self._write_host_files(host) for host in self._light()}
