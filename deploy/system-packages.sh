@@ -4,10 +4,11 @@
 # step with the code). As root on Debian (or Ubuntu) the missing ones are installed; elsewhere they
 # are named, and with CI=true that is an error.
 #
-#   bash deploy/system-packages.sh [--arm64] [--trivy] [--list]
+#   bash deploy/system-packages.sh [--arm64] [--trivy] [--list | --missing]
 #
 # --arm64 registers qemu's aarch64 handler with binfmt_misc (arm64 builds and the arm64 image test
-# run under emulation). --list prints the packages and changes nothing.
+# run under emulation). --list prints the packages and changes nothing; --missing prints those
+# this machine lacks (what a run would install) and changes nothing.
 # --trivy also installs Trivy, the image scanner of `nox -s images` (the GitHub workflows' image
 # jobs ask for it): one pinned release, its tarball checked against the pinned sha256 before any
 # of it is unpacked, as /usr/local/bin/trivy. Without it `images` records that the images' OS
@@ -21,12 +22,14 @@ TRIVY_SHA256_ARM64=2f6bb988b553a1bbac6bdd1ce890f5e412439564e17522b88a4541b4f364f
 arm64=false
 trivy=false
 list=false
+dry=false
 for arg in "$@"; do
     case $arg in
         --arm64) arm64=true ;;
         --trivy) trivy=true ;;
         --list) list=true ;;
-        *) echo "usage: $0 [--arm64] [--trivy] [--list]" >&2; exit 2 ;;
+        --missing) dry=true ;;
+        *) echo "usage: $0 [--arm64] [--trivy] [--list | --missing]" >&2; exit 2 ;;
     esac
 done
 # The inventory's second column, where it names a Debian package (not an @source).
@@ -53,6 +56,10 @@ while read -r program package; do
         missing+=("$package")
     fi
 done < <(awk '{ sub(/#.*/, "") } NF >= 2 && $2 !~ /^@/ { print $1, $2 }' "$inventory")
+if [[ $dry == true ]]; then
+    [[ ${#missing[@]} -eq 0 ]] || printf '%s\n' "${missing[@]}"
+    exit 0
+fi
 # Debian starts a package's service as it installs it: Prometheus on 127.0.0.1:9090, the
 # Pushgateway on :9091, the registry on :5000, nginx on :80, dockerd (which the engine would then
 # take for the user's own Docker), sshd on :22... The project starts instances of its own and

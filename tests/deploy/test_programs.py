@@ -44,6 +44,36 @@ def test_system_packages_installs_exactly_the_inventorys_packages(
     assert "sudo" in listed  # the package a fresh machine lacked (issue 24)
 
 
+def test_a_runners_own_docker_is_kept_only_what_the_machine_lacks_is_installed(
+    repo_root: Path,
+    inventory: dict[str, Entry],
+    require_tool: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """GitHub's runners bring their own Docker (docker-ce, containerd.io's runc), which
+    Debian's docker.io and runc would replace: a package is chosen only for a program of its
+    the machine lacks. Here every program but podman is on PATH (stand-ins)."""
+    script = [require_tool("bash"), "deploy/system-packages.sh", "--missing"]
+    tools = {name: require_tool(name) for name in ("awk", "sort", "dirname")}  # the script's own
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for entry in inventory.values():
+        if entry.debian and not entry.library and entry.program != "podman":
+            (bin_dir / entry.program).write_text("#!/bin/sh\nexit 0\n")
+            (bin_dir / entry.program).chmod(0o755)
+    for name, path in tools.items():
+        (bin_dir / name).unlink(missing_ok=True)
+        (bin_dir / name).symlink_to(path)
+    chosen = subprocess.run(
+        script, cwd=repo_root, env={"PATH": str(bin_dir)}, capture_output=True, text=True,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    libraries = {entry.source for entry in inventory.values() if entry.library}
+    assert "podman" in chosen
+    assert not {"docker.io", "runc", "containerd"} & set(chosen)
+    assert set(chosen) <= {"podman"} | libraries  # and a library this machine may lack
+
+
 def owners(paths: list[str], dpkg_query: str) -> dict[str, set[str]]:
     """path -> the packages dpkg says own it (nothing for a path no package owns)."""
     done = subprocess.run(
